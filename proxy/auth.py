@@ -1,0 +1,82 @@
+"""Client authentication: who may use the proxy.
+
+Owns: reading the client key from `Authorization: Bearer`, `x-api-key` or `x-goog-api-key`,
+comparing it in constant time against every configured key, and the middleware that guards
+`/v1/*`. With no `api-keys`, everyone on the (loopback-only) address is let in. Does not own:
+management keys (operations), or keys sent upstream (drivers).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Awaitable, Callable, Iterable
+
+from aiohttp import web
+
+from proxy.errors import AuthError
+
+#: Paths anyone may read: probes and the runbook's unauthenticated metrics curl.
+OPEN_PATHS = frozenset({"/health", "/healthz", "/metrics", "/v1/metrics/providers"})
+
+
+class ClientKeys:
+    """The configured client keys, held as SHA-256 digests and compared in constant time."""
+
+    __slots__ = ("_digests",)
+
+    def __init__(self, keys: Iterable[str]) -> None:
+        self._digests = tuple(hashlib.sha256(k.encode()).digest() for k in keys)
+
+    @property
+    def required(self) -> bool:
+        return bool(self._digests)
+
+    def allows(self, presented: str | None) -> bool:
+        """True when `presented` is one of the keys. Time does not depend on which one."""
+        if not self._digests:
+            return True
+        if not presented:
+            return False
+        digest = hashlib.sha256(presented.encode()).digest()
+        ok = False
+        for known in self._digests:  # no early exit: every key is compared
+            ok |= hmac.compare_digest(digest, known)
+        return ok
+
+
+def presented_key(request: web.Request) -> str | None:
+    """The client's key, from the first header that carries one."""
+    auth = request.headers.get("Authorization")
+    if auth:
+        scheme, _, value = auth.partition(" ")
+        return value.strip() if scheme.lower() == "bearer" else auth.strip()
+    return request.headers.get("x-api-key") or request.headers.get("x-goog-api-key")
+
+
+def middleware(
+    keys_of: Callable[[web.Request], ClientKeys],
+    open_paths: frozenset[str] = OPEN_PATHS,
+) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """Guard every path except the open ones; `keys_of` gives the live keys (reloadable)."""
+
+    @web.middleware
+    async def check_client_key(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        path = request.path
+        if path in open_paths or path.startswith("/v0/management"):
+            return await handler(request)
+        keys = keys_of(request)
+        if keys.required:
+            key = presented_key(request)
+            if not keys.allows(key):
+                message = (
+                    "Missing API key: send it as 'Authorization: Bearer <key>'."
+                    if not key
+                    else "Incorrect API key provided."
+                )
+                raise AuthError(message)
+        return await handler(request)
+
+    return check_client_key

@@ -1,0 +1,609 @@
+"""config.yaml → frozen, typed settings, with errors that point at FILE:LINE:COL.
+
+Owns: the schema of every top-level key (spelt as CLIProxyAPI spells them), defaults,
+`${ENV}` expansion, validation with "did you mean", the provider blocks (any top-level key that
+names an installed driver), where the config file is looked for, and the built-in default used
+when there is no file. Does not own: what the settings do (every other module), nor which
+drivers exist (registry.py answers `driver_options`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import MarkedYAMLError
+
+from proxy.errors import ConfigError
+
+DEFAULT_PORT = 8317
+#: Client keys shipped in example files; refused on a public address (CLIProxyAPI #3376).
+PLACEHOLDER_KEYS = frozenset(
+    {"your-api-key-1", "your-api-key-2", "your-api-key-3", "change-me", "sk-keyrail-change-me"}
+)
+#: CLIProxyAPI keys keyrail reads but does not act on: accepted with a warning, so old files load.
+IGNORED_KEYS = frozenset(
+    {
+        "auth-dir", "usage-statistics-enabled", "logging-to-file", "logs-max-total-size-mb",
+        "error-logs-max-files", "request-log", "commercial-mode", "incognito-browser", "ws-auth",
+        "quota-exceeded", "pprof", "nonstream-keepalive-interval", "oauth-model-alias",
+        "oauth-excluded-models", "oauth-upstream", "payload", "plugins",
+        "auth-auto-refresh-workers",
+        "save-cooldown-status", "redis-usage-queue-retention-seconds", "kiro-preferred-endpoint",
+        "kiro-fingerprint", "claude-header-defaults", "codex-header-defaults",
+        "disable-image-generation", "responses-compact-enabled", "responses-websocket-enabled",
+        "gemini-api-key", "claude-api-key", "codex-api-key", "vertex-api-key", "amp-code",
+    }
+)  # fmt: skip
+#: Fields every provider block item accepts, whatever its driver.
+COMMON_BLOCK_KEYS: Mapping[str, type | tuple[type, ...]] = {
+    "name": str,
+    "prefix": str,
+    "priority": int,
+    "disabled": bool,
+    "models": list,
+    "excluded-models": list,
+    "headers": dict,
+    "proxy-url": str,
+    "disable-cooling": bool,
+    "base-url": str,
+    "refresh-url": str,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ModelEntry:
+    """One `models:` item: the upstream `name`, the client-facing `alias` (default: name)."""
+
+    name: str
+    alias: str
+    force_mapping: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderBlock:
+    """One item of a provider block (e.g. one `openai-compatibility:` list entry)."""
+
+    driver: str
+    name: str
+    prefix: str = ""
+    priority: int = 0
+    disabled: bool = False
+    models: tuple[ModelEntry, ...] = ()
+    excluded_models: tuple[str, ...] = ()
+    headers: Mapping[str, str] = field(default_factory=dict)
+    proxy_url: str | None = None
+    disable_cooling: bool | None = None
+    base_url: str = ""
+    refresh_url: str = ""
+    #: The driver's own keys (as spelt in the file, e.g. "api-key-entries"), validated.
+    options: Mapping[str, Any] = field(default_factory=dict)
+    #: "FILE:LINE" of the item, for messages.
+    where: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The whole configuration. Immutable: a reload builds a new one."""
+
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    api_keys: tuple[str, ...] = ()
+    force_model_prefix: bool = False
+    request_retry: int = 3
+    max_retry_interval: float = 30.0
+    max_retry_credentials: int = 0
+    transient_error_cooldown_seconds: float = 60.0
+    max_cooldown_seconds: float = 1800.0
+    disable_cooling: bool = False
+    routing_strategy: str = "round-robin"
+    keepalive_seconds: float = 15.0
+    passthrough_headers: bool = False
+    debug: bool = False
+    proxy_url: str = ""
+    management_secret: str = ""
+    management_allow_remote: bool = False
+    log_format: str = "text"
+    metrics_window_seconds: int = 600
+    metrics_require_key: bool = False
+    request_body_limit_mb: float = 32.0
+    connect_timeout: float = 10.0
+    first_byte_timeout: float = 600.0
+    idle_timeout: float = 300.0
+    shutdown_drain_seconds: float = 30.0
+    fallbacks: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    providers: tuple[ProviderBlock, ...] = ()
+    #: Where it came from: a path, or "<default>".
+    source: str = "<default>"
+    #: Non-fatal findings (ignored CLIProxyAPI keys, ...), logged at start-up.
+    warnings: tuple[str, ...] = ()
+
+
+# key path → (Settings attribute, accepted type(s), extra check)
+_Check = Callable[[Any], str | None]
+
+
+def _one_of(*choices: str) -> _Check:
+    return lambda v: None if v in choices else f"must be one of {', '.join(choices)}"
+
+
+def _at_least(low: float) -> _Check:
+    return lambda v: None if v >= low else f"must be at least {low:g}"
+
+
+def _port(v: Any) -> str | None:
+    return None if 0 <= v <= 65535 else "must be a port number (0-65535)"
+
+
+_NUM = (int, float)
+_SCALARS: dict[str, tuple[str, type | tuple[type, ...], _Check | None]] = {
+    "host": ("host", str, None),
+    "port": ("port", int, _port),
+    "force-model-prefix": ("force_model_prefix", bool, None),
+    "request-retry": ("request_retry", int, _at_least(0)),
+    "max-retry-interval": ("max_retry_interval", _NUM, _at_least(0)),
+    "max-retry-credentials": ("max_retry_credentials", int, _at_least(0)),
+    "transient-error-cooldown-seconds": ("transient_error_cooldown_seconds", _NUM, None),
+    "max-cooldown-seconds": ("max_cooldown_seconds", _NUM, _at_least(1)),
+    "disable-cooling": ("disable_cooling", bool, None),
+    "routing.strategy": ("routing_strategy", str, _one_of("round-robin", "fill-first")),
+    "streaming.keepalive-seconds": ("keepalive_seconds", _NUM, _at_least(0)),
+    "passthrough-headers": ("passthrough_headers", bool, None),
+    "debug": ("debug", bool, None),
+    "proxy-url": ("proxy_url", str, None),
+    "remote-management.secret-key": ("management_secret", str, None),
+    "remote-management.allow-remote": ("management_allow_remote", bool, None),
+    "logging.format": ("log_format", str, _one_of("text", "json")),
+    "metrics.window-seconds": ("metrics_window_seconds", int, _at_least(10)),
+    "metrics.require-api-key": ("metrics_require_key", bool, None),
+    "limits.request-body-mb": ("request_body_limit_mb", _NUM, _at_least(0.001)),
+    "timeouts.connect-seconds": ("connect_timeout", _NUM, _at_least(0.001)),
+    "timeouts.first-byte-seconds": ("first_byte_timeout", _NUM, _at_least(0.001)),
+    "timeouts.idle-seconds": ("idle_timeout", _NUM, _at_least(0.001)),
+    "shutdown.drain-seconds": ("shutdown_drain_seconds", _NUM, _at_least(0)),
+}
+_SECTIONS = {"routing", "streaming", "remote-management", "logging", "metrics", "limits",
+             "timeouts", "shutdown"}  # fmt: skip
+_SECTION_EXTRAS = {  # accepted for CLIProxyAPI files, not acted on
+    "routing": {"session-affinity", "session-affinity-ttl"},
+    "streaming": {"bootstrap-retries"},
+    "remote-management": {"disable-control-panel", "disable-auto-update-panel",
+                          "panel-github-repository"},
+}  # fmt: skip
+_LISTS = {"api-keys", "fallbacks"}
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+#: The driver registry's answer for a config key: its option types, required keys and default
+#: base URL; None when no installed driver has that name.
+DriverOptions = Callable[[str], "tuple[Mapping[str, Any], frozenset[str], str] | None"]
+
+
+class _Problems:
+    """Collects `FILE:LINE:COL: message` lines."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.lines: list[str] = []
+        self.warnings: list[str] = []
+
+    def at(self, node: Any, key: Any) -> str:
+        line, col = _position(node, key)
+        return f"{self.source}:{line}:{col}"
+
+    def add(self, node: Any, key: Any, message: str) -> None:
+        self.lines.append(f"{self.at(node, key)}: {message}")
+
+    def warn(self, node: Any, key: Any, message: str) -> None:
+        self.warnings.append(f"{self.at(node, key)}: {message}")
+
+
+def _position(node: Any, key: Any) -> tuple[int, int]:
+    lc = getattr(node, "lc", None)
+    if lc is None:
+        return (0, 0)
+    try:
+        if isinstance(node, CommentedMap) and key is not None:
+            line, col = lc.key(key)
+        elif isinstance(node, CommentedSeq) and key is not None:
+            line, col = lc.item(key)
+        else:
+            line, col = lc.line, lc.col
+    except (KeyError, IndexError, TypeError):
+        line, col = lc.line, lc.col
+    return (line + 1, col + 1)
+
+
+def _did_you_mean(key: str, known: Iterator[str] | list[str] | set[str]) -> str:
+    close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _type_name(t: type | tuple[type, ...]) -> str:
+    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+             list: "a list", dict: "a mapping"}  # fmt: skip
+    if isinstance(t, tuple):
+        return "a number" if set(t) == {int, float} else " or ".join(names[x] for x in t)
+    return names.get(t, t.__name__)
+
+
+def _type_ok(value: Any, expected: type | tuple[type, ...]) -> bool:
+    types = expected if isinstance(expected, tuple) else (expected,)
+    if isinstance(value, bool) and bool not in types:
+        return False  # yaml `true` is not a number
+    return isinstance(value, types)
+
+
+def _expand_env(value: Any, problems: _Problems, node: Any, key: Any) -> Any:
+    """`${VAR}` and `${VAR:-default}` in strings; an unset variable is an error."""
+    if isinstance(value, str) and "${" in value:
+
+        def sub(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in os.environ:
+                return os.environ[name]
+            if default is not None:
+                return default
+            problems.add(node, key, f"environment variable {name} is not set")
+            return ""
+
+        return _ENV_REF.sub(sub, value)
+    if isinstance(value, CommentedMap):
+        for k in list(value):
+            value[k] = _expand_env(value[k], problems, value, k)
+    elif isinstance(value, CommentedSeq):
+        for i in range(len(value)):
+            value[i] = _expand_env(value[i], problems, value, i)
+    return value
+
+
+def default_path(explicit: str | None) -> Path | None:
+    """`-c FILE`, else `$KEYRAIL_CONFIG`, else `./config.yaml`, else None (built-in default)."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get("KEYRAIL_CONFIG")
+    if env:
+        return Path(env)
+    here = Path("config.yaml")
+    return here if here.is_file() else None
+
+
+def builtin_default(driver_options: DriverOptions) -> Settings:
+    """No file: loopback only, no client keys, an `openai` block from OPENAI_API_KEY."""
+    providers: list[ProviderBlock] = []
+    key = os.environ.get("OPENAI_API_KEY", "")
+    if key:
+        base = os.environ.get("OPENAI_BASE_URL", "https://api.openai.com/v1")
+        providers.append(
+            ProviderBlock(
+                driver="openai-compatibility",
+                name="openai",
+                base_url=base,
+                options={"api-key-entries": ({"api-key": key},)},
+                where="$OPENAI_API_KEY",
+            )
+        )
+    return Settings(host="127.0.0.1", providers=tuple(providers), source="<default>")
+
+
+def load(path: str | Path, driver_options: DriverOptions) -> Settings:
+    """Read and validate a config file. Raises `ConfigError` with every problem found."""
+    path = Path(path)
+    source = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"{source}:0:0: no such file"]) from None
+    except IsADirectoryError:
+        raise ConfigError([f"{source}:0:0: is a directory, not a config file"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{source}:0:0: cannot read: {exc}"]) from None
+    return parse(text, driver_options, source=source)
+
+
+def parse(text: str, driver_options: DriverOptions, *, source: str = "<string>") -> Settings:
+    """Validate YAML text into `Settings`."""
+    problems = _Problems(source)
+    yaml = YAML(typ="rt")
+    try:
+        doc = yaml.load(text)
+    except MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (0, 0)
+        raise ConfigError([f"{source}:{line}:{col}: invalid YAML: {exc.problem}"]) from None
+    except Exception as exc:  # ruamel raises a few non-Marked errors (duplicate keys, ...)
+        raise ConfigError([f"{source}:0:0: invalid YAML: {exc}"]) from None
+    if doc is None:
+        doc = CommentedMap()
+    if not isinstance(doc, CommentedMap):
+        raise ConfigError([f"{source}:1:1: the top level must be a mapping of keys"])
+    doc = _expand_env(doc, problems, None, None)
+
+    values: dict[str, Any] = {}
+    providers: list[ProviderBlock] = []
+    names_seen: dict[str, int] = {}
+    known_top = {k.split(".")[0] for k in _SCALARS} | _LISTS | _SECTIONS
+    for key in doc:
+        value = doc[key]
+        if not isinstance(key, str):
+            problems.add(doc, key, f"key {key!r} must be a string")
+        elif key in _SECTIONS:
+            _read_section(doc, key, value, values, problems)
+        elif key in _SCALARS:
+            _read_scalar(doc, key, key, value, values, problems)
+        elif key == "api-keys":
+            values["api_keys"] = _read_api_keys(doc, key, value, problems)
+        elif key == "fallbacks":
+            values["fallbacks"] = _read_fallbacks(doc, key, value, problems)
+        elif (opts := driver_options(key)) is not None:
+            providers.extend(_read_blocks(doc, key, value, opts, names_seen, problems))
+        elif key in IGNORED_KEYS:
+            problems.warn(doc, key, f"'{key}' is a CLIProxyAPI setting keyrail ignores")
+        else:
+            hint = _did_you_mean(key, known_top | _driver_names(driver_options))
+            problems.add(doc, key, f"unknown key '{key}'{hint}")
+    if problems.lines:
+        raise ConfigError(problems.lines)
+    if values.get("host") == "":
+        values["host"] = "0.0.0.0"  # CLIProxyAPI: "" means every interface
+    return Settings(
+        **values, providers=tuple(providers), source=source, warnings=tuple(problems.warnings)
+    )
+
+
+def _driver_names(driver_options: DriverOptions) -> set[str]:
+    names = getattr(driver_options, "names", None)
+    return set(names()) if callable(names) else set()
+
+
+def _read_section(
+    doc: CommentedMap, key: str, value: Any, values: dict[str, Any], problems: _Problems
+) -> None:
+    if value is None:
+        return
+    if not isinstance(value, CommentedMap):
+        problems.add(doc, key, f"'{key}' must be a mapping")
+        return
+    known = {k.split(".", 1)[1] for k in _SCALARS if k.startswith(key + ".")}
+    extras = _SECTION_EXTRAS.get(key, set())
+    for sub in value:
+        full = f"{key}.{sub}"
+        if full in _SCALARS:
+            _read_scalar(value, sub, full, value[sub], values, problems)
+        elif sub in extras:
+            problems.warn(value, sub, f"'{full}' is a CLIProxyAPI setting keyrail ignores")
+        else:
+            problems.add(value, sub, f"unknown key '{full}'{_did_you_mean(str(sub), known)}")
+
+
+def _read_scalar(
+    node: Any, key: Any, full: str, value: Any, values: dict[str, Any], problems: _Problems
+) -> None:
+    attr, expected, check = _SCALARS[full]
+    if isinstance(value, str) and expected is not str:
+        value = _coerce(value, expected)  # "${PORT}" expands to a string
+    if not _type_ok(value, expected):
+        problems.add(node, key, f"'{full}' must be {_type_name(expected)}, not {value!r}")
+        return
+    if check and (msg := check(value)):
+        problems.add(node, key, f"'{full}' {msg}")
+        return
+    values[attr] = value
+
+
+def _coerce(value: str, expected: type | tuple[type, ...]) -> Any:
+    types = expected if isinstance(expected, tuple) else (expected,)
+    text = value.strip()
+    if bool in types and text.lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
+        return text.lower() in ("true", "yes", "on", "1")
+    for t in (int, float):
+        if t in types:
+            try:
+                return t(text)
+            except ValueError:
+                pass
+    return value
+
+
+def _read_api_keys(doc: CommentedMap, key: str, value: Any, problems: _Problems) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        problems.add(doc, key, "'api-keys' must be a list of strings")
+        return ()
+    keys: list[str] = []
+    for i, item in enumerate(value):
+        if not isinstance(item, str) or not item.strip():
+            problems.add(value, i, "each client key in 'api-keys' must be a non-empty string")
+        elif item.strip() not in keys:
+            keys.append(item.strip())
+    return tuple(keys)
+
+
+def _read_fallbacks(
+    doc: CommentedMap, key: str, value: Any, problems: _Problems
+) -> dict[str, tuple[str, ...]]:
+    if value is None:
+        return {}
+    if not isinstance(value, CommentedMap):
+        problems.add(doc, key, "'fallbacks' must map a model id or glob to a list of model ids")
+        return {}
+    out: dict[str, tuple[str, ...]] = {}
+    for pattern in value:
+        targets = value[pattern]
+        if isinstance(targets, str):
+            targets = [targets]
+        if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
+            problems.add(value, pattern, f"fallbacks for '{pattern}' must be a list of model ids")
+            continue
+        out[str(pattern)] = tuple(targets)
+    return out
+
+
+def _read_blocks(
+    doc: CommentedMap,
+    driver: str,
+    value: Any,
+    opts: tuple[Mapping[str, Any], frozenset[str], str],
+    names_seen: dict[str, int],
+    problems: _Problems,
+) -> Iterator[ProviderBlock]:
+    if value is None:
+        return
+    if isinstance(value, CommentedMap):
+        value = CommentedSeq([value])  # one block written as a mapping: accept it
+    if not isinstance(value, list):
+        problems.add(doc, driver, f"'{driver}' must be a list of provider blocks")
+        return
+    options, required, default_base = opts
+    allowed: dict[str, Any] = {**COMMON_BLOCK_KEYS, **options}
+    for i, item in enumerate(value):
+        if not isinstance(item, CommentedMap):
+            problems.add(value, i, f"each '{driver}' item must be a mapping")
+            continue
+        where = f"{problems.source}:{_position(value, i)[0]}"
+        fields: dict[str, Any] = {}
+        driver_opts: dict[str, Any] = {}
+        for k in item:
+            v = item[k]
+            if k not in allowed:
+                hint = _did_you_mean(str(k), set(allowed))
+                problems.add(item, k, f"unknown key '{k}' in a '{driver}' block{hint}")
+                continue
+            expected = allowed[k]
+            if isinstance(v, str) and expected is not str:
+                v = _coerce(v, expected)
+            if v is None:
+                continue
+            if not _type_ok(v, expected):
+                problems.add(item, k, f"'{k}' must be {_type_name(expected)}, not {v!r}")
+                continue
+            if k in COMMON_BLOCK_KEYS:
+                fields[k] = v
+            else:
+                driver_opts[k] = _plain(v)
+        for req in sorted(required):
+            if req == "base-url" and default_base:
+                continue
+            if req not in fields and req not in driver_opts:
+                problems.add(value, i, f"a '{driver}' block needs '{req}'")
+        name = str(fields.get("name") or driver).strip()
+        if "name" not in fields:
+            count = names_seen.get(name, 0)
+            names_seen[name] = count + 1
+            if count:
+                name = f"{name}-{count + 1}"
+        elif name in names_seen:
+            problems.add(item, "name", f"provider name '{name}' is used twice")
+        else:
+            names_seen[name] = 1
+        prefix = str(fields.get("prefix", "")).strip().strip("/")
+        if "/" in prefix:
+            problems.add(item, "prefix", f"prefix '{prefix}' may not contain '/'")
+        yield ProviderBlock(
+            driver=driver,
+            name=name,
+            prefix=prefix,
+            priority=int(fields.get("priority", 0)),
+            disabled=bool(fields.get("disabled", False)),
+            models=_read_models(item, fields.get("models"), problems),
+            excluded_models=tuple(
+                str(p).strip().lower() for p in fields.get("excluded-models", []) if str(p).strip()
+            ),
+            headers=_read_headers(item, fields.get("headers"), problems),
+            proxy_url=fields.get("proxy-url") or None,
+            disable_cooling=fields.get("disable-cooling"),
+            base_url=str(fields.get("base-url", "")).strip(),
+            refresh_url=str(fields.get("refresh-url", "")).strip(),
+            options=driver_opts,
+            where=where,
+        )
+
+
+def _read_models(item: CommentedMap, value: Any, problems: _Problems) -> tuple[ModelEntry, ...]:
+    if not value:
+        return ()
+    entries: list[ModelEntry] = []
+    for i, m in enumerate(value):
+        if isinstance(m, str):
+            entries.append(ModelEntry(name=m, alias=m))
+            continue
+        if not isinstance(m, CommentedMap):
+            problems.add(value, i, "each 'models' item must be a mapping with 'name'")
+            continue
+        for k in m:
+            if k not in ("name", "alias", "force-mapping"):
+                hint = _did_you_mean(str(k), {"name", "alias", "force-mapping"})
+                problems.add(m, k, f"unknown key '{k}' in a 'models' item{hint}")
+        name = m.get("name")
+        if not isinstance(name, str) or not name.strip():
+            problems.add(value, i, "a 'models' item needs a 'name' (the upstream model)")
+            continue
+        alias = m.get("alias") or name
+        if not isinstance(alias, str):
+            problems.add(m, "alias", "'alias' must be a string")
+            continue
+        force = m.get("force-mapping", False)
+        if not isinstance(force, bool):
+            problems.add(m, "force-mapping", "'force-mapping' must be a boolean")
+            force = False
+        entries.append(ModelEntry(name=name.strip(), alias=alias.strip(), force_mapping=force))
+    return tuple(entries)
+
+
+_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+
+
+def _read_headers(item: CommentedMap, value: Any, problems: _Problems) -> dict[str, str]:
+    if not value:
+        return {}
+    headers: dict[str, str] = {}
+    for k in value:
+        v = value[k]
+        if not isinstance(k, str) or not _HEADER_NAME.match(k):
+            problems.add(value, k, f"header name {k!r} is not a valid HTTP header name")
+        elif not isinstance(v, str | int | float) or any(c in str(v) for c in "\r\n\0"):
+            problems.add(value, k, f"header '{k}' must be a one-line string")
+        else:
+            headers[k] = str(v).strip()
+    return headers
+
+
+def _plain(value: Any) -> Any:
+    """ruamel's commented containers → plain, immutable-ish Python values."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return tuple(_plain(v) for v in value)
+    return value
+
+
+def is_loopback(host: str) -> bool:
+    return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
+
+
+def bind_problem(settings: Settings) -> str | None:
+    """Why keyrail must not bind where the settings say, or None.
+
+    A public address needs client keys, and not the placeholder keys of example files.
+    """
+    if is_loopback(settings.host):
+        return None
+    if not settings.api_keys:
+        return (
+            f"refusing to listen on {settings.host}:{settings.port} without client keys: "
+            "set 'api-keys' in the config, or bind to 127.0.0.1"
+        )
+    placeholders = PLACEHOLDER_KEYS.intersection(settings.api_keys)
+    if placeholders:
+        return (
+            f"refusing to listen on {settings.host}:{settings.port} with the example file's "
+            "placeholder client keys: replace them in 'api-keys'"
+        )
+    return None

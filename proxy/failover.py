@@ -1,0 +1,252 @@
+"""The request loop: try the pool's credentials until one answers, before the first byte.
+
+Owns: for one client request, picking targets through the scheduler, calling the driver,
+turning each failure into the scheduler's outcome, refreshing an OAuth credential once on a
+rejection, moving on at once (no sleeping) to the next credential and block, waiting for a
+recovery only within `max-retry-interval`, fallbacks, and the error the client gets when no
+attempt succeeds. Every attempt is reported to the metrics.
+Does not own: what an outcome does to a credential (scheduler.py), relaying a successful
+answer (streaming.py / handlers.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from proxy.catalog import Route, Target
+from proxy.driver import Call, Credential, Driver, Reply
+from proxy.errors import (
+    CredentialRejected,
+    DriverError,
+    NoCredential,
+    ProxyError,
+    RateLimited,
+    UnknownModel,
+    UpstreamError,
+    UpstreamRejected,
+    UpstreamUnavailable,
+)
+from proxy.metrics import Attempt, ProviderMetrics
+from proxy.scheduler import Scheduler
+from proxy.streaming import StreamHead
+
+
+@dataclass(slots=True)
+class Success:
+    """The attempt that worked: its target, the reply, and (for streams) the opened head."""
+
+    target: Target
+    reply: Reply
+    head: StreamHead | None
+    body: bytes | None  # the whole body, for non-streamed calls
+    started: float  # loop time the attempt began
+    retries: int
+
+
+@dataclass(frozen=True, slots=True)
+class LoopSettings:
+    request_retry: int = 3
+    max_retry_interval: float = 30.0
+    max_retry_credentials: int = 0
+    first_byte_timeout: float = 600.0
+
+
+async def serve(
+    *,
+    route: Route,
+    endpoint: str,
+    body: dict[str, Any],
+    stream: bool,
+    request_id: str,
+    drivers: dict[str, Driver],
+    scheduler: Scheduler,
+    metrics: ProviderMetrics,
+    settings: LoopSettings,
+    resolve_fallbacks: Callable[[str], Sequence[Route]] = lambda _model: (),
+    clock: Callable[[], float] | None = None,
+) -> Success:
+    """Run the failover loop for one request; return the first success or raise."""
+    loop = asyncio.get_running_loop()
+    now = clock or loop.time
+    routes = [route, *resolve_fallbacks(route.model)]
+    last_error: ProxyError | None = None
+    attempts = 0
+    for current in routes:
+        targets = [t for t in current.targets if endpoint in drivers[t.provider].endpoints]
+        if not targets:
+            last_error = last_error or DriverError(
+                f"model '{current.model}' is served by a driver that does not support "
+                f"/v1/{endpoint}"
+            )
+            continue
+        for pass_no in range(settings.request_retry + 1):
+            tried: set[Target] = set()
+            tried_this_pass = 0
+            while True:
+                if (
+                    settings.max_retry_credentials
+                    and tried_this_pass >= settings.max_retry_credentials
+                ):
+                    break
+                target = scheduler.pick(current.model, targets, tried)
+                if target is None:
+                    break
+                tried.add(target)
+                tried_this_pass += 1
+                driver = drivers[target.provider]
+                call = Call(
+                    endpoint=endpoint,
+                    model=target.upstream_model,
+                    body={**body, "model": target.upstream_model},
+                    stream=stream,
+                    headers=driver.block.headers,
+                    request_id=request_id,
+                )
+                started = now()
+                try:
+                    success = await _attempt_with_refresh(driver, call, target, stream, settings)
+                except UpstreamRejected as exc:
+                    _record(metrics, target, exc, now() - started)
+                    raise
+                except UpstreamError as exc:
+                    _record(metrics, target, exc, now() - started)
+                    _decide(scheduler, target, exc)
+                    last_error = exc
+                    attempts += 1
+                    continue
+                success.started = started
+                success.retries = attempts
+                return success
+            # The pool is spent for this pass. Wait for a recovery only if it is close.
+            recovery = scheduler.recovery(targets)
+            if recovery is None:
+                continue  # something became ready meanwhile: next pass at once
+            if (
+                pass_no < settings.request_retry
+                and recovery.in_seconds <= settings.max_retry_interval
+            ):
+                await asyncio.sleep(recovery.in_seconds)
+                continue
+            if last_error is None:
+                # Nothing was tried: every credential was already cooling or disabled.
+                last_error = NoCredential(
+                    _cooling_message(current, recovery.quota),
+                    retry_after=max(1, math.ceil(recovery.in_seconds)),
+                    quota=recovery.quota,
+                )
+            break
+    if last_error is None:
+        raise UnknownModel(f"no provider can serve '{route.model}'", param="model")
+    raise _for_client(last_error, scheduler, routes)
+
+
+async def _attempt_with_refresh(
+    driver: Driver, call: Call, target: Target, stream: bool, settings: LoopSettings
+) -> Success:
+    """An attempt; on a rejected credential, one refresh (OAuth drivers) and one retry."""
+    try:
+        return await _attempt(driver, call, target, target.credential, stream, settings)
+    except CredentialRejected:
+        refreshed = await _refresh(driver, target.credential)
+        if refreshed is None:
+            raise
+    return await _attempt(driver, call, target, refreshed, stream, settings)
+
+
+async def _attempt(
+    driver: Driver,
+    call: Call,
+    target: Target,
+    credential: Credential,
+    stream: bool,
+    settings: LoopSettings,
+) -> Success:
+    """One attempt, up to its first data event (stream) or its whole body (not streamed)."""
+    try:
+        async with asyncio.timeout(settings.first_byte_timeout):
+            return await _attempt_unbounded(driver, call, target, credential, stream)
+    except TimeoutError:
+        raise UpstreamUnavailable(
+            f"upstream {target.provider} sent nothing for {settings.first_byte_timeout:g} s",
+            status=504,
+            provider=target.provider,
+        ) from None
+
+
+async def _attempt_unbounded(
+    driver: Driver, call: Call, target: Target, credential: Credential, stream: bool
+) -> Success:
+    reply = await driver.send(call, credential)
+    if stream:
+        head = StreamHead(reply, target.provider)
+        try:
+            await head.open()
+        except BaseException:
+            await reply.body.aclose()
+            raise
+        return Success(target, reply, head, None, 0.0, 0)
+    try:
+        data = await reply.read()
+    except UpstreamError as exc:
+        raise UpstreamUnavailable(exc.message, status=502, provider=target.provider) from exc
+    return Success(target, reply, None, data, 0.0, 0)
+
+
+async def _refresh(driver: Driver, credential: Credential) -> Credential | None:
+    try:
+        # Shielded: a refresh that writes a token file must not be cut by a client leaving.
+        return await asyncio.shield(driver.refresh(credential))
+    except ProxyError:
+        return None
+
+
+def _decide(scheduler: Scheduler, target: Target, exc: UpstreamError) -> None:
+    error = exc.message[:200]
+    if isinstance(exc, RateLimited):
+        scheduler.rate_limited(target, exc.retry_after, error)
+    elif isinstance(exc, CredentialRejected):
+        scheduler.rejected(target, error)
+    else:
+        scheduler.transient(target, error)
+
+
+def _record(metrics: ProviderMetrics, target: Target, exc: UpstreamError, latency: float) -> None:
+    metrics.record(
+        Attempt(
+            provider=target.provider,
+            driver=target.driver,
+            credential_id=target.credential.id,
+            status=exc.status,
+            latency=latency,
+            error=exc.message[:200],
+        )
+    )
+
+
+def _cooling_message(route: Route, quota: bool) -> str:
+    providers = ", ".join(route.providers)
+    if quota:
+        return f"All credentials for model {route.model} are cooling down via provider {providers}"
+    return f"No credential for model {route.model} is available via provider {providers}"
+
+
+def _for_client(error: ProxyError, scheduler: Scheduler, routes: Sequence[Route]) -> ProxyError:
+    """Every 429 keyrail returns says when to come back, and that we already retried."""
+    if error.status == 429 and "Retry-After" not in error.headers:
+        soonest = min(
+            (r.in_seconds for r in (scheduler.recovery(x.targets) for x in routes) if r),
+            default=1.0,
+        )
+        error = _with_headers(error, {"Retry-After": str(max(1, math.ceil(soonest)))})
+    if isinstance(error, UpstreamError) and "x-should-retry" not in error.headers:
+        error = _with_headers(error, {"x-should-retry": "false"})
+    return error
+
+
+def _with_headers(error: ProxyError, headers: dict[str, str]) -> ProxyError:
+    error.headers = {**error.headers, **headers}
+    return error

@@ -1,0 +1,306 @@
+"""HTTP handlers: the OpenAI-shaped surface of keyrail.
+
+Owns: the routes (`/health`, `/v1/models`, `POST /v1/{chat/completions,completions,
+embeddings,responses}`), reading and checking the client's JSON once, answering a finished
+request (non-streamed bodies, `force-mapping`, usage), the error middleware that turns every
+failure into an OpenAI error body, and the access-log record of each request.
+Does not own: the failover loop (failover.py), the SSE relay (streaming.py), client keys
+(auth.py), or the metrics endpoints (metrics.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from proxy import failover
+from proxy.driver import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES
+from proxy.errors import InvalidRequest, ProxyError, RequestError, UpstreamError, error_body
+from proxy.keys import LIVE, METRICS, REQUEST_ID, SCHEDULER
+from proxy.logs import RequestRecord, log_request
+from proxy.metrics import Attempt
+from proxy.streaming import RelayOptions, StreamHead, relay, usage_in
+
+log = logging.getLogger("keyrail.handlers")
+JSON = "application/json"
+# Upstream response headers worth passing on when `passthrough-headers` is on.
+_HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
+     "transfer-encoding", "upgrade", "set-cookie", "content-length", "content-encoding",
+     "content-type", "date", "server"}
+)  # fmt: skip
+
+
+def json_response(
+    data: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type=JSON, headers=headers)
+
+
+def _error_response(exc: ProxyError) -> web.Response:
+    return web.Response(body=exc.body(), status=exc.status, content_type=JSON, headers=exc.headers)
+
+
+_STATUS_CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
+
+
+@web.middleware
+async def errors_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Every error leaves as an OpenAI error body; nothing leaves as a traceback."""
+    try:
+        return await handler(request)
+    except ProxyError as exc:
+        return _error_response(exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        message = exc.reason
+        if exc.status == 404:
+            message = f"Unknown endpoint: {request.method} {request.path}"
+        elif exc.status == 413:
+            message = "Request body too large"
+        body = error_body(
+            message,
+            type="invalid_request_error",
+            code=_STATUS_CODES.get(exc.status, "invalid_request"),
+        )
+        headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+        return web.Response(body=body, status=exc.status, content_type=JSON, headers=headers)
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        body = error_body("internal error in keyrail", type="server_error", code="internal_error")
+        return web.Response(body=body, status=500, content_type=JSON)
+
+
+async def health(request: web.Request) -> web.Response:
+    runtime = request.app[LIVE].current
+    views = request.app[SCHEDULER].credential_views()
+    providers: dict[str, str] = {}
+    for name in runtime.drivers:
+        states = [v.state for v in views if v.provider == name]
+        ready = states.count("ready")
+        providers[name] = "ok" if ready == len(states) else ("degraded" if ready else "down")
+    return json_response({"status": "ok", "providers": providers})
+
+
+async def list_models(request: web.Request) -> web.Response:
+    catalog = request.app[LIVE].current.catalog
+    return json_response({"object": "list", "data": catalog.model_list()})
+
+
+async def get_model(request: web.Request) -> web.Response:
+    catalog = request.app[LIVE].current.catalog
+    route = catalog.resolve(request.match_info["model"])
+    return json_response(
+        {
+            "id": route.model,
+            "object": "model",
+            "created": catalog.created,
+            "owned_by": route.owned_by,
+        }
+    )
+
+
+async def read_json_object(request: web.Request) -> dict[str, Any]:
+    """The request body as a JSON object, or a clear 400 (413 when over the size limit)."""
+    raw = await request.read()  # aiohttp raises 413 past client_max_size
+    if not raw:
+        raise InvalidRequest("The request body is empty; send a JSON object.")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        if isinstance(exc.__cause__, UnicodeDecodeError) or "utf-8" in str(exc).lower():
+            raise InvalidRequest("The request body is not valid UTF-8.") from None
+        raise InvalidRequest(f"The request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    return body
+
+
+def _model_of(body: dict[str, Any]) -> str:
+    model = body.get("model")
+    if model is None:
+        raise InvalidRequest("You must provide a model parameter.", param="model")
+    if not isinstance(model, str) or not model.strip():
+        raise InvalidRequest("'model' must be a non-empty string.", param="model")
+    return model.strip()
+
+
+def endpoint_handler(endpoint: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        return await proxy_request(request, endpoint)
+
+    handle.__name__ = f"post_{endpoint.replace('/', '_')}"
+    return handle
+
+
+async def proxy_request(request: web.Request, endpoint: str) -> web.StreamResponse:
+    """Serve one POST: route by model, fail over before the first byte, relay the answer."""
+    app = request.app
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    rec = RequestRecord(
+        request_id=request.get(REQUEST_ID, ""), method=request.method, path=request.path
+    )
+    runtime = app[LIVE].current  # one config for the whole request, even across a reload
+    success: failover.Success | None = None
+    try:
+        body = await read_json_object(request)
+        rec.model = _model_of(body)
+        stream = body.get("stream") is True
+        if "stream" in body and not isinstance(body["stream"], bool) and body["stream"] is not None:
+            raise InvalidRequest("'stream' must be a boolean.", param="stream")
+        route = runtime.catalog.resolve(rec.model)
+        success = await failover.serve(
+            route=route,
+            endpoint=endpoint,
+            body=body,
+            stream=stream,
+            request_id=rec.request_id,
+            drivers=runtime.drivers,
+            scheduler=app[SCHEDULER],
+            metrics=app[METRICS],
+            settings=runtime.loop_settings,
+            resolve_fallbacks=lambda model: _fallback_routes(runtime, model),
+        )
+        target = success.target
+        rec.provider, rec.credential_id = target.provider, target.credential.id
+        rec.retries, rec.upstream_status = success.retries, success.reply.status
+        rename = (target.upstream_model, rec.model) if target.force_mapping else None
+        extra = _passthrough(success.reply.headers) if runtime.settings.passthrough_headers else {}
+        extra["X-Request-Id"] = rec.request_id
+        attempt = Attempt(target.provider, target.driver, target.credential.id, 200, 0.0)
+        if success.head is not None:
+            response, result = await _relay(request, success.head, body, endpoint, rename,
+                                            extra, runtime.settings.keepalive_seconds,
+                                            success.started)  # fmt: skip
+            attempt.ttft = result.ttft
+            attempt.prompt_tokens = result.usage.prompt_tokens
+            attempt.completion_tokens = result.usage.completion_tokens
+            if result.error is not None:
+                attempt.status, attempt.error = result.error.status, result.error.message[:200]
+                rec.error = attempt.error
+            rec.status = 200
+        else:
+            data = success.body or b""
+            if rename is not None:
+                data = data.replace(
+                    f'"model":"{rename[0]}"'.encode(), f'"model":"{rename[1]}"'.encode()
+                )
+            usage = usage_in(data)
+            if isinstance(usage, dict):
+                attempt.prompt_tokens = int(
+                    usage.get("prompt_tokens") or usage.get("input_tokens") or 0
+                )
+                attempt.completion_tokens = int(
+                    usage.get("completion_tokens") or usage.get("output_tokens") or 0
+                )
+            content_type = success.reply.headers.get("Content-Type", JSON)
+            response = web.Response(body=data, status=success.reply.status, headers=extra)
+            response.headers["Content-Type"] = content_type
+            rec.status = success.reply.status
+        attempt.latency = loop.time() - success.started
+        app[METRICS].record(attempt)
+        rec.ttft_ms = None if attempt.ttft is None else attempt.ttft * 1000
+        rec.prompt_tokens, rec.completion_tokens = attempt.prompt_tokens, attempt.completion_tokens
+        return response
+    except ProxyError as exc:
+        rec.status = exc.status
+        rec.error = exc.message[:200]
+        if isinstance(exc, UpstreamError):
+            rec.provider = rec.provider or exc.provider
+            rec.upstream_status = exc.status
+        raise
+    except asyncio.CancelledError:
+        rec.status = 499  # the client went away; the upstream request was closed with it
+        if success is not None and success.head is not None:
+            await success.head.reply.body.aclose()
+        raise
+    finally:
+        rec.latency_ms = (loop.time() - started) * 1000
+        log_request(rec)
+
+
+async def _relay(
+    request: web.Request,
+    head: StreamHead,
+    body: dict[str, Any],
+    endpoint: str,
+    rename: tuple[str, str] | None,
+    extra: dict[str, str],
+    keepalive: float,
+    started: float,
+) -> tuple[web.StreamResponse, Any]:
+    options = body.get("stream_options")
+    wants_usage = isinstance(options, dict) and bool(options.get("include_usage"))
+    return await relay(
+        request,
+        head,
+        RelayOptions(
+            keepalive_seconds=keepalive,
+            client_wants_usage=wants_usage or endpoint != CHAT,
+            rename_model=rename,
+            ensure_done=endpoint in (CHAT, COMPLETIONS),
+            extra_headers=extra,
+        ),
+        started,
+    )
+
+
+def _fallback_routes(runtime: Any, model: str) -> list[Any]:
+    from proxy.catalog import excluded_by
+
+    routes = []
+    for pattern, targets in runtime.settings.fallbacks.items():
+        if excluded_by(model, [pattern]):
+            for fallback in targets:
+                if fallback == model:
+                    continue
+                try:
+                    routes.append(runtime.catalog.resolve(fallback))
+                except RequestError:
+                    log.warning("fallback model %s for %s is not in the catalog", fallback, model)
+            break
+    return routes
+
+
+def _passthrough(headers: Any) -> dict[str, str]:
+    return {
+        k: v
+        for k, v in headers.items()
+        if k.lower() not in _HOP_BY_HOP
+        and not k.lower().startswith(
+            ("x-litellm-", "helicone-", "x-portkey-", "cf-aig-", "x-kong-")
+        )
+    }
+
+
+@web.middleware
+async def request_id_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    request[REQUEST_ID] = os.urandom(6).hex()
+    return await handler(request)
+
+
+def setup(app: web.Application) -> None:
+    """Register the OpenAI-shaped routes."""
+    router = app.router
+    for path in ("/health", "/healthz"):
+        router.add_get(path, health)  # add_get also answers HEAD
+    router.add_get("/v1/models", list_models)
+    router.add_get("/models", list_models)
+    router.add_get("/v1/models/{model:.+}", get_model)
+    for endpoint in (CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES):
+        router.add_post(f"/v1/{endpoint}", endpoint_handler(endpoint))
+        router.add_post(f"/{endpoint}", endpoint_handler(endpoint))

@@ -1,0 +1,19 @@
+"""Typed application keys: the shared components, as the app factory wires them.
+
+Owns nothing but the names; each component module documents its own object.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from proxy.metrics import ProviderMetrics
+from proxy.registry import Registry
+from proxy.runtime import Live
+from proxy.scheduler import Scheduler
+
+LIVE = web.AppKey("live", Live)
+SCHEDULER = web.AppKey("scheduler", Scheduler)
+METRICS = web.AppKey("metrics", ProviderMetrics)
+REGISTRY = web.AppKey("registry", Registry)
+REQUEST_ID = web.RequestKey("request_id", str)

@@ -1,0 +1,159 @@
+"""Runtime: everything built from one config — drivers, their sessions, the catalog.
+
+Owns: turning `Settings` into live parts (one driver instance and one pooled `ClientSession`
+per provider block, model discovery for blocks that list none, the catalog), holding the
+current `Runtime` in a `Live` box that a reload can swap atomically, and closing a runtime's
+sessions. Does not own: what is done with those parts per request (handlers.py, failover.py),
+or watching files (reload lives with operations).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import aiohttp
+
+from proxy import catalog as catalog_mod
+from proxy.catalog import Catalog
+from proxy.config import ProviderBlock, Settings
+from proxy.driver import Credential, Driver
+from proxy.failover import LoopSettings
+from proxy.registry import Registry
+
+log = logging.getLogger("keyrail.runtime")
+DISCOVERY_TIMEOUT = 10.0
+
+
+@dataclass(slots=True)
+class Runtime:
+    settings: Settings
+    catalog: Catalog
+    drivers: dict[str, Driver]  # by provider (block) name
+    credentials: dict[str, Sequence[Credential]]
+    loop_settings: LoopSettings
+    sessions: list[aiohttp.ClientSession] = field(default_factory=list)
+
+    @property
+    def driver_names(self) -> dict[str, str]:
+        """provider → driver key, for metrics."""
+        return {name: d.block.driver for name, d in self.drivers.items()}
+
+    async def aclose(self) -> None:
+        for driver in self.drivers.values():
+            try:
+                await driver.aclose()
+            except Exception:
+                log.exception("driver %s failed to close", driver.block.name)
+        for session in self.sessions:
+            await session.close()
+
+
+class Live:
+    """The box handlers read the current runtime from; a reload replaces `current`.
+
+    Created with the app, filled when the app starts (building a runtime needs the loop).
+    """
+
+    __slots__ = ("_current",)
+
+    def __init__(self, current: Runtime | None = None) -> None:
+        self._current = current
+
+    @property
+    def current(self) -> Runtime:
+        if self._current is None:
+            raise RuntimeError("keyrail's runtime is not started")
+        return self._current
+
+    @current.setter
+    def current(self, runtime: Runtime) -> None:
+        self._current = runtime
+
+
+def _session(settings: Settings) -> aiohttp.ClientSession:
+    # total=None: a long reasoning stream must live as long as bytes keep coming.
+    timeout = aiohttp.ClientTimeout(
+        total=None,
+        sock_connect=settings.connect_timeout,
+        sock_read=settings.idle_timeout,
+    )
+    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300)
+    return aiohttp.ClientSession(
+        timeout=timeout,
+        connector=connector,
+        auto_decompress=True,
+        trust_env=False,
+        json_serialize=None,  # type: ignore[arg-type]
+        skip_auto_headers=("User-Agent",),
+    )
+
+
+def _with_global_proxy(block: ProviderBlock, settings: Settings) -> ProviderBlock:
+    if block.proxy_url or not settings.proxy_url:
+        return block
+    return dataclasses.replace(block, proxy_url=settings.proxy_url)
+
+
+async def build(settings: Settings, registry: Registry) -> Runtime:
+    """Instantiate drivers and sessions, discover models, build the catalog."""
+    drivers: dict[str, Driver] = {}
+    credentials: dict[str, Sequence[Credential]] = {}
+    sessions: list[aiohttp.ClientSession] = []
+    for block in settings.providers:
+        if block.disabled:
+            continue
+        block = _with_global_proxy(block, settings)
+        cls = registry.get(block.driver)
+        session = _session(settings)
+        sessions.append(session)
+        drivers[block.name] = cls(block, session)
+        credentials[block.name] = list(cls.credentials(block))
+    discovered = await _discover(drivers, credentials)
+    catalog = catalog_mod.build(settings, credentials, discovered)
+    for model, providers in sorted(catalog.collisions.items()):
+        log.info(
+            "model %s is served by several providers (one pool): %s", model, ", ".join(providers)
+        )
+    return Runtime(
+        settings=settings,
+        catalog=catalog,
+        drivers=drivers,
+        credentials=credentials,
+        loop_settings=LoopSettings(
+            request_retry=settings.request_retry,
+            max_retry_interval=settings.max_retry_interval,
+            max_retry_credentials=settings.max_retry_credentials,
+            first_byte_timeout=settings.first_byte_timeout,
+        ),
+        sessions=sessions,
+    )
+
+
+async def _discover(
+    drivers: Mapping[str, Driver], credentials: Mapping[str, Sequence[Credential]]
+) -> dict[str, Sequence[str]]:
+    """Ask each block that lists no models for its upstream's models, all at once."""
+
+    async def one(name: str, driver: Driver) -> tuple[str, Sequence[str]]:
+        creds = credentials.get(name) or []
+        if not creds:
+            return name, []
+        try:
+            async with asyncio.timeout(DISCOVERY_TIMEOUT):
+                models = await driver.list_models(creds[0])
+        except Exception as exc:  # discovery must never stop start-up
+            log.warning(
+                "provider %s: model discovery failed (%s); it serves no models",
+                name,
+                type(exc).__name__ if not str(exc) else exc,
+            )
+            return name, []
+        log.info("provider %s: discovered %d models", name, len(models))
+        return name, list(models)
+
+    jobs = [one(name, d) for name, d in drivers.items() if not d.block.models]
+    return dict(await asyncio.gather(*jobs))

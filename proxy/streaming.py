@@ -1,0 +1,317 @@
+"""Streaming: SSE at the byte level, and the relay of an upstream stream to the client.
+
+Owns: splitting upstream bytes into SSE events wherever the chunks were cut (LF, CRLF, CR),
+the head of a stream (everything up to the first data event, read before any byte goes to the
+client so that failover is still possible), the relay (keepalive comments after silence,
+`X-Accel-Buffering: no`, usage recorded and hidden from clients that did not ask for it,
+`force-mapping` of `model`, an in-band error event when the stream breaks), and formatting SSE.
+Does not own: choosing or retrying credentials (failover.py), HTTP routing (handlers.py).
+
+Passthrough costs one `find` per chunk and one slice per event; JSON is parsed only for the
+one event that carries usage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from proxy.driver import Reply
+from proxy.errors import ProxyError, StreamInterrupted, UpstreamError, UpstreamUnavailable
+
+DONE = b"data: [DONE]\n\n"
+KEEPALIVE = b": keepalive\n\n"
+SSE_HEADERS = {
+    "Content-Type": "text/event-stream; charset=utf-8",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",
+}
+
+
+class SSEParser:
+    """Feed bytes, get complete events (each ends with a blank line, normalised to LF)."""
+
+    __slots__ = ("_buf",)
+
+    def __init__(self) -> None:
+        self._buf = b""
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        buf = self._buf + chunk if self._buf else chunk
+        if b"\r" in buf:
+            # CRLF or lone CR line endings: normalise once, then split as LF. A trailing CR
+            # may be the first half of a CRLF, so it stays in the buffer.
+            keep = buf.endswith(b"\r")
+            body = buf[:-1] if keep else buf
+            buf = body.replace(b"\r\n", b"\n").replace(b"\r", b"\n") + (b"\r" if keep else b"")
+        events: list[bytes] = []
+        start = 0
+        while True:
+            end = buf.find(b"\n\n", start)
+            if end < 0:
+                break
+            if end > start:
+                events.append(buf[start : end + 2])
+            start = end + 2
+        # Blank lines between events are allowed; skip them so an event never starts with \n.
+        while start < len(buf) and buf[start : start + 1] == b"\n":
+            start += 1
+        self._buf = buf[start:]
+        return events
+
+    def flush(self) -> bytes:
+        """Whatever is left when the stream ends (an event without its blank line)."""
+        rest, self._buf = self._buf.strip(b"\r\n"), b""
+        return rest + b"\n\n" if rest else b""
+
+
+def event_data(event: bytes) -> bytes | None:
+    """The `data` of an event (lines joined with LF), or None for a comment/field-only event."""
+    if event.startswith(b"data:") and event.count(b"\n") == 2:  # the common one-line event
+        value = event[5:-2]
+        return value[1:] if value.startswith(b" ") else value
+    parts = []
+    for line in event.split(b"\n"):
+        if line.startswith(b"data:"):
+            value = line[5:]
+            parts.append(value[1:] if value.startswith(b" ") else value)
+    return b"\n".join(parts) if parts else None
+
+
+def data_event(payload: bytes) -> bytes:
+    return b"data: " + payload + b"\n\n"
+
+
+def error_event(exc: ProxyError) -> bytes:
+    return data_event(exc.body())
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def add_from(self, usage: Any) -> None:
+        if isinstance(usage, dict):
+            # chat/completions spell it prompt/completion; /v1/responses input/output.
+            self.prompt_tokens = int(usage.get("prompt_tokens") or usage.get("input_tokens") or 0)
+            self.completion_tokens = int(
+                usage.get("completion_tokens") or usage.get("output_tokens") or 0
+            )
+
+
+def usage_in(payload: bytes) -> Any:
+    """The `usage` object of a JSON payload (chat chunk, response, responses event), or None."""
+    if b'"usage"' not in payload:
+        return None
+    try:
+        data = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    usage = data.get("usage")
+    if usage is None and isinstance(data.get("response"), dict):  # responses API events
+        usage = data["response"].get("usage")
+    return usage
+
+
+def _is_usage_only(payload: bytes) -> bool:
+    return b'"choices":[]' in payload or b'"choices": []' in payload
+
+
+class StreamHead:
+    """An upstream stream opened as far as its first data event.
+
+    Reading the head is part of the attempt: an error or an empty stream before it is an
+    `UpstreamError` that still allows failover, because nothing has reached the client.
+    """
+
+    def __init__(self, reply: Reply, provider: str) -> None:
+        self.reply = reply
+        self.provider = provider
+        self.parser = SSEParser()
+        self.events: list[bytes] = []
+        self._chunks: AsyncIterator[bytes] = aiter(reply.body)
+
+    async def open(self) -> None:
+        while True:
+            try:
+                chunk = await anext(self._chunks)
+            except StopAsyncIteration:
+                tail = self.parser.flush()
+                if tail:
+                    self.events.append(tail)
+                if any(event_data(e) is not None for e in self.events):
+                    return
+                raise UpstreamUnavailable(
+                    f"upstream {self.provider} ended the stream before any data",
+                    status=502,
+                    provider=self.provider,
+                ) from None
+            except StreamInterrupted as exc:
+                # Nothing reached the client yet, so this is an ordinary failover-able failure.
+                raise UpstreamUnavailable(exc.message, status=502, provider=self.provider) from exc
+            events = self.parser.feed(chunk)
+            for i, event in enumerate(events):
+                data = event_data(event)
+                if data is None:
+                    continue  # upstream comments ("processing") before the first data
+                if data.startswith(b'{"error"'):
+                    raise _in_band_error(data, self.provider)
+                self.events.extend(events[i:])  # the rest of this chunk goes out with it
+                return
+
+    def rest(self) -> AsyncIterator[bytes]:
+        return self._chunks
+
+
+def _in_band_error(data: bytes, provider: str) -> UpstreamError:
+    """An `{"error": ...}` first event in a 200 stream (vLLM, sglang): a failed attempt."""
+    from proxy.errors import classify_upstream
+
+    status = 502
+    try:
+        err = orjson.loads(data).get("error")
+        code = err.get("code") if isinstance(err, dict) else None
+        if isinstance(code, int) and 400 <= code < 600:
+            status = code
+    except (orjson.JSONDecodeError, AttributeError):
+        pass
+    return classify_upstream(status, {}, data, provider=provider)
+
+
+@dataclass(slots=True)
+class RelayResult:
+    """What the relay saw, for metrics and the access log."""
+
+    ttft: float | None = None
+    usage: Usage = field(default_factory=Usage)
+    error: UpstreamError | None = None
+    completed: bool = False
+
+
+@dataclass(slots=True)
+class RelayOptions:
+    keepalive_seconds: float = 15.0
+    #: the client asked for `stream_options.include_usage`: pass the usage chunk through
+    client_wants_usage: bool = True
+    #: `force-mapping`: (upstream model, client model) to rewrite in every event
+    rename_model: tuple[str, str] | None = None
+    #: chat/completions ends with `data: [DONE]`; add it if the upstream forgot
+    ensure_done: bool = True
+    extra_headers: dict[str, str] = field(default_factory=dict)
+
+
+async def relay(
+    request: web.Request,
+    head: StreamHead,
+    options: RelayOptions,
+    started: float,
+) -> tuple[web.StreamResponse, RelayResult]:
+    """Send the stream to the client: head first, then events as they come."""
+    loop = asyncio.get_running_loop()
+    result = RelayResult(ttft=loop.time() - started)
+    response = web.StreamResponse(status=200, headers={**SSE_HEADERS, **options.extra_headers})
+    await response.prepare(request)
+    rename = _renamer(options.rename_model)
+    last_write = loop.time()
+    keepalive_task = (
+        asyncio.create_task(_keepalive(response, options.keepalive_seconds, lambda: last_write))
+        if options.keepalive_seconds > 0
+        else None
+    )
+    saw_done = False
+    try:
+        pending: Iterator[bytes] = iter(head.events)
+        chunks = head.rest()
+        while True:
+            out: list[bytes] = []
+            for event in pending:
+                if event.startswith(b":"):
+                    continue  # upstream comments: we send our own keepalives
+                data = event_data(event)
+                if data is None:
+                    out.append(event)  # e.g. an `event:`/`id:` only event: pass it on
+                    continue
+                if data == b"[DONE]":
+                    saw_done = True
+                    out.append(event)
+                    continue
+                if b'"usage"' in data and b'"usage":null' not in data:
+                    usage = usage_in(data)
+                    if usage is not None:
+                        result.usage.add_from(usage)
+                        if not options.client_wants_usage and _is_usage_only(data):
+                            continue
+                out.append(rename(event) if rename else event)
+            if out:
+                await response.write(b"".join(out) if len(out) > 1 else out[0])
+                last_write = loop.time()
+            try:
+                chunk = await anext(chunks)
+            except StopAsyncIteration:
+                tail = head.parser.flush()
+                if tail:
+                    pending = iter([tail])
+                    chunks = _empty()
+                    continue
+                break
+            pending = iter(head.parser.feed(chunk))
+        if options.ensure_done and not saw_done:
+            await response.write(DONE)
+        result.completed = True
+    except UpstreamError as exc:
+        # After the first byte there is no retry: tell the client in-band, then end.
+        result.error = exc
+        await _write_quietly(response, error_event(exc))
+    finally:
+        if keepalive_task is not None:
+            keepalive_task.cancel()
+        await head.reply.body.aclose()
+    return response, result
+
+
+async def _empty() -> AsyncIterator[bytes]:
+    return
+    yield  # pragma: no cover
+
+
+async def _keepalive(response: web.StreamResponse, every: float, last_write: Any) -> None:
+    loop = asyncio.get_running_loop()
+    while True:
+        idle = loop.time() - last_write()
+        if idle >= every:
+            await response.write(KEEPALIVE)
+            await asyncio.sleep(every)
+        else:
+            await asyncio.sleep(every - idle)
+
+
+async def _write_quietly(response: web.StreamResponse, data: bytes) -> None:
+    with contextlib.suppress(ConnectionError, RuntimeError):
+        await response.write(data)
+
+
+def _renamer(pair: tuple[str, str] | None) -> Any:
+    if pair is None or pair[0] == pair[1]:
+        return None
+    old, new = pair
+    swaps = [
+        (f'"model":"{old}"'.encode(), f'"model":"{new}"'.encode()),
+        (f'"model": "{old}"'.encode(), f'"model": "{new}"'.encode()),
+    ]
+
+    def rename(event: bytes) -> bytes:
+        for a, b in swaps:
+            if a in event:
+                event = event.replace(a, b)
+        return event
+
+    return rename
