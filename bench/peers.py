@@ -33,9 +33,14 @@ LITELLM_ENV = {
     "DISABLE_ADMIN_UI": "True",
     "NO_DOCS": "True",
     "HF_HUB_OFFLINE": "1",
-    "DATABASE_URL": "",
     "LITELLM_LOG": "ERROR",
 }
+
+
+def litellm_env() -> dict[str, str]:
+    """The environment LiteLLM runs in: ours, without a database URL, plus `LITELLM_ENV`."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_HOST")}
+    return {**env, **LITELLM_ENV}
 
 
 def nginx_config(prefix: Path, port: int, upstream_port: int) -> Path:
@@ -196,9 +201,7 @@ def verify_litellm(workdir: Path) -> str:
         "False",
     ]
     log = (workdir / "litellm-verify.log").open("wb")
-    proc = subprocess.Popen(
-        argv, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **LITELLM_ENV}
-    )
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=litellm_env())
     statuses: list[int] = []
     verdict = "FAILED: no verdict"
     try:

@@ -98,7 +98,7 @@ class Fleet:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env={**os.environ, **(env or {})},
+                env=env if env is not None else dict(os.environ),
                 cwd=self.workdir,
             )
         target = Target(name=name, url=f"http://127.0.0.1:{port}{CHAT}", proc=proc)
@@ -185,7 +185,7 @@ class Fleet:
             "1",
         ]
         target = self._spawn(
-            "litellm", argv, port, self.target_cpus, env=peers.LITELLM_ENV, wait=120.0
+            "litellm", argv, port, self.target_cpus, env=peers.litellm_env(), wait=120.0
         )
         target.headers = {"Authorization": f"Bearer {peers.LITELLM_KEY}"}
         target.note = "1 worker, no database, callbacks and telemetry off, local cost map"
