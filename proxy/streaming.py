@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,6 +64,11 @@ class SSEParser:
             start += 1
         self._buf = buf[start:]
         return events
+
+    @property
+    def buffered(self) -> bool:
+        """True while part of an event is waiting for the rest of its bytes."""
+        return bool(self._buf)
 
     def flush(self) -> bytes:
         """Whatever is left when the stream ends (an event without its blank line)."""
@@ -228,42 +233,52 @@ async def relay(
         else None
     )
     saw_done = False
+    parser = head.parser
+
+    def events_out(events: Iterable[bytes]) -> bytes:
+        """The bytes to send for whole events: usage noted (and hidden if not asked for)."""
+        nonlocal saw_done
+        out: list[bytes] = []
+        for event in events:
+            if event.startswith(b":"):
+                continue  # upstream comments: we send our own keepalives
+            data = event_data(event)
+            if data is None:
+                out.append(event)  # e.g. an `event:`/`id:` only event: pass it on
+                continue
+            if data == b"[DONE]":
+                saw_done = True
+                out.append(event)
+                continue
+            if b'"usage"' in data and b'"usage":null' not in data:
+                usage = usage_in(data)
+                if usage is not None:
+                    result.usage.add_from(usage)
+                    if not options.client_wants_usage and _is_usage_only(data):
+                        continue
+            out.append(rename(event) if rename else event)
+        return b"".join(out)
+
     try:
-        pending: Iterator[bytes] = iter(head.events)
-        chunks = head.rest()
-        while True:
-            out: list[bytes] = []
-            for event in pending:
-                if event.startswith(b":"):
-                    continue  # upstream comments: we send our own keepalives
-                data = event_data(event)
-                if data is None:
-                    out.append(event)  # e.g. an `event:`/`id:` only event: pass it on
-                    continue
-                if data == b"[DONE]":
-                    saw_done = True
-                    out.append(event)
-                    continue
-                if b'"usage"' in data and b'"usage":null' not in data:
-                    usage = usage_in(data)
-                    if usage is not None:
-                        result.usage.add_from(usage)
-                        if not options.client_wants_usage and _is_usage_only(data):
-                            continue
-                out.append(rename(event) if rename else event)
-            if out:
-                await response.write(b"".join(out) if len(out) > 1 else out[0])
+        data = events_out(head.events)
+        if data:
+            await response.write(data)
+            last_write = loop.time()
+        async for chunk in head.rest():
+            if not parser.buffered and _plain_events(chunk):
+                # The common case: whole content events, nothing to note or hide. The bytes
+                # go out as they came (renamed if asked), without splitting them into events.
+                data = rename(chunk) if rename else chunk
+            else:
+                data = events_out(parser.feed(chunk))
+            if data:
+                await response.write(data)
                 last_write = loop.time()
-            try:
-                chunk = await anext(chunks)
-            except StopAsyncIteration:
-                tail = head.parser.flush()
-                if tail:
-                    pending = iter([tail])
-                    chunks = _empty()
-                    continue
-                break
-            pending = iter(head.parser.feed(chunk))
+        tail = parser.flush()
+        if tail:
+            data = events_out((tail,))
+            if data:
+                await response.write(data)
         if options.ensure_done and not saw_done:
             await response.write(DONE)
         result.completed = True
@@ -278,9 +293,21 @@ async def relay(
     return response, result
 
 
-async def _empty() -> AsyncIterator[bytes]:
-    return
-    yield  # pragma: no cover
+def _plain_events(chunk: bytes) -> bool:
+    """True for a chunk of whole LF-framed events the relay passes on untouched.
+
+    Not plain: a cut event, CR line endings, comments, a leading blank line, the usage event
+    and `[DONE]` (those two are looked at), so each of those takes the parser's path.
+    """
+    return (
+        chunk.endswith(b"\n\n")
+        and not chunk.startswith((b":", b"\n"))
+        and b"\r" not in chunk
+        and b"\n:" not in chunk
+        and b"[DONE]" not in chunk
+        # OpenAI sends `"usage":null` in every chunk once usage is asked for: still plain.
+        and (b'"usage"' not in chunk or chunk.count(b'"usage"') == chunk.count(b'"usage":null'))
+    )
 
 
 async def _keepalive(response: web.StreamResponse, every: float, last_write: Any) -> None:
