@@ -55,7 +55,25 @@ class OpenAICompatibleDriver(Driver):
             )
         return creds or [Credential(id=f"{block.name}/0", provider=block.name)]
 
+    def __init__(self, block: ProviderBlock, session: aiohttp.ClientSession) -> None:
+        super().__init__(block, session)
+        # Built once, not per request: the URL of each endpoint, the headers of each credential.
+        self._urls = {endpoint: f"{self.base_url}/{endpoint}" for endpoint in self.endpoints}
+        self._cached_headers: dict[tuple[str, str], dict[str, str]] = {}
+
     def _headers(self, call_headers: Mapping[str, str], credential: Credential) -> dict[str, str]:
+        if call_headers is self.block.headers:  # the usual case: one dict per credential
+            key = (credential.id, credential.secret)
+            headers = self._cached_headers.get(key)
+            if headers is None:
+                if len(self._cached_headers) > 4096:  # credentials come and go on refresh
+                    self._cached_headers.clear()
+                headers = self._cached_headers[key] = self._build_headers(call_headers, credential)
+            return headers
+        return self._build_headers(call_headers, credential)
+
+    @staticmethod
+    def _build_headers(call_headers: Mapping[str, str], credential: Credential) -> dict[str, str]:
         headers = {"Content-Type": "application/json", **call_headers}
         if credential.secret:
             headers["Authorization"] = f"Bearer {credential.secret}"
@@ -67,7 +85,7 @@ class OpenAICompatibleDriver(Driver):
             options = body.get("stream_options")
             if not (isinstance(options, dict) and options.get("include_usage")):
                 body = {**body, "stream_options": {**(options or {}), "include_usage": True}}
-        url = f"{self.base_url}/{call.endpoint}"
+        url = self._urls.get(call.endpoint) or f"{self.base_url}/{call.endpoint}"
         try:
             response = await self.session.post(
                 url,

@@ -205,9 +205,8 @@ async def proxy_request(request: web.Request, endpoint: str) -> web.StreamRespon
                 attempt.completion_tokens = int(
                     usage.get("completion_tokens") or usage.get("output_tokens") or 0
                 )
-            content_type = success.reply.headers.get("Content-Type", JSON)
+            extra["Content-Type"] = success.reply.headers.get("Content-Type", JSON)
             response = web.Response(body=data, status=success.reply.status, headers=extra)
-            response.headers["Content-Type"] = content_type
             rec.status = success.reply.status
         attempt.latency = loop.time() - success.started
         app[METRICS].record(attempt)
