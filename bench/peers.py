@@ -219,6 +219,12 @@ def verify_litellm(workdir: Path) -> str:
         statuses.append(0)
         verdict = f"FAILED: LiteLLM did not serve ({exc}); see {workdir}/litellm-verify.log"
     finally:
+        # strace detaches on SIGTERM and would leave LiteLLM running: end the traced tree first.
+        from bench.procstat import children_of
+
+        for pid in reversed(children_of(proc.pid)[1:]):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, 15)
         proc.terminate()
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=20)

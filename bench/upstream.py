@@ -55,14 +55,18 @@ def _completion(shape: Shape) -> bytes:
     )
 
 
-def _events(shape: Shape) -> list[bytes]:
-    chunk = {
+def _events(shape: Shape, usage_null: bool) -> list[bytes]:
+    """The stream's events; with `usage_null`, content chunks carry `"usage":null` as OpenAI's
+    do once a client asks for `stream_options.include_usage`."""
+    chunk: dict[str, object] = {
         "id": "chatcmpl-bench",
         "object": "chat.completion.chunk",
         "created": 1,
         "model": MODEL,
         "choices": [{"index": 0, "delta": {"content": shape.content}, "finish_reason": None}],
     }
+    if usage_null:
+        chunk["usage"] = None
     content = b"data: " + orjson.dumps(chunk) + b"\n\n"
     usage = {
         "id": "chatcmpl-bench",
@@ -100,11 +104,15 @@ class Upstream:
         self.shape = shape
         body = _completion(shape)
         self.json_answer = _JSON_HEAD % len(body) + body
-        events = _events(shape)
+        self.sse_pieces = [self._pieces(shape, False), self._pieces(shape, True)]
+
+    @staticmethod
+    def _pieces(shape: Shape, usage_null: bool) -> list[bytes]:
+        events = _events(shape, usage_null)
         if shape.split > 0:
             whole = b"".join(events)
             events = [whole[i : i + shape.split] for i in range(0, len(whole), shape.split)]
-        self.sse_pieces = [_chunked(e) for e in events]
+        return [_chunked(e) for e in events]
 
 
 class _Conn(asyncio.Protocol):
@@ -164,7 +172,8 @@ class _Conn(asyncio.Protocol):
             t.write(_JSON_HEAD % len(_MODELS) + _MODELS)
         elif method == "POST" and (b'"stream":true' in body or b'"stream": true' in body):
             self.busy = True
-            self.task = asyncio.ensure_future(self._stream(close))
+            usage = b'"include_usage":true' in body or b'"include_usage": true' in body
+            self.task = asyncio.ensure_future(self._stream(close, usage))
             return
         elif method == "POST":
             if self.up.shape.latency > 0:
@@ -190,8 +199,8 @@ class _Conn(asyncio.Protocol):
             self.transport.write(self.up.json_answer)
         self._done(close)
 
-    async def _stream(self, close: bool) -> None:
-        shape, pieces = self.up.shape, self.up.sse_pieces
+    async def _stream(self, close: bool, usage_null: bool) -> None:
+        shape, pieces = self.up.shape, self.up.sse_pieces[usage_null]
         t = self.transport
         if t is None:
             return
