@@ -172,6 +172,7 @@ def verify_litellm(workdir: Path) -> str:
     up_port, port = free_port(), free_port()
     upstream = subprocess.Popen(
         [sys.executable, "-m", "bench.upstream", "--port", str(up_port)],
+        cwd=Path(__file__).resolve().parent.parent,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

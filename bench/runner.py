@@ -170,6 +170,7 @@ async def run(opts: Options, workdir: Path, log: bool = True) -> RunResult:
     notes: list[str] = []
     scenarios = [SCENARIOS[n] for n in opts.scenarios]
     names = {t for s in scenarios for t in _wanted(s, opts)}
+    await asyncio.to_thread(workdir.mkdir, parents=True, exist_ok=True)
     fleet = Fleet(workdir, opts.target_cpus, opts.bench_cpus)
     rows: list[Row] = []
     try:

@@ -108,10 +108,17 @@ class Fleet:
         target.pinning = procstat.pin(target.pids, cpus)
         return target
 
+    @staticmethod
+    def _py_env() -> dict[str, str]:
+        """Our environment, with this checkout first on the path (for `-m bench.*`)."""
+        root = str(Path(__file__).resolve().parent.parent)
+        path = os.environ.get("PYTHONPATH")
+        return {**os.environ, "PYTHONPATH": root + (os.pathsep + path if path else "")}
+
     def upstream(self) -> Target:
         self.upstream_port = free_port()
         argv = [sys.executable, "-m", "bench.upstream", "--port", str(self.upstream_port)]
-        return self._spawn("upstream", argv, self.upstream_port, self.bench_cpus)
+        return self._spawn("upstream", argv, self.upstream_port, self.bench_cpus, self._py_env())
 
     @property
     def upstream_url(self) -> str:
@@ -137,7 +144,7 @@ class Fleet:
             "--upstream",
             self.upstream_url,
         ]
-        return self._spawn("floor", argv, port, self.target_cpus)
+        return self._spawn("floor", argv, port, self.target_cpus, self._py_env())
 
     def keyrail(self, name: str = "keyrail", providers: int = 1, keys_each: int = 1) -> Target:
         port = free_port()
