@@ -60,6 +60,11 @@ class OpenAICompatibleDriver(Driver):
         # Built once, not per request: the URL of each endpoint, the headers of each credential.
         self._urls = {endpoint: f"{self.base_url}/{endpoint}" for endpoint in self.endpoints}
         self._cached_headers: dict[tuple[str, str], dict[str, str]] = {}
+        # Streams are read without aiohttp's per-chunk socket timer: before the first event
+        # the core's first-byte timeout bounds the wait, after it the relay's idle watchdog.
+        self._stream_timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=session.timeout.sock_connect, sock_read=None
+        )
 
     def _headers(self, call_headers: Mapping[str, str], credential: Credential) -> dict[str, str]:
         if call_headers is self.block.headers:  # the usual case: one dict per credential
@@ -93,6 +98,7 @@ class OpenAICompatibleDriver(Driver):
                 headers=self._headers(call.headers, credential),
                 proxy=credential.proxy_url,
                 allow_redirects=False,
+                timeout=self._stream_timeout if call.stream else self.session.timeout,
             )
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise UpstreamUnavailable(

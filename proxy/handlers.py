@@ -20,6 +20,7 @@ import orjson
 from aiohttp import web
 
 from proxy import failover
+from proxy.config import Settings
 from proxy.driver import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES
 from proxy.errors import InvalidRequest, ProxyError, RequestError, UpstreamError, error_body
 from proxy.keys import LIVE, METRICS, REQUEST_ID, SCHEDULER
@@ -182,8 +183,7 @@ async def proxy_request(request: web.Request, endpoint: str) -> web.StreamRespon
         attempt = Attempt(target.provider, target.driver, target.credential.id, 200, 0.0)
         if success.head is not None:
             response, result = await _relay(request, success.head, body, endpoint, rename,
-                                            extra, runtime.settings.keepalive_seconds,
-                                            success.started)  # fmt: skip
+                                            extra, runtime.settings, success.started)  # fmt: skip
             attempt.ttft = result.ttft
             attempt.prompt_tokens = result.usage.prompt_tokens
             attempt.completion_tokens = result.usage.completion_tokens
@@ -237,7 +237,7 @@ async def _relay(
     endpoint: str,
     rename: tuple[str, str] | None,
     extra: dict[str, str],
-    keepalive: float,
+    settings: Settings,
     started: float,
 ) -> tuple[web.StreamResponse, Any]:
     options = body.get("stream_options")
@@ -246,7 +246,8 @@ async def _relay(
         request,
         head,
         RelayOptions(
-            keepalive_seconds=keepalive,
+            keepalive_seconds=settings.keepalive_seconds,
+            idle_seconds=settings.idle_timeout,
             client_wants_usage=wants_usage or endpoint != CHAT,
             rename_model=rename,
             ensure_done=endpoint in (CHAT, COMPLETIONS),

@@ -205,6 +205,9 @@ class RelayResult:
 @dataclass(slots=True)
 class RelayOptions:
     keepalive_seconds: float = 15.0
+    #: end the stream with an error event after this long without an upstream byte (0: never).
+    #: Watched here, once per interval, instead of by a socket timer reset on every chunk.
+    idle_seconds: float = 0.0
     #: the client asked for `stream_options.include_usage`: pass the usage chunk through
     client_wants_usage: bool = True
     #: `force-mapping`: (upstream model, client model) to rewrite in every event
@@ -226,10 +229,10 @@ async def relay(
     response = web.StreamResponse(status=200, headers={**SSE_HEADERS, **options.extra_headers})
     await response.prepare(request)
     rename = _renamer(options.rename_model)
-    last_write = loop.time()
-    keepalive_task = (
-        asyncio.create_task(_keepalive(response, options.keepalive_seconds, lambda: last_write))
-        if options.keepalive_seconds > 0
+    watch = _Watch(loop.time())
+    watchdog = (
+        asyncio.create_task(_watchdog(response, options, watch, asyncio.current_task()))
+        if options.keepalive_seconds > 0 or options.idle_seconds > 0
         else None
     )
     saw_done = False
@@ -263,17 +266,33 @@ async def relay(
         data = events_out(head.events)
         if data:
             await response.write(data)
-            last_write = loop.time()
-        async for chunk in head.rest():
-            if not parser.buffered and _plain_events(chunk):
-                # The common case: whole content events, nothing to note or hide. The bytes
-                # go out as they came (renamed if asked), without splitting them into events.
-                data = rename(chunk) if rename else chunk
-            else:
-                data = events_out(parser.feed(chunk))
-            if data:
-                await response.write(data)
-                last_write = loop.time()
+            watch.last_write = loop.time()
+        try:
+            watch.reading = True
+            async for chunk in head.rest():
+                watch.reading = False
+                watch.last_read = loop.time()
+                if not parser.buffered and _plain_events(chunk):
+                    # The common case: whole content events, nothing to note or hide. The bytes
+                    # go out as they came (renamed if asked), without splitting them into events.
+                    data = rename(chunk) if rename else chunk
+                else:
+                    data = events_out(parser.feed(chunk))
+                if data:
+                    await response.write(data)
+                    watch.last_write = loop.time()
+                watch.last_read = watch.last_write if data else watch.last_read
+                watch.reading = True
+            watch.reading = False
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if not watch.idled or task is None or task.uncancel() > 0:
+                raise  # the client went away (or both): not ours to swallow
+            raise UpstreamUnavailable(
+                f"upstream {head.provider} sent nothing for {options.idle_seconds:g} s",
+                status=504,
+                provider=head.provider,
+            ) from None
         tail = parser.flush()
         if tail:
             data = events_out((tail,))
@@ -287,8 +306,8 @@ async def relay(
         result.error = exc
         await _write_quietly(response, error_event(exc))
     finally:
-        if keepalive_task is not None:
-            keepalive_task.cancel()
+        if watchdog is not None:
+            watchdog.cancel()
         await head.reply.body.aclose()
     return response, result
 
@@ -310,15 +329,42 @@ def _plain_events(chunk: bytes) -> bool:
     )
 
 
-async def _keepalive(response: web.StreamResponse, every: float, last_write: Any) -> None:
+class _Watch:
+    """What the watchdog of one relay needs to know; set by the relay, read by the watchdog."""
+
+    __slots__ = ("idled", "last_read", "last_write", "reading")
+
+    def __init__(self, now: float) -> None:
+        self.last_write = self.last_read = now
+        self.reading = False  # the relay is waiting for the upstream (not for the client)
+        self.idled = False  # the watchdog stopped the relay: the upstream went quiet
+
+
+async def _watchdog(
+    response: web.StreamResponse, options: RelayOptions, watch: _Watch, relay: Any
+) -> None:
+    """Keepalive comments after `keepalive_seconds` of silence to the client; the relay
+    cancelled after `idle_seconds` of silence from the upstream. Wakes once per interval."""
     loop = asyncio.get_running_loop()
+    every, idle = options.keepalive_seconds, options.idle_seconds
     while True:
-        idle = loop.time() - last_write()
-        if idle >= every:
-            await response.write(KEEPALIVE)
-            await asyncio.sleep(every)
-        else:
-            await asyncio.sleep(every - idle)
+        now = loop.time()
+        waits = []
+        if every > 0:
+            quiet = now - watch.last_write
+            if quiet >= every:
+                await response.write(KEEPALIVE)
+                watch.last_write, quiet = now, 0.0
+            waits.append(every - quiet)
+        if idle > 0:
+            # Time spent waiting for the upstream; a slow client's back-pressure is not counted.
+            silent = now - watch.last_read if watch.reading else 0.0
+            if silent >= idle and relay is not None:
+                watch.idled = True
+                relay.cancel()
+                return
+            waits.append(idle - silent)
+        await asyncio.sleep(min(waits))
 
 
 async def _write_quietly(response: web.StreamResponse, data: bytes) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -60,3 +62,49 @@ async def test_fast_path_renames_and_adds_done() -> None:
     options = RelayOptions(keepalive_seconds=0, rename_model=("up", "alias"))
     body, _ = await _relay([chunk, chunk], options)
     assert body == b'data: {"model":"alias","choices":[]}\n\n' * 2 + DONE
+
+
+class _Stalling:
+    """A byte stream that sends one event, then nothing (but stays open)."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    def __aiter__(self) -> _Stalling:
+        self.sent = False
+        return self
+
+    async def __anext__(self) -> bytes:
+        if not self.sent:
+            self.sent = True
+            return CONTENT
+        await asyncio.sleep(3600)
+        raise StopAsyncIteration
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+async def test_idle_upstream_ends_the_stream_with_an_error_event() -> None:
+    stalling = _Stalling()
+    seen: list[object] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        head = StreamHead(Reply(200, {}, stalling), "p")
+        await head.open()
+        options = RelayOptions(keepalive_seconds=0.05, idle_seconds=0.3)
+        response, result = await relay(request, head, options, 0.0)
+        seen.append(result)
+        return response
+
+    app = web.Application()
+    app.router.add_post("/", handler)
+    async with TestClient(TestServer(app)) as client:
+        started = asyncio.get_running_loop().time()
+        body = await (await client.post("/")).read()
+        took = asyncio.get_running_loop().time() - started
+    assert body.startswith(CONTENT)
+    assert b": keepalive" in body  # keepalives went out while waiting
+    assert body.rstrip().endswith(b"}") and b"sent nothing for 0.3 s" in body
+    assert seen[0].error.status == 504  # type: ignore[attr-defined]
+    assert stalling.closed and 0.25 < took < 3
