@@ -67,7 +67,12 @@ def _events(shape: Shape, usage_null: bool) -> list[bytes]:
     }
     if usage_null:
         chunk["usage"] = None
-    content = b"data: " + orjson.dumps(chunk) + b"\n\n"
+    contents = []
+    for i in range(shape.events):  # each event differs: LiteLLM aborts on 100 repeats
+        chunk["choices"] = [
+            {"index": 0, "delta": {"content": f"{shape.content}{i}"}, "finish_reason": None}
+        ]
+        contents.append(b"data: " + orjson.dumps(chunk) + b"\n\n")
     usage = {
         "id": "chatcmpl-bench",
         "object": "chat.completion.chunk",
@@ -77,7 +82,7 @@ def _events(shape: Shape, usage_null: bool) -> list[bytes]:
         "usage": {"prompt_tokens": 12, "completion_tokens": shape.events, "total_tokens": 0},
     }
     tail = b"data: " + orjson.dumps(usage) + b"\n\ndata: [DONE]\n\n"
-    return [content] * shape.events + [tail]
+    return [*contents, tail]
 
 
 def _chunked(piece: bytes) -> bytes:
