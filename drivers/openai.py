@@ -27,7 +27,7 @@ from proxy.driver import (
     Reply,
     ResponseStream,
 )
-from proxy.errors import UpstreamUnavailable, classify_upstream
+from proxy.errors import StreamInterrupted, UpstreamUnavailable, classify_upstream
 from proxy.retry_hints import retry_after_seconds
 
 _ERROR_BODY_LIMIT = 256 * 1024
@@ -121,7 +121,8 @@ class OpenAICompatibleDriver(Driver):
                 provider=self.block.name,
                 retry_after=retry_after_seconds(headers, data),
             )
-        return Reply(response.status, response.headers, ResponseStream(response, self.block.name))
+        stream = ResponseStream(response, self.block.name)
+        return _Reply(response.status, response.headers, stream, response, self.block.name)
 
     async def list_models(self, credential: Credential) -> Sequence[str]:
         endpoint = str(self.block.options.get("models-endpoint") or "models").lstrip("/")
@@ -141,6 +142,38 @@ class OpenAICompatibleDriver(Driver):
             data = orjson.loads(await response.read())
         items = data.get("data", []) if isinstance(data, dict) else data
         return [str(m["id"]) for m in items if isinstance(m, dict) and m.get("id")]
+
+
+class _Reply(Reply):
+    """A `Reply` whose whole-body `read` is aiohttp's own, without a chunk iterator."""
+
+    __slots__ = ("_provider", "_response")
+
+    def __init__(
+        self,
+        status: int,
+        headers: Mapping[str, str],
+        body: ResponseStream,
+        response: aiohttp.ClientResponse,
+        provider: str,
+    ) -> None:
+        super().__init__(status, headers, body)
+        self._response = response
+        self._provider = provider
+
+    async def read(self, limit: int = 64 * 1024 * 1024) -> bytes:
+        length = self._response.content_length
+        if length is None or length > limit:
+            return await super().read(limit)  # chunked or too big: counted chunk by chunk
+        try:
+            return await self._response.read()  # releases the connection at the end
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            self._response.close()
+            raise StreamInterrupted(
+                f"upstream {self._provider} body broke: {type(exc).__name__}",
+                status=502,
+                provider=self._provider,
+            ) from exc
 
 
 def _credential_id(provider: str, key: str, index: int) -> str:
