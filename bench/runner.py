@@ -67,6 +67,14 @@ SCENARIOS: dict[str, Scenario] = {
             gap=0.002,
         ),
         Scenario(
+            "sse-c1",
+            "Streaming, 50 events 2 ms apart, concurrency 1 (TTFT without queueing)",
+            1,
+            stream=True,
+            events=50,
+            gap=0.002,
+        ),
+        Scenario(
             "sse-500",
             "Streaming, 500 events 1 ms apart, concurrency 8",
             8,
