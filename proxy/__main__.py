@@ -13,7 +13,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from proxy import config
+from proxy import config, logs, redact
 from proxy.errors import ConfigError, DriverError
 from proxy.registry import Registry, options_lookup
 
@@ -26,16 +26,6 @@ def _load(path_arg: str | None, registry: Registry) -> config.Settings:
     if path is None:
         return config.builtin_default(lookup)
     return config.load(path, lookup)
-
-
-def _setup_logging(debug: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if debug else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
-    if not debug:
-        logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -58,7 +48,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         import dataclasses
 
         settings = dataclasses.replace(settings, **overrides)
-    _setup_logging(settings.debug)
+    # text or JSON lines; no configured secret in any of them
+    logs.configure(settings.log_format, settings.debug, redact.secrets_of(settings))
     for warning in settings.warnings:
         log.warning("%s", warning)
     problem = config.bind_problem(settings)

@@ -23,8 +23,9 @@ from proxy import failover
 from proxy.driver import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES
 from proxy.errors import InvalidRequest, ProxyError, RequestError, UpstreamError, error_body
 from proxy.keys import LIVE, METRICS, REQUEST_ID, SCHEDULER
-from proxy.logs import RequestRecord, log_request
-from proxy.metrics import Attempt
+from proxy.logs import RequestRecord, log_failed_attempt, log_request
+from proxy.metrics import Attempt, AttemptTrail
+from proxy.redact import REDACTOR
 from proxy.streaming import RelayOptions, StreamHead, relay, usage_in
 
 log = logging.getLogger("keyrail.handlers")
@@ -44,7 +45,9 @@ def json_response(
 
 
 def _error_response(exc: ProxyError) -> web.Response:
-    return web.Response(body=exc.body(), status=exc.status, content_type=JSON, headers=exc.headers)
+    # Upstream error bodies are relayed, and some echo the key they were sent: redact.
+    body = REDACTOR.redact_bytes(exc.body())
+    return web.Response(body=body, status=exc.status, content_type=JSON, headers=exc.headers)
 
 
 _STATUS_CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
@@ -83,13 +86,18 @@ async def errors_middleware(
 
 
 async def health(request: web.Request) -> web.Response:
-    runtime = request.app[LIVE].current
-    views = request.app[SCHEDULER].credential_views()
-    providers: dict[str, str] = {}
-    for name in runtime.drivers:
-        states = [v.state for v in views if v.provider == name]
-        ready = states.count("ready")
-        providers[name] = "ok" if ready == len(states) else ("degraded" if ready else "down")
+    """Liveness plus each enabled provider's availability from its credentials' states:
+    ok (all ready), degraded (some), down (none). Never calls an upstream; never logged."""
+    total: dict[str, int] = dict.fromkeys(request.app[LIVE].current.drivers, 0)
+    ready = dict(total)
+    for view in request.app[SCHEDULER].credential_views():
+        if view.provider in total:
+            total[view.provider] += 1
+            ready[view.provider] += view.state == "ready"
+    providers = {
+        name: "ok" if n and ready[name] == n else ("degraded" if ready[name] else "down")
+        for name, n in total.items()
+    }
     return json_response({"status": "ok", "providers": providers})
 
 
@@ -146,6 +154,13 @@ def endpoint_handler(endpoint: str) -> Callable[[web.Request], Awaitable[web.Str
 
 async def proxy_request(request: web.Request, endpoint: str) -> web.StreamResponse:
     """Serve one POST: route by model, fail over before the first byte, relay the answer."""
+    with AttemptTrail() as trail:  # the attempts recorded while serving it, in order
+        return await _proxy_request(request, endpoint, trail)
+
+
+async def _proxy_request(
+    request: web.Request, endpoint: str, trail: list[Attempt]
+) -> web.StreamResponse:
     app = request.app
     loop = asyncio.get_running_loop()
     started = loop.time()
@@ -154,6 +169,7 @@ async def proxy_request(request: web.Request, endpoint: str) -> web.StreamRespon
     )
     runtime = app[LIVE].current  # one config for the whole request, even across a reload
     success: failover.Success | None = None
+    attempt: Attempt | None = None  # the successful one, until it is recorded
     try:
         body = await read_json_object(request)
         rec.model = _model_of(body)
@@ -213,6 +229,7 @@ async def proxy_request(request: web.Request, endpoint: str) -> web.StreamRespon
         app[METRICS].record(attempt)
         rec.ttft_ms = None if attempt.ttft is None else attempt.ttft * 1000
         rec.prompt_tokens, rec.completion_tokens = attempt.prompt_tokens, attempt.completion_tokens
+        attempt = None
         return response
     except ProxyError as exc:
         rec.status = exc.status
@@ -225,9 +242,18 @@ async def proxy_request(request: web.Request, endpoint: str) -> web.StreamRespon
         rec.status = 499  # the client went away; the upstream request was closed with it
         if success is not None and success.head is not None:
             await success.head.reply.body.aclose()
+        if success is not None and attempt is not None:  # served until the client left
+            attempt.latency = loop.time() - success.started
+            app[METRICS].record(attempt)
         raise
     finally:
         rec.latency_ms = (loop.time() - started) * 1000
+        for failed in trail:
+            if not 200 <= failed.status < 300:
+                log_failed_attempt(rec.request_id, failed)
+        if trail and not rec.credential_id:  # no attempt succeeded: name the last one tried
+            rec.provider, rec.credential_id = trail[-1].provider, trail[-1].credential_id
+            rec.upstream_status, rec.retries = trail[-1].status, len(trail) - 1
         log_request(rec)
 
 
