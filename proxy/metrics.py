@@ -206,20 +206,26 @@ class ProviderMetrics:
                 "provider": provider,
                 "driver": driver,
                 "window_seconds": self.window_seconds,
-                **_totals(w),
+                "request_count": n,
+                "success_count": ok,
+                "failure_count": n - ok,
                 "success_rate": round(ok / n, 4) if n else 1.0,
                 "error_rate": round((n - ok) / n, 4) if n else 0.0,
                 "rate_limited_ratio": round(w.statuses[3] / n, 4) if n else 0.0,
+                "status_counts": dict(zip(STATUS_CLASSES, w.statuses, strict=True)),
                 "latency_p50_ms": percentile(w.latency, 0.50),
                 "latency_p95_ms": percentile(w.latency, 0.95),
                 "latency_p99_ms": percentile(w.latency, 0.99),
                 "ttft_p50_ms": percentile(w.ttft, 0.50),
                 "ttft_p95_ms": percentile(w.ttft, 0.95),
+                "prompt_tokens": w.prompt,
+                "completion_tokens": w.completion,
+                "total_tokens": w.prompt + w.completion,
                 "last_seen": _iso(p.last_seen),
                 "last_error": _last_error(p.last_error),
                 "credentials": creds.get(provider, dict.fromkeys(("total", *CREDENTIAL_STATES), 0)),
                 "lifetime": {**_totals(p.lifetime), "retries": p.retries},
-            }  # fmt: skip
+            }
         return out
 
     def lifetime(self) -> Iterator[tuple[str, str, _Counts, int]]:
