@@ -55,9 +55,11 @@ _PLAIN = re.compile(r"[\w./:@+-]+")
 
 def _value(v: object) -> str:
     """A value as one token: bare when plain, else JSON-quoted (no spaces, no forged lines)."""
+    if type(v) is int:
+        return str(v)
     if v is None or v == "":
         return "-"
-    if isinstance(v, float):
+    if type(v) is float:
         return f"{v:.1f}"
     text = str(v)
     return text if _PLAIN.fullmatch(text) else orjson.dumps(text).decode()

@@ -33,6 +33,8 @@ _SHAPES = re.compile(
     r"|\bsk-[\w-]{8,}",
     re.IGNORECASE,
 )
+#: Lowercase text without any of these cannot match `_SHAPES`: a few `in` checks skip it.
+_SHAPE_TRIGGERS = ("auth", "key", "token=", "cookie", "bearer", "sk-", "://")
 _SECRET_NAME = re.compile(r"(?i)(key|token|secret|passw|cookie|auth)")
 _NOT_SECRET_NAME = re.compile(r"(?i)(file|path|dir|url|endpoint|region|arn)$")
 
@@ -54,21 +56,28 @@ class Redactor:
     __slots__ = ("_exact", "_secrets")
 
     def __init__(self) -> None:
-        self._secrets: set[str] = set()
-        self._exact: re.Pattern[str] | None = None
+        self._secrets: tuple[str, ...] = ()
+        self._exact: re.Pattern[str] = re.compile("(?!)")
 
     def add(self, secrets: Iterable[str]) -> None:
         """Register secrets (idempotent); values shorter than MIN_SECRET_LENGTH are ignored."""
-        new = {s for s in secrets if len(s) >= MIN_SECRET_LENGTH} - self._secrets
+        new = {s for s in secrets if len(s) >= MIN_SECRET_LENGTH} - set(self._secrets)
         if new:
-            self._secrets |= new
-            longest_first = sorted(self._secrets, key=len, reverse=True)
-            self._exact = re.compile("|".join(map(re.escape, longest_first)))
+            self._secrets = tuple(sorted({*self._secrets, *new}, key=len, reverse=True))
+            self._exact = re.compile("|".join(map(re.escape, self._secrets)))
 
     def redact(self, text: str) -> str:
-        if self._exact is not None:
-            text = self._exact.sub(MASK, text)
-        return _SHAPES.sub(_mask_shape, text)
+        """`text` with secrets masked. Costs a substring test per secret and per trigger
+        when there is nothing to mask (the common case); the regexes run only on a hit."""
+        for secret in self._secrets:
+            if secret in text:
+                text = self._exact.sub(MASK, text)
+                break
+        lowered = text.lower()
+        for trigger in _SHAPE_TRIGGERS:
+            if trigger in lowered:
+                return _SHAPES.sub(_mask_shape, text)
+        return text
 
     def redact_bytes(self, data: bytes) -> bytes:
         try:
