@@ -27,7 +27,7 @@ def create_app(settings: Settings, registry: Registry | None = None) -> web.Appl
     client_keys = auth.ClientKeys(settings.api_keys)
     app = web.Application(
         middlewares=[
-            handlers.request_id_middleware,  # every request gets an id for logs and headers
+            handlers.access_middleware,  # every request gets an id and (probes aside) a log line
             handlers.errors_middleware,  # every failure leaves as an OpenAI error body
             auth.middleware(  # client keys guard /v1/* (and the metrics, if configured)
                 lambda request: client_keys,

@@ -61,6 +61,9 @@ async def errors_middleware(
     try:
         return await handler(request)
     except ProxyError as exc:
+        rec = request.get(ACCESS)
+        if rec is not None and not rec.error:
+            rec.error = exc.message[:200]
         return _error_response(exc)
     except web.HTTPException as exc:
         if exc.status < 400:
@@ -154,19 +157,9 @@ def endpoint_handler(endpoint: str) -> Callable[[web.Request], Awaitable[web.Str
 
 async def proxy_request(request: web.Request, endpoint: str) -> web.StreamResponse:
     """Serve one POST: route by model, fail over before the first byte, relay the answer."""
-    with AttemptTrail() as trail:  # the attempts recorded while serving it, in order
-        return await _proxy_request(request, endpoint, trail)
-
-
-async def _proxy_request(
-    request: web.Request, endpoint: str, trail: list[Attempt]
-) -> web.StreamResponse:
     app = request.app
     loop = asyncio.get_running_loop()
-    started = loop.time()
-    rec = RequestRecord(
-        request_id=request.get(REQUEST_ID, ""), method=request.method, path=request.path
-    )
+    rec = request[ACCESS]
     runtime = app[LIVE].current  # one config for the whole request, even across a reload
     success: failover.Success | None = None
     attempt: Attempt | None = None  # the successful one, until it is recorded
@@ -246,15 +239,6 @@ async def _proxy_request(
             attempt.latency = loop.time() - success.started
             app[METRICS].record(attempt)
         raise
-    finally:
-        rec.latency_ms = (loop.time() - started) * 1000
-        for failed in trail:
-            if not 200 <= failed.status < 300:
-                log_failed_attempt(rec.request_id, failed)
-        if trail and not rec.credential_id:  # no attempt succeeded: name the last one tried
-            rec.provider, rec.credential_id = trail[-1].provider, trail[-1].credential_id
-            rec.upstream_status, rec.retries = trail[-1].status, len(trail) - 1
-        log_request(rec)
 
 
 async def _relay(
@@ -311,12 +295,43 @@ def _passthrough(headers: Any) -> dict[str, str]:
     }
 
 
+#: The access record of the request being served: handlers fill it, access_middleware logs it.
+ACCESS = web.RequestKey("access", RequestRecord)
+#: Probes and scrapes are answered but not logged: they would drown the access log.
+QUIET_PATHS = frozenset({"/health", "/healthz", "/metrics"})
+
+
 @web.middleware
-async def request_id_middleware(
+async def access_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    request[REQUEST_ID] = os.urandom(6).hex()
-    return await handler(request)
+    """Every request gets an id and, probes aside, one access line; every upstream attempt
+    that failed while serving it gets a line too (even when failover then succeeded)."""
+    rec = RequestRecord(os.urandom(6).hex(), request.method, request.path)
+    request[REQUEST_ID], request[ACCESS] = rec.request_id, rec
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        with AttemptTrail() as trail:
+            response = await handler(request)
+        rec.status = response.status
+        return response
+    except asyncio.CancelledError:
+        rec.status = 499  # the client went away
+        raise
+    except web.HTTPException as exc:  # < 400: errors_middleware answered the others
+        rec.status = exc.status
+        raise
+    finally:
+        for failed in trail:
+            if not 200 <= failed.status < 300:
+                log_failed_attempt(rec.request_id, failed)
+        if trail and not rec.credential_id:  # no attempt succeeded: name the last one tried
+            rec.provider, rec.credential_id = trail[-1].provider, trail[-1].credential_id
+            rec.upstream_status, rec.retries = trail[-1].status, len(trail) - 1
+        if request.path not in QUIET_PATHS:
+            rec.latency_ms = (loop.time() - started) * 1000
+            log_request(rec)
 
 
 def setup(app: web.Application) -> None:

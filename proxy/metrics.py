@@ -7,8 +7,8 @@ or `?format=list`), and the Prometheus text of `GET /metrics`. Does not own: cre
 (auth.py).
 
 Counts are of upstream attempts, not client requests: a request that failed over from one
-block to another counts once at each. Success is a 2xx answer; anything else (a status, or a
-connect failure or timeout, recorded as a 5xx by the drivers) is a failure.
+block to another counts once at each. Success is a 2xx answer; anything else is a failure,
+and a connect failure or timeout (status 0, or the 502/504 drivers report) counts as a 5xx.
 
 Recording is cheap and lock-free (asyncio runs it on one thread): two bisects into fixed
 log-spaced buckets and a few list increments. The window is 60 time slices; a slice is reset
@@ -84,7 +84,7 @@ def bucket_of(ms: float) -> int:
 def _status_class(status: int) -> int:
     if 200 <= status < 300:
         return 0
-    return _CLASS_OF.get(status, 4 if 500 <= status < 600 else 5)
+    return _CLASS_OF.get(status, 4 if 500 <= status < 600 or status == 0 else 5)
 
 
 class _Counts:

@@ -59,8 +59,10 @@ async def test_access_line_and_failed_attempts_are_greppable(start_upstream, sta
                 request_id = r.headers["X-Request-Id"]
         async with http.post(kr.v1 + "/chat/completions", data=b"{not json") as r:
             assert r.status == 400
+        async with http.get(kr.v1 + "/models", headers={"Authorization": "Bearer wrong"}) as r:
+            assert r.status == 401
     access = keyrail_lines(caplog, "keyrail.access")
-    assert len(access) == 3
+    assert len(access) == 4
     fields = dict(pair.split("=", 1) for pair in access[1].split(" "))
     assert fields["request_id"] == request_id and fields["path"] == "/v1/chat/completions"
     assert fields["model"] == "shared" and fields["provider"] == "beta"
@@ -71,6 +73,8 @@ async def test_access_line_and_failed_attempts_are_greppable(start_upstream, sta
     assert fields["total_tokens"] == "18"
     assert access[2].startswith("request_id=") and " status=400 " in access[2]
     assert 'error="The request body is not valid JSON' in access[2]
+    assert "method=GET path=/v1/models model=- provider=- credential=- status=401" in access[3]
+    assert 'error="Incorrect API key provided."' in access[3]
     # the client saw only 200s, yet alpha's 429s are one grep away, per request
     failed = keyrail_lines(caplog, "keyrail.upstream")
     bursts = [line for line in failed if re.search(r"provider=alpha .*upstream_status=429", line)]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import calendar
+import re
 import shutil
 import socket
 import time
@@ -302,11 +303,15 @@ async def test_health_reports_availability_and_is_not_logged(mixed, log_text) ->
     assert health["status"] == "ok"
     assert health["providers"]["gate"] == "down"  # both credentials disabled
     assert health["providers"]["alpha"] == "ok" and health["providers"]["idle"] == "ok"
-    async with aiohttp.ClientSession() as http, http.head(kr.url + "/healthz") as r:
-        assert r.status == 200
-    ours = [line for line in log_text().splitlines() if line.startswith("keyrail")]
+    async with aiohttp.ClientSession() as http:
+        for method, path in (("HEAD", "/healthz"), ("GET", "/metrics"), ("GET", "/v1/models")):
+            async with http.request(method, kr.url + path) as r:
+                assert r.status == 200 if path != "/v1/models" else 401
+    ours = [line for line in log_text().splitlines() if line.startswith("keyrail.access")]
     assert any("path=/v1/chat/completions" in line for line in ours)
-    assert not any("/health" in line for line in ours)  # (aiohttp's own log is off in serve)
+    assert any(re.search("path=/v1/models .* status=401 ", line) for line in ours)
+    # probes and scrapes are not logged (aiohttp's own access log is off in `keyrail serve`)
+    assert not [line for line in ours if "path=/health" in line or "path=/metrics " in line]
 
 
 async def test_metrics_can_require_a_client_key(start_upstream, start_keyrail) -> None:

@@ -72,7 +72,7 @@ def test_snapshot_counts_classes_rates_tokens_and_percentiles() -> None:
     snap = m.snapshot(views, DRIVERS)
     a = snap["alpha"]
     assert a["request_count"] == 18 and a["success_count"] == 10 and a["failure_count"] == 8
-    assert a["status_counts"] == {"2xx": 10, "401": 1, "403": 1, "429": 2, "5xx": 2, "other": 2}
+    assert a["status_counts"] == {"2xx": 10, "401": 1, "403": 1, "429": 2, "5xx": 3, "other": 1}
     assert a["success_rate"] == round(10 / 18, 4) and a["error_rate"] == round(8 / 18, 4)
     assert a["rate_limited_ratio"] == round(2 / 18, 4)
     assert (a["prompt_tokens"], a["completion_tokens"], a["total_tokens"]) == (110, 70, 180)
