@@ -108,7 +108,7 @@ async def serve(
                     headers=driver.block.headers,
                     request_id=request_id,
                 )
-                started = now()
+                started, scheduled = now(), scheduler.clock()
                 try:
                     success = await _attempt_with_refresh(driver, call, target, stream, settings)
                 except UpstreamRejected as exc:
@@ -121,7 +121,7 @@ async def serve(
                     last_error = exc
                     attempts += 1
                     continue
-                scheduler.success(target)
+                scheduler.success(target, scheduled)
                 success.started = started
                 success.retries = attempts
                 return success

@@ -16,7 +16,8 @@ O(1) while the credentials at the cursor are ready, O(n) at worst; never a sort.
 Outcome table (every cooldown is skipped when cooling is off: `disable-cooling` globally, per
 block, or per credential through `Credential.extra["disable-cooling"]`):
 
-    success          clears the (credential, model) state, backoff included, and a disable
+    success          clears the (credential, model) state, backoff included, and a disable,
+                     unless they were recorded after the successful attempt began
     429              cools (credential, model) for the hint capped by `max_cooldown`, else
                      1 s, 2 s, 4 s ... capped at 30 min (and at `max_cooldown`)
     401/402/403      disables the credential, every model, for 30 min; a reload re-enables it
@@ -86,6 +87,7 @@ class _State:
     until: float = 0.0
     reason: str = ""
     backoff_level: int = 0
+    since: float = 0.0  # when the last failure was recorded
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,11 +242,20 @@ class Scheduler:
 
     # -- outcomes ----------------------------------------------------------------------------
 
-    def success(self, c: Candidate) -> None:
-        """The credential answered: forget its cooldown and backoff for this model."""
+    def success(self, c: Candidate, started: float | None = None) -> None:
+        """The credential answered: forget its cooldown and backoff for this model.
+
+        `started` (this scheduler's clock when the attempt began) keeps a slow success from
+        clearing a failure that other requests recorded while it was in flight.
+        """
         cid = c.credential.id
-        self._cooling.pop((cid, c.upstream_model), None)
-        self._disabled.pop(cid, None)
+        key = (cid, c.upstream_model)
+        cooling = self._cooling.get(key)
+        if cooling is not None and (started is None or cooling.since <= started):
+            del self._cooling[key]
+        disabled = self._disabled.get(cid)
+        if disabled is not None and (started is None or disabled.since <= started):
+            del self._disabled[cid]
 
     def rate_limited(self, c: Candidate, retry_after: float | None, error: str = "") -> float:
         """429: cool (credential, model) for the hint (capped), else 1 s, 2 s, 4 s ...
@@ -286,7 +297,9 @@ class Scheduler:
         )
 
     def _extend(self, state: _State, seconds: float, reason: str) -> None:
-        until = self.clock() + seconds
+        now = self.clock()
+        state.since = now
+        until = now + seconds
         if until > state.until:  # a shorter hint never cuts a running cooldown
             state.until, state.reason = until, reason
 

@@ -159,6 +159,19 @@ def test_success_clears_state_and_backoff(clock: FakeClock) -> None:
     assert sched.rate_limited(pool[0], None) == 1.0  # backoff starts over
 
 
+def test_a_success_begun_before_a_failure_does_not_clear_it(clock: FakeClock) -> None:
+    pool = targets("a", 1)
+    sched = make(pool, clock)
+    began = clock()
+    clock.advance(0.5)
+    sched.rate_limited(pool[0], 30.0)  # another request's 429 while this one is in flight
+    sched.rejected(pool[0], "401")
+    sched.success(pool[0], began)
+    assert sched.pick("m", pool, ()) is None
+    sched.success(pool[0], clock())
+    assert sched.pick("m", pool, ()) is pool[0]
+
+
 def test_429_with_hint_cools_exactly_that_long(clock: FakeClock) -> None:
     pool = targets("a", 2)
     sched = make(pool, clock)
