@@ -18,7 +18,9 @@ CONFIG = """
 openai-compatibility:
   - name: fakeco
     base-url: {url}
-    models: [{{name: gpt-4o-mini, alias: fast}}, {{name: gpt-4o-mini, alias: mapped, force-mapping: true}}]
+    models:
+      - {{name: gpt-4o-mini, alias: fast}}
+      - {{name: gpt-4o-mini, alias: mapped, force-mapping: true}}
 streaming: {{keepalive-seconds: {keepalive}}}
 """
 BODY = {"model": "fast", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
@@ -92,7 +94,7 @@ async def test_crlf_comments_and_event_lines(setup):
 
 
 async def test_force_mapping_rewrites_model_in_stream_and_body(setup):
-    fake, kr = await setup()
+    _fake, kr = await setup()
     _, chunks = await _stream_text(kr, model="mapped")
     assert {ch.model for ch in chunks} == {"mapped"}
     async with openai.AsyncOpenAI(base_url=kr.v1, api_key="x", max_retries=0) as c:
@@ -142,12 +144,6 @@ async def test_keepalive_comments_during_silence(setup):
         async with asyncio.timeout(5):
             while b": keepalive" not in seen:
                 seen += await r.content.readany()
-
-
-async def _wait_for(predicate, timeout: float = 2.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.005)
 
 
 @pytest.mark.parametrize("phase", ["before_first_byte", "while_silent"])
