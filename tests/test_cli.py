@@ -52,7 +52,8 @@ def test_models_shows_the_routing_table(tmp_path):
     cfg.write_text(
         "openai-compatibility:\n"
         "  - {name: a, base-url: 'http://x', api-key-entries: [{api-key: secret-a}],"
-        " models: [{name: up-1, alias: shared}, {name: hidden-preview}], excluded-models: ['*-preview']}\n"
+        " models: [{name: up-1, alias: shared}, {name: hidden-preview}],"
+        " excluded-models: ['*-preview']}\n"
         "  - {name: b, prefix: pb, base-url: 'http://y', models: [{name: up-2, alias: shared}]}\n"
     )
     result = run("models", "-c", str(cfg))
