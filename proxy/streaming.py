@@ -284,14 +284,18 @@ async def _empty() -> AsyncIterator[bytes]:
 
 
 async def _keepalive(response: web.StreamResponse, every: float, last_write: Any) -> None:
+    """Write a comment whenever nothing was written for `every` seconds, until cancelled."""
     loop = asyncio.get_running_loop()
-    while True:
-        idle = loop.time() - last_write()
-        if idle >= every:
-            await response.write(KEEPALIVE)
-            await asyncio.sleep(every)
-        else:
-            await asyncio.sleep(every - idle)
+    try:
+        while True:
+            idle = loop.time() - last_write()
+            if idle >= every:
+                await response.write(KEEPALIVE)
+                await asyncio.sleep(every)
+            else:
+                await asyncio.sleep(every - idle)
+    except (ConnectionError, RuntimeError):
+        return  # the client is gone; the relay notices on its own next write
 
 
 async def _write_quietly(response: web.StreamResponse, data: bytes) -> None:
