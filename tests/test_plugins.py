@@ -59,7 +59,7 @@ def test_entry_point_loading_and_refusals():
     assert registry.get("echo") is EchoDriver
     with pytest.raises(DriverError, match="written for driver API 0"):
         registry.get("old")
-    with pytest.raises(DriverError, match="not a proxy.Driver subclass"):
+    with pytest.raises(DriverError, match=r"not a proxy\.Driver subclass"):
         registry.get("notadriver")
     with pytest.raises(DriverError, match="failed to load"):
         registry.get("broken")
