@@ -130,6 +130,10 @@ class Scheduler:
         self._layouts: dict[str, tuple[Sequence[Candidate], tuple[_Tier, ...]]] = {}
         self._cursors: dict[tuple[str, str], int] = {}  # (pool, provider) -> next index
         self._credits: dict[tuple[str, str], float] = {}  # (pool, provider) -> weighted credit
+        # Ready counts of a multi-block tier, reused until a state changes (`_version`) or a
+        # counted cooldown ends: (pool, priority) -> (tier, version, valid until, counts).
+        self._version = 0
+        self._counts: dict[tuple[str, int], tuple[_Tier, int, float, list[int]]] = {}
 
     def configure(
         self,
@@ -159,6 +163,7 @@ class Scheduler:
         self._disabled.clear()
         self._last_error = {k: v for k, v in self._last_error.items() if k in self._credentials}
         self._layouts.clear()  # the catalog was rebuilt: new candidate sequences
+        self._counts.clear()
 
     # -- selection ---------------------------------------------------------------------------
 
@@ -197,10 +202,10 @@ class Scheduler:
         if len(tier.blocks) == 1:
             return self._rotate(pool, tier.blocks[0], tried, now)
         # Smooth weighted rotation over blocks (weights: ready, untried credentials).
-        weights = [(b, self._count_ready(b, tried, now)) for b in tier.blocks]
-        total = sum(w for _, w in weights)
+        weights = self._weights(pool, tier, tried, now)
+        total = sum(weights)
         best: _Block | None = None
-        for block, weight in weights:
+        for block, weight in zip(tier.blocks, weights, strict=True):
             if weight:
                 key = (pool, block.provider)
                 self._credits[key] = self._credits.get(key, 0.0) + weight
@@ -227,8 +232,32 @@ class Scheduler:
                 return c
         return None
 
-    def _count_ready(self, block: _Block, tried: Container[Candidate], now: float) -> int:
-        return sum(1 for c in block.members if self._available(c, tried, now))
+    def _weights(
+        self, pool: str, tier: _Tier, tried: Container[Candidate], now: float
+    ) -> list[int]:
+        key = (pool, tier.priority)
+        cached = self._counts.get(key)
+        if (
+            not tried
+            and cached is not None
+            and cached[0] is tier
+            and cached[1] == self._version
+            and now < cached[2]
+        ):
+            return cached[3]
+        counts, valid_until = [], float("inf")
+        for block in tier.blocks:
+            ready = 0
+            for c in block.members:
+                at = self._ready_at(c)
+                if at > now:
+                    valid_until = min(valid_until, at)
+                elif not (tried and c in tried):
+                    ready += 1
+            counts.append(ready)
+        if not tried:
+            self._counts[key] = (tier, self._version, valid_until, counts)
+        return counts
 
     def _available(self, c: Candidate, tried: Container[Candidate], now: float) -> bool:
         # `tried` is empty on nearly every pick: skip hashing the candidate then.
@@ -253,9 +282,11 @@ class Scheduler:
         cooling = self._cooling.get(key)
         if cooling is not None and (started is None or cooling.since <= started):
             del self._cooling[key]
+            self._version += 1
         disabled = self._disabled.get(cid)
         if disabled is not None and (started is None or disabled.since <= started):
             del self._disabled[cid]
+            self._version += 1
 
     def rate_limited(self, c: Candidate, retry_after: float | None, error: str = "") -> float:
         """429: cool (credential, model) for the hint (capped), else 1 s, 2 s, 4 s ...
@@ -302,6 +333,7 @@ class Scheduler:
         until = now + seconds
         if until > state.until:  # a shorter hint never cuts a running cooldown
             state.until, state.reason = until, reason
+            self._version += 1
 
     def _note(self, c: Candidate, error: str) -> None:
         if error:
@@ -364,4 +396,5 @@ class Scheduler:
             del self._cooling[key]
         for cid in disabled:
             del self._disabled[cid]
+        self._version += 1
         return len(cooling) + len(disabled)

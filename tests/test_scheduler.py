@@ -134,6 +134,13 @@ def test_blocks_rotate_weighted_by_ready_credentials(clock: FakeClock) -> None:
     sched.rate_limited(pool[0], 60.0)  # big now has 2 ready: 2 turns to small's 1
     blocks = Counter(x.split("/")[0] for x in picks(sched, pool, 300))
     assert blocks == {"big": 200, "small": 100}
+    clock.advance(60.0)  # the cooldown ends by itself: 3 to 1 again
+    blocks = Counter(x.split("/")[0] for x in picks(sched, pool, 400))
+    assert blocks == {"big": 300, "small": 100}
+    sched.rejected(pool[3])  # small has none ready: big gets every turn
+    assert {x.split("/")[0] for x in picks(sched, pool, 30)} == {"big"}
+    sched.success(pool[3])
+    assert "small/0" in picks(sched, pool, 4)
 
 
 def test_pools_keep_separate_cursors(clock: FakeClock) -> None:
