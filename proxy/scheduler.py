@@ -337,6 +337,9 @@ class Scheduler:
 
     def _note(self, c: Candidate, error: str) -> None:
         if error:
+            secret = c.credential.secret
+            if secret and secret in error:  # an upstream that echoes the key it was sent
+                error = error.replace(secret, "[redacted]")
             self._last_error[c.credential.id] = error[:200]
 
     # -- what the rest of keyrail reads ------------------------------------------------------

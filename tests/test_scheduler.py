@@ -335,6 +335,14 @@ def test_credential_views_name_state_reason_until_and_error(clock: FakeClock) ->
     assert sched.credential_views()[1].state == "ready"
 
 
+def test_last_error_never_holds_the_secret(clock: FakeClock) -> None:
+    pool = targets("a", 1)
+    sched = make(pool, clock)
+    sched.rejected(pool[0], "upstream a answered 401: Incorrect API key provided: sk-a-0.")
+    (view,) = sched.credential_views()
+    assert view.last_error == "upstream a answered 401: Incorrect API key provided: [redacted]."
+
+
 def test_recover_clears_by_credential_or_provider(clock: FakeClock) -> None:
     pool = targets("a", 2) + targets("b", 1)
     sched = make(pool, clock)
