@@ -399,3 +399,18 @@ async def test_200_concurrent_streams_over_5_keys_with_random_429s(start_upstrea
         ]  # fmt: skip
         assert not inside, f"{w.key} used inside its {w.seconds} s window"
     assert len(fake.seen) <= 1.5 * 200
+
+
+async def test_first_byte_timeout_moves_on_and_cools_transiently(start_upstream, start_keyrail):
+    fake, url = await start_upstream()
+    fake.script = lambda seen: Script(delay=3) if key_of(seen) == "key-1" else Script()
+    top = "timeouts:\n  first-byte-seconds: 0.2"
+    kr = await start_keyrail(config(block("main", url, ["key-1", "key-2"]), top=top))
+    assert (await post(kr)).status == 200
+    assert keys_seen(fake) == {"key-1": 1, "key-2": 1}
+    (view,) = [v for v in scheduler_of(kr).credential_views() if v.state != "ready"]
+    assert view.reason == "transient" and view.provider == "main"
+    alone = await start_keyrail(config(block("slow", url, ["key-1"]), top=top))
+    resp = await post(alone)
+    error = orjson.loads(await resp.read())["error"]
+    assert resp.status == 502 and "slow" in error["message"]
