@@ -414,3 +414,15 @@ async def test_first_byte_timeout_moves_on_and_cools_transiently(start_upstream,
     resp = await post(alone)
     error = orjson.loads(await resp.read())["error"]
     assert resp.status == 502 and "slow" in error["message"]
+
+
+async def test_disable_cooling_on_one_api_key_entry(start_upstream, start_keyrail):
+    fake, url = await start_upstream()
+    fake.script = throttle({"key-1", "key-2"}, {"Retry-After": "60"})
+    yaml = config(block("main", url, ["key-1\n        disable-cooling: true", "key-2"]))
+    kr = await start_keyrail(yaml)
+    assert (await post(kr)).status == 429
+    assert (await post(kr)).status == 429
+    assert keys_seen(fake) == {"key-1": 2, "key-2": 1}  # only key-2 cooled down
+    states = sorted(v.state for v in scheduler_of(kr).credential_views())
+    assert states == ["cooling_down", "ready"]
