@@ -90,15 +90,17 @@ async def serve(
     recovery: Recovery | None = None
     for pass_no in range(settings.request_retry + 1):
         attempts_before = attempts
+        tried: set[Target] = set()  # shared by the pools: a fallback may reuse a target
         for current, targets in pools:
-            tried: set[Target] = set()
+            tried_here = 0
             while not (
-                settings.max_retry_credentials and len(tried) >= settings.max_retry_credentials
+                settings.max_retry_credentials and tried_here >= settings.max_retry_credentials
             ):
                 target = scheduler.pick(current.model, targets, tried)
                 if target is None:
                     break
                 tried.add(target)
+                tried_here += 1
                 driver = drivers[target.provider]
                 call = Call(
                     endpoint=endpoint,

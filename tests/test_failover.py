@@ -134,6 +134,19 @@ async def test_a_recovery_within_max_retry_interval_is_waited_for(start_upstream
     assert time.monotonic() - started >= 0.2
 
 
+@pytest.mark.parametrize(("request_retry", "status"), [(2, 200), (1, 429)])
+async def test_request_retry_bounds_the_passes(
+    start_upstream, start_keyrail, request_retry, status
+):
+    fake, url = await start_upstream()
+    answers = iter([Script(status=429, headers={"retry-after-ms": "100"})] * 2)
+    fake.script = lambda seen: next(answers, Script())
+    top = f"request-retry: {request_retry}"
+    kr = await start_keyrail(config(block("main", url, ["key-1"]), top=top))
+    resp = await post(kr)
+    assert resp.status == status and len(fake.seen) == request_retry + 1
+
+
 async def test_a_far_recovery_is_not_waited_for(start_upstream, start_keyrail):
     fake, url = await start_upstream()
     fake.script = throttle({"key-1"}, {"Retry-After": "6"})
