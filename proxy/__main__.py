@@ -28,6 +28,19 @@ def _load(path_arg: str | None, registry: Registry) -> config.Settings:
     return config.load(path, lookup)
 
 
+def _one_line_protocol_errors(record: logging.LogRecord) -> bool:
+    """A malformed request from a client is worth a line, not a traceback at ERROR."""
+    from aiohttp.http_exceptions import HttpProcessingError
+
+    exc = record.exc_info[1] if record.exc_info else None
+    if isinstance(exc, HttpProcessingError):
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        first = exc.message.splitlines()[0] if exc.message else str(exc)
+        record.msg = redact.REDACTOR.redact(f"{record.getMessage()}: {first}")
+        record.args, record.exc_info, record.exc_text = None, None, None
+    return True
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
@@ -50,8 +63,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         settings = dataclasses.replace(settings, **overrides)
     # text or JSON lines; no configured secret in any of them
     logs.configure(settings.log_format, settings.debug, redact.secrets_of(settings))
+    logging.getLogger("aiohttp.server").addFilter(_one_line_protocol_errors)
     for warning in settings.warnings:
         log.warning("%s", warning)
+    if not settings.providers:
+        log.warning(
+            "no provider blocks: write a config.yaml (see config/config.example.yaml) "
+            "or set OPENAI_API_KEY for the built-in default"
+        )
     problem = config.bind_problem(settings)
     if problem:
         log.error("%s", problem)

@@ -28,16 +28,17 @@ from tests.fakes import FakeOpenAI, Script, Seen
 CLIENT_KEY = "client-key-metrics-1"
 CONFIG = """
 api-keys: [{client_key}]
-disable-cooling: true
 transient-error-cooldown-seconds: 0
 request-retry: 0
 openai-compatibility:
   - name: alpha
     priority: 10
+    disable-cooling: true
     base-url: {alpha}
     api-key-entries: [{{api-key: key-alpha-1}}]
     models: [{{name: gpt-a, alias: m-alpha}}, {{name: gpt-s, alias: shared}}]
   - name: beta
+    disable-cooling: true
     base-url: {beta}
     api-key-entries: [{{api-key: key-beta-1}}]
     models: [{{name: gpt-b, alias: m-beta}}, {{name: gpt-s, alias: shared}}]
