@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
+import signal
 import socket
+import sys
 from typing import Any
 
 import aiohttp
@@ -218,3 +221,49 @@ async def test_canary_secrets_appear_in_no_output(start_upstream, start_keyrail,
     assert len(caplog.records) > 30
     leaks = [out for out in outputs if "CANARY" in out]
     assert not leaks, leaks[0]
+
+
+async def test_serve_writes_redacted_json_lines(start_upstream, tmp_path):
+    """`keyrail serve` with `logging.format: json`, as users run it, against an echoing upstream."""
+    fake, url = await start_upstream()
+    fake.script = echo_script
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = tmp_path / "config.yaml"
+    config.write_text(f"""
+port: {port}
+logging: {{format: json}}
+openai-compatibility:
+  - name: echo
+    base-url: {url}
+    api-key-entries: [{{api-key: CANARY10-served-key}}]
+    models: [m]
+""")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "proxy", "serve", "-c", str(config),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with asyncio.timeout(20):
+                while True:
+                    try:
+                        async with http.get(f"http://127.0.0.1:{port}/health") as r:
+                            break
+                    except aiohttp.ClientConnectionError:
+                        await asyncio.sleep(0.05)  # polling for start-up, bounded above
+            body = {"model": "m", "messages": [{"role": "user", "content": "401"}]}
+            async with http.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body) as r:
+                assert r.status == 401 and "CANARY" not in await r.text()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = await asyncio.wait_for(proc.communicate(), 15)
+    lines = [orjson.loads(line) for line in err.decode().splitlines()]  # every line is JSON
+    assert any("CANARY10" in s.headers.get("Authorization", "") for s in fake.seen)
+    (access,) = [x for x in lines if x["logger"] == "keyrail.access"]
+    assert access["status"] == 401 and access["upstream_status"] == 401
+    assert access["provider"] == "echo" and access["credential"].startswith("echo/")
+    (failed,) = [x for x in lines if x["logger"] == "keyrail.upstream"]
+    assert "[REDACTED]" in failed["error"]
+    assert "CANARY" not in err.decode()
