@@ -130,10 +130,9 @@ _NEVER = _Counts(epoch=-(1 << 62))
 
 
 class _Provider:
-    __slots__ = ("driver", "last_error", "last_seen", "lifetime", "retries", "slices")
+    __slots__ = ("last_error", "last_seen", "lifetime", "retries", "slices")
 
-    def __init__(self, driver: str) -> None:
-        self.driver = driver
+    def __init__(self) -> None:
         self.slices = [_NEVER] * SLICES
         self.lifetime = _Counts()
         self.retries = 0  # attempts that were not the first of their client request
@@ -158,7 +157,7 @@ class ProviderMetrics:
         now = self.clock()
         p = self._providers.get(attempt.provider)
         if p is None:
-            p = self._providers[attempt.provider] = _Provider(attempt.driver)
+            p = self._providers[attempt.provider] = _Provider()
         epoch = int(now // self._slice_seconds)
         window = p.slices[epoch % SLICES]
         if window.epoch != epoch:
@@ -198,7 +197,7 @@ class ProviderMetrics:
             c[view.state] = c.get(view.state, 0) + 1
         out: dict[str, dict[str, Any]] = {}
         for provider, driver in drivers.items():
-            p = self._providers.get(provider) or _Provider(driver)
+            p = self._providers.get(provider) or _Provider()
             w = self._window(p, now)
             n = sum(w.statuses)
             ok = w.statuses[0]
@@ -228,10 +227,10 @@ class ProviderMetrics:
             }
         return out
 
-    def lifetime(self) -> Iterator[tuple[str, str, _Counts, int]]:
-        """(provider, driver, lifetime counts, retries) for every provider seen."""
-        for name, p in self._providers.items():
-            yield name, p.driver, p.lifetime, p.retries
+    def lifetime(self, provider: str) -> tuple[_Counts, int]:
+        """A provider's lifetime counts and retries (zeros when it has had no traffic)."""
+        p = self._providers.get(provider)
+        return (p.lifetime, p.retries) if p is not None else (_Counts(), 0)
 
 
 def _totals(c: _Counts) -> dict[str, Any]:
@@ -330,10 +329,9 @@ class _PrometheusView(Collector):
             "Attempts that were not the first of their client request.",
             labels=("provider",),
         )
-        seen = {name: (driver, c, n) for name, driver, c, n in self._metrics.lifetime()}
         for provider, driver in configured.items():
             p, d = r(provider), r(driver)
-            _, c, n = seen.get(provider, (driver, _Counts(), 0))
+            c, n = self._metrics.lifetime(provider)
             for status_class, count in zip(STATUS_CLASSES, c.statuses, strict=True):
                 requests.add_metric([p, d, status_class], count)
             latency.add_metric([p], _buckets(c.latency), c.latency_sum)
