@@ -145,6 +145,10 @@ openai-compatibility:
     api-key-entries: [{{api-key: CANARY05-plain-provider-key}}]
     headers: {{X-Custom-Auth: CANARY06-header-secret}}
     models: [{{name: gpt-p, alias: m-plain}}]
+  - name: third
+    base-url: {url}
+    api-key-entries: [{{api-key: CANARY11-third-provider-key}}]
+    models: [{{name: gpt-t, alias: m-third}}]
   - name: gone
     base-url: http://127.0.0.1:{closed}/v1
     api-key-entries: [{{api-key: CANARY07-unreachable-key}}]
@@ -195,7 +199,8 @@ async def test_canary_secrets_appear_in_no_output(start_upstream, start_keyrail,
     assert await call({"Authorization": "CANARY02-plain-client-key"}, "m-echo", "hi") == 200
     assert await call(good, "m-unknown", "hi") == 404
     assert await call(good, "m-echo", "", raw=b'{"model": "m-echo", bad json') == 400
-    for model, last, then in (("m-echo", "403", 503), ("m-plain", "429", 429)):
+    for model, last, then in (("m-echo", "403", 503), ("m-plain", "429", 429),
+                              ("m-third", "401", 503)):  # fmt: skip
         for said in ("500", "400"):
             assert await call(good, model, said) == int(said)
         assert await call(good, model, "break", stream=True) == 200
@@ -206,7 +211,7 @@ async def test_canary_secrets_appear_in_no_output(start_upstream, start_keyrail,
     # the echoing upstream really was sent the secrets, and really echoed them
     assert any("CANARY04" in s.headers.get("Authorization", "") for s in fake.seen)
     assert any(s.headers.get("X-Custom-Auth") == "CANARY06-header-secret" for s in fake.seen)
-    assert sum("[REDACTED]" in out for out in outputs) >= 8
+    assert sum("[REDACTED]" in out for out in outputs) >= 12
 
     async with aiohttp.ClientSession() as http:
         for path in ("/v1/metrics/providers", "/v1/metrics/providers?format=list", "/metrics",
