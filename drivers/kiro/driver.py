@@ -256,11 +256,12 @@ class _Answer:
 
     async def read(self) -> list[dict[str, Any]]:
         """The chunks the next network read completes (maybe none). Sets `ended` at the end."""
+        if self.decoder.error is not None:
+            raise self.decoder.error
         data = await self.response.content.readany()
         if not data:
             self.ended = True
-            if self.decoder.pending:
-                raise FrameError(f"stream ended inside a frame ({self.decoder.pending} bytes)")
+            self.decoder.end()
             return []
         out: list[dict[str, Any]] = []
         for message in self.decoder.feed(data):

@@ -42,47 +42,66 @@ class Message:
         return "" if value is None else str(value)
 
 
-def _crc(data: bytes | memoryview) -> int:
+def _crc(data: bytes) -> int:
     return zlib.crc32(data) & 0xFFFFFFFF
 
 
 class Decoder:
-    """Feed bytes as they arrive; get back every message completed by them."""
+    """Feed bytes as they arrive; get back every message completed by them.
 
-    __slots__ = ("_buf",)
+    A bad frame after good ones in the same bytes: the good ones are returned, and the error is
+    kept in `error` and raised by the next `feed` or `end`.
+    """
+
+    __slots__ = ("_buf", "error")
 
     def __init__(self) -> None:
         self._buf = bytearray()
-
-    @property
-    def pending(self) -> int:
-        """Bytes held that do not yet make a whole frame (non-zero at the end = truncated)."""
-        return len(self._buf)
+        self.error: FrameError | None = None
 
     def feed(self, data: bytes) -> list[Message]:
+        if self.error is not None:
+            raise self.error
         self._buf += data
         messages: list[Message] = []
         start = 0
-        buf = self._buf
-        while len(buf) - start >= _PRELUDE:
-            total, headers_len, prelude_crc = struct.unpack_from(">III", buf, start)
-            if _crc(memoryview(buf)[start : start + 8]) != prelude_crc:
-                raise FrameError("event-stream prelude CRC mismatch")
-            if not _MIN_FRAME <= total <= MAX_FRAME or headers_len > total - _MIN_FRAME:
-                raise FrameError(f"event-stream frame of impossible size {total}/{headers_len}")
-            if len(buf) - start < total:
-                break
-            frame = memoryview(buf)[start : start + total]
-            (message_crc,) = struct.unpack_from(">I", frame, total - 4)
-            if _crc(frame[: total - 4]) != message_crc:
-                raise FrameError("event-stream message CRC mismatch")
-            headers = _parse_headers(bytes(frame[_PRELUDE : _PRELUDE + headers_len]))
-            messages.append(Message(headers, bytes(frame[_PRELUDE + headers_len : total - 4])))
-            frame.release()
-            start += total
+        try:
+            while (frame := self._frame(start)) is not None:
+                messages.append(frame[0])
+                start += frame[1]
+        except FrameError as exc:
+            if not messages:
+                raise
+            self.error = exc
         if start:
             del self._buf[:start]
         return messages
+
+    def end(self) -> None:
+        """The stream ended: raise if it ended on a bad frame or inside one."""
+        if self.error is not None:
+            raise self.error
+        if self._buf:
+            raise FrameError(f"event stream ended inside a frame ({len(self._buf)} bytes)")
+
+    def _frame(self, start: int) -> tuple[Message, int] | None:
+        """The message at `start` and its length, or None until all its bytes are here."""
+        buf = self._buf
+        if len(buf) - start < _PRELUDE:
+            return None
+        total, headers_len, prelude_crc = struct.unpack_from(">III", buf, start)
+        if _crc(bytes(buf[start : start + 8])) != prelude_crc:
+            raise FrameError("event-stream prelude CRC mismatch")
+        if not _MIN_FRAME <= total <= MAX_FRAME or headers_len > total - _MIN_FRAME:
+            raise FrameError(f"event-stream frame of impossible size {total}/{headers_len}")
+        if len(buf) - start < total:
+            return None
+        frame = bytes(buf[start : start + total])
+        (message_crc,) = struct.unpack_from(">I", frame, total - 4)
+        if _crc(frame[: total - 4]) != message_crc:
+            raise FrameError("event-stream message CRC mismatch")
+        headers = _parse_headers(frame[_PRELUDE : _PRELUDE + headers_len])
+        return Message(headers, frame[_PRELUDE + headers_len : total - 4]), total
 
 
 _FIXED = {2: ">b", 3: ">h", 4: ">i", 5: ">q", 8: ">q"}
