@@ -192,7 +192,7 @@ class TokenSlot:
                 raise self._rejected_error("token expired and there is no refresh token")
             return token
         try:
-            return await self._single_flight(refresher, forced=False)
+            return await self._single_flight(refresher)
         except UpstreamError as exc:
             if token.expires_within(0, self._store.clock()):
                 raise self._rejected_error(
@@ -215,12 +215,15 @@ class TokenSlot:
             return token  # another request (or the IDE) already replaced it
         if not token.refresh_token:
             raise self._rejected_error("token rejected and there is no refresh token")
-        return await self._single_flight(refresher, forced=True)
+        return await self._single_flight(refresher)
 
     # -- internals --------------------------------------------------------------------------
 
     def _due(self, token: Token, now: float) -> bool:
         return token.expires_at is None or token.expires_at - now <= self._store.lead
+
+    def _needs_refresh(self, token: Token) -> bool:
+        return token.generation <= self._rejected or self._due(token, self._store.clock())
 
     def _rejected_error(self, why: str) -> CredentialRejected:
         return CredentialRejected(
@@ -237,7 +240,7 @@ class TokenSlot:
             generation=self._generation,
         )
 
-    def _sync(self) -> Token:
+    def _sync(self, *, reread: bool = False) -> Token:
         """The token, reloaded from the file when the file changed since we last saw it."""
         if self.path is None:
             assert self._token is not None
@@ -247,9 +250,10 @@ class TokenSlot:
         except OSError as exc:
             if self._token is not None:
                 return self._token
+            log.warning("%s: cannot read token file %s (%s)", self.label, self.path, exc.strerror)
             raise self._rejected_error(f"token file unreadable ({exc.strerror})") from None
         file_id = (st.st_ino, st.st_mtime_ns, st.st_size)
-        if file_id == self._file_id and self._token is not None:
+        if file_id == self._file_id and self._token is not None and not reread:
             return self._token
         first = self._file_id is None
         try:
@@ -258,6 +262,7 @@ class TokenSlot:
             # An editor may be half-way through a non-atomic write: keep what we have.
             if self._token is not None:
                 return self._token
+            log.warning("%s: token file %s is not a JSON object", self.label, self.path)
             raise self._rejected_error(f"token file unreadable ({type(exc).__name__})") from None
         if first:
             self._first_look(st)
@@ -281,11 +286,11 @@ class TokenSlot:
                 log.warning("%s: token file was readable by others; made it 0600", self.label)
         remove_orphans(self.path, time.time())
 
-    async def _single_flight(self, refresher: Refresher, *, forced: bool) -> Token:
+    async def _single_flight(self, refresher: Refresher) -> Token:
         loop = asyncio.get_running_loop()
         flight = self._inflight
         if flight is None or flight.get_loop() is not loop:
-            flight = loop.create_task(self._refresh(refresher, forced=forced))
+            flight = loop.create_task(self._refresh(refresher))
             flight.add_done_callback(self._landed)
             self._inflight = flight
         # Shielded: a client that leaves must not cut a refresh that is writing a token file.
@@ -297,20 +302,18 @@ class TokenSlot:
         if not flight.cancelled():
             flight.exception()  # retrieved here, so no waiter leaving early leaves it unseen
 
-    async def _refresh(self, refresher: Refresher, *, forced: bool) -> Token:
+    async def _refresh(self, refresher: Refresher) -> Token:
         token = self._sync()  # adopt a token another program wrote meanwhile
-        now = self._store.clock()
-        if (token.generation > self._rejected) if forced else not self._due(token, now):
+        if not self._needs_refresh(token):
             return token
         try:
             updates = await refresher(token)
         except UpstreamError:
             # The refresh token may have been rotated by the IDE since we read it: reload once.
-            self._file_id = None
-            fresh = self._sync()
+            fresh = self._sync(reread=True)
             if fresh.refresh_token == token.refresh_token:
                 raise
-            if not self._due(fresh, self._store.clock()):
+            if not self._needs_refresh(fresh):
                 return fresh
             token, updates = fresh, await refresher(fresh)
         new = self._make(self._merged(token.document, updates))

@@ -18,6 +18,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from drivers.kiro import eventstream
+from proxy.keys import SCHEDULER
 from proxy.tokens import format_expiry
 from tests.fake_kiro import ARN, Answer, FakeKiro, Seen, text_frames, tool_frames
 
@@ -338,23 +339,35 @@ async def test_throttling_moves_to_second_credential(
     await client.close()
 
 
-async def test_throttling_frame_and_quota_fail_over(
+async def test_throttling_frame_quota_and_suspension_fail_over(
     fake: tuple[FakeKiro, str], start_keyrail: Start, tmp_path: Path
 ) -> None:
     kiro, url = fake
-    a = write_token(tmp_path / "a.json", *kiro.issue("a"))
-    b = write_token(tmp_path / "b.json", *kiro.issue("b"))
+    paths = [write_token(tmp_path / f"{n}.json", *kiro.issue(n)) for n in "abc"]
     throttle = eventstream.exception("ThrottlingException", b'{"message":"Too many requests"}')
     quota = {"message": "limit", "reason": "MONTHLY_REQUEST_COUNT"}
-    answers = iter([Answer(frames=[throttle]), Answer(), Answer(status=402, json=quota), Answer()])
-    kiro.script = lambda seen: next(answers)
-    client = await client_for(start_keyrail, block("kiro-a", a, url) + block("kiro-b", b, url))
+    suspended = {"message": "Account suspended", "reason": "TEMPORARILY_SUSPENDED"}
+    by_token = {
+        "at-a": Answer(frames=[throttle]),  # a 200 whose first frame is a throttling exception
+        "at-b": Answer(status=402, json=quota),
+        "at-c": Answer(status=403, json=suspended),
+    }
+    kiro.script = lambda seen: by_token.get(seen.token, Answer())
+    blocks = "".join(block(f"kiro-{n}", p, url) for n, p in zip("abcd", paths, strict=False))
+    d = write_token(tmp_path / "d.json", *kiro.issue("d"))
+    kr = await start_keyrail(f"kiro:\n{blocks}{block('kiro-d', d, url)}")
+    client = openai.AsyncOpenAI(base_url=kr.v1, api_key="none", max_retries=0)
     stream = await client.chat.completions.create(model=MODEL, messages=HI, stream=True)
     assert "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
     reply = await client.chat.completions.create(model=MODEL, messages=HI)
     assert reply.choices[0].message.content == "Hello from Kiro."
-    assert [c.token for c in kiro.chats] == ["at-a", "at-b", "at-b", "at-a"]
-    assert len(kiro.refreshes) == 0  # a quota 402 is not a token problem
+    # a cools down, b and c are disabled; d serves both requests
+    tokens = [c.token for c in kiro.chats]
+    assert sorted(tokens) == ["at-a", "at-b", "at-c", "at-d", "at-d"] and tokens[-1] == "at-d"
+    assert kiro.refreshes == []  # quota and suspension are not token problems
+    states = {v.provider: v.reason for v in kr.app[SCHEDULER].credential_views()}
+    assert states == {"kiro-a": "quota", "kiro-b": "unauthorized", "kiro-c": "unauthorized",
+                      "kiro-d": ""}  # fmt: skip
     await client.close()
 
 
@@ -409,3 +422,25 @@ async def test_truncation_and_broken_streams(
     with pytest.raises(openai.APIStatusError) as status_err:
         await client.chat.completions.create(model=MODEL, messages=HI, stream=True)
     assert status_err.value.status_code == 502
+
+
+async def test_prefix_exclusions_and_aliases_apply(
+    fake: tuple[FakeKiro, str], start_keyrail: Start, tmp_path: Path
+) -> None:
+    kiro, url = fake
+    path = write_token(tmp_path / "t.json", *kiro.issue("p"))
+    listed = block("kiro", path, url, '    prefix: k\n    excluded-models: ["*opus*"]\n')
+    aliased = block(
+        "kiro-alias",
+        path,
+        url,
+        "    models:\n      - {name: kiro-claude-haiku-4-5, alias: quick}\n",
+    )
+    client = await client_for(start_keyrail, listed + aliased)
+    ids = {m.id async for m in client.models.list()}
+    assert {"k/kiro-claude-sonnet-4-5", "kiro-claude-sonnet-4-5", "quick"} <= ids
+    assert not any("opus" in m for m in ids)
+    reply = await client.chat.completions.create(model="quick", messages=HI)
+    assert reply.choices[0].message.content == "Hello from Kiro."
+    assert kiro.chats[-1].current["modelId"] == "claude-haiku-4.5"
+    await client.close()

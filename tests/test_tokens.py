@@ -285,7 +285,10 @@ def _kill_loop(path: Path, kills: int, naive: bool) -> tuple[int, int]:
         time.sleep(rng.random() / 2000)  # jitter: where in its next write the kill lands
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
-        os.close(r)
+        with os.fdopen(r, "rb") as rest:  # every write the child finished before it died
+            reports = rest.read()
+        if reports:
+            done = int.from_bytes(reports[-4:], "big")
         try:
             doc = read_document(path)
         except (OSError, ValueError):

@@ -81,7 +81,7 @@ class KiroDriver(Driver):
             Credential(
                 id=f"{block.name}/{digest}",
                 provider=block.name,
-                proxy_url=block.proxy_url,
+                proxy_url=None if block.proxy_url in ("direct", "none") else block.proxy_url,
                 extra=extra,
             )
         ]
