@@ -18,7 +18,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from drivers.kiro import eventstream
-from proxy.keys import SCHEDULER
+from proxy.keys import LIVE, SCHEDULER
 from proxy.tokens import format_expiry
 from tests.fake_kiro import ARN, Answer, FakeKiro, Seen, text_frames, tool_frames
 
@@ -443,4 +443,27 @@ async def test_prefix_exclusions_and_aliases_apply(
     reply = await client.chat.completions.create(model="quick", messages=HI)
     assert reply.choices[0].message.content == "Hello from Kiro."
     assert kiro.chats[-1].current["modelId"] == "claude-haiku-4.5"
+    await client.close()
+
+
+async def test_inline_tokens_live_in_memory(
+    fake: tuple[FakeKiro, str], start_keyrail: Start, tmp_path: Path, log_text: Callable[[], str]
+) -> None:
+    kiro, url = fake
+    access, refresh = kiro.issue("inline-1")
+    blocks = (
+        f"  - name: inl\n    access-token: {access}\n    refresh-token: {refresh}\n"
+        f"    base-url: {url}\n    refresh-url: {url}\n"
+    )
+    kr = await start_keyrail(f"kiro:\n{blocks}")
+    (cred,) = kr.app[LIVE].current.credentials["inl"]
+    assert access not in cred.id and refresh not in cred.id and access not in repr(cred)
+    client = openai.AsyncOpenAI(base_url=kr.v1, api_key="none", max_retries=0)
+    for _ in range(2):
+        reply = await client.chat.completions.create(model=MODEL, messages=HI)
+        assert reply.choices[0].message.content == "Hello from Kiro."
+    # no expiry is known for inline tokens: refreshed once on first use, kept in memory
+    assert len(kiro.refreshes) == 1 and {c.token for c in kiro.chats} == {"at-refreshed-1"}
+    assert os.listdir(tmp_path) == []
+    assert refresh not in log_text() and "at-refreshed-1" not in log_text()
     await client.close()

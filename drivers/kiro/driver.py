@@ -49,7 +49,7 @@ _ERROR_BODY_LIMIT = 64 * 1024
 _SDK = "aws-sdk-js/1.0.27"
 _IDE = "KiroIDE-0.7.45"
 _THROTTLED = ("ThrottlingException", "ServiceQuotaExceededException")
-_INVALID = ("ValidationException", "ContentLengthExceededException")
+_INVALID = ("ValidationException",)
 _Failure = (FrameError, KiroException, aiohttp.ClientError, TimeoutError)
 
 
