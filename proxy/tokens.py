@@ -6,7 +6,8 @@ on demand after the upstream rejected it, single-flight per credential however m
 wait, writing the result back in the spelling found (temp file, fsync, rename, directory fsync,
 mode 0600), noticing a file rewritten by another program (an IDE) on use, repairing group- or
 world-readable token files, removing temp files a crash left behind, and keeping the old token
-when a refresh fails while that token is still valid.
+when a refresh fails while that token is still valid (else: `CredentialRejected` when the
+login was refused, `UpstreamUnavailable` when the token endpoint is down).
 Does not own: how a provider refreshes (the driver passes a `Refresher` coroutine that turns a
 `Token` into new fields), nor what the fields mean beyond access/refresh token and expiry.
 
@@ -34,7 +35,7 @@ from typing import Any
 
 import orjson
 
-from proxy.errors import CredentialRejected, UpstreamError
+from proxy.errors import CredentialRejected, UpstreamError, UpstreamUnavailable
 
 log = logging.getLogger("keyrail.tokens")
 
@@ -195,8 +196,12 @@ class TokenSlot:
             return await self._single_flight(refresher)
         except UpstreamError as exc:
             if token.expires_within(0, self._store.clock()):
-                raise self._rejected_error(
-                    f"token expired and refresh failed: {exc.message}"
+                why = f"token expired and refresh failed: {exc.message}"
+                if isinstance(exc, CredentialRejected):
+                    raise self._rejected_error(why) from exc
+                # The token endpoint is down or busy: a transient failure, not a bad login.
+                raise UpstreamUnavailable(
+                    f"credential {self.label}: {why}", status=503, provider=self.provider
                 ) from exc
             self._retry_at = self._store.clock() + RETRY_AFTER_FAILURE
             log.warning("%s: token refresh failed, the current token is still valid", self.label)

@@ -159,12 +159,23 @@ async def test_failed_refresh_keeps_a_valid_token_and_rejects_an_expired_one(
     assert "kiro/abc: token refresh failed" in caplog.text and "rt-0" not in caplog.text
     await slot.get(fn)  # within the retry pause: no new attempt
     assert len(fn.calls) == 1
-    clock.now += 121
-    with pytest.raises(CredentialRejected) as err:
+    clock.now += 121  # expired now: the token endpoint being down is a transient failure
+    with pytest.raises(UpstreamUnavailable) as down:
         await slot.get(fn)
-    assert err.value.status == 401 and "rt-0" not in err.value.message
+    assert down.value.status == 503 and "rt-0" not in down.value.message
     fn.fail = False
     assert (await slot.get(fn)).access_token == "at-3"
+
+
+async def test_refused_refresh_of_an_expired_token_rejects_the_credential(tmp_path: Path) -> None:
+    s, _ = store()
+
+    async def refused(token: Token) -> Mapping[str, Any]:
+        raise CredentialRejected("invalid_grant", status=401)
+
+    slot = s.slot(label="c", provider="p", path=token_file(tmp_path / "t.json", expires_in=-1))
+    with pytest.raises(CredentialRejected, match="token expired and refresh failed"):
+        await slot.get(refused)
 
 
 async def test_file_rewritten_by_the_ide_is_picked_up(tmp_path: Path) -> None:
