@@ -192,6 +192,9 @@ class KiroDriver(Driver):
         except _Failure as exc:
             answer.close()
             raise _before_first_byte(exc, self.block.name) from None
+        except BaseException:  # cancelled (client gone, first-byte timeout): drop the connection
+            answer.close()
+            raise
         if not call.stream:
             answer.close()
             data = orjson.dumps(translator.completion())
