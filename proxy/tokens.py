@@ -4,10 +4,12 @@ Owns: reading a token file in whichever spelling it uses (`accessToken` or `acce
 holding the current token per credential, refreshing it before it expires (`lead` seconds) and
 on demand after the upstream rejected it, single-flight per credential however many requests
 wait, writing the result back in the spelling found (temp file, fsync, rename, directory fsync,
-mode 0600), noticing a file rewritten by another program (an IDE) on use, repairing group- or
-world-readable token files, removing temp files a crash left behind, and keeping the old token
-when a refresh fails while that token is still valid (else: `CredentialRejected` when the
-login was refused, `UpstreamUnavailable` when the token endpoint is down).
+mode 0600), refreshing under an `flock` on a sidecar `.NAME.lock` so that two keyrail processes
+never refresh one file at once, noticing a file rewritten by another program (an IDE) on use,
+repairing group- or world-readable token files, removing temp files a crash left behind, and
+keeping the old token when a refresh fails while that token is still valid (else:
+`CredentialRejected` when the login was refused, `UpstreamUnavailable` when the token endpoint
+is down).
 Does not own: how a provider refreshes (the driver passes a `Refresher` coroutine that turns a
 `Token` into new fields), nor what the fields mean beyond access/refresh token and expiry.
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import re
@@ -308,6 +311,13 @@ class TokenSlot:
             flight.exception()  # retrieved here, so no waiter leaving early leaves it unseen
 
     async def _refresh(self, refresher: Refresher) -> Token:
+        if self.path is None:
+            return await self._refresh_locked(refresher)
+        # Another keyrail process may share the file: one refresh at a time, across processes.
+        async with _FileLock(self.path.with_name(f".{self.path.name}.lock")):
+            return await self._refresh_locked(refresher)
+
+    async def _refresh_locked(self, refresher: Refresher) -> Token:
         token = self._sync()  # adopt a token another program wrote meanwhile
         if not self._needs_refresh(token):
             return token
@@ -350,6 +360,28 @@ class TokenSlot:
                 out.pop(other, None)
             out[key] = value
         return out
+
+
+class _FileLock:
+    """An exclusive `flock` on a sidecar file, taken in a thread so the loop never blocks."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._fd = -1
+
+    async def __aenter__(self) -> None:
+        fd = self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+        taken = asyncio.get_running_loop().run_in_executor(None, fcntl.flock, fd, fcntl.LOCK_EX)
+        try:
+            await asyncio.shield(taken)
+        except BaseException:
+            # Cancelled while the thread waits: close the file (dropping the lock) only once
+            # the thread is done with it, so the descriptor cannot be reused under it.
+            taken.add_done_callback(lambda _: os.close(fd))
+            raise
+
+    async def __aexit__(self, *exc: object) -> None:
+        os.close(self._fd)  # releases the lock
 
 
 def _core(document: Mapping[str, Any]) -> tuple[Any, ...]:

@@ -113,7 +113,7 @@ async def test_refresh_within_lead_written_back_in_its_spelling(
     assert [doc[k] for k in keys] == ["at-1", "rt-1", format_expiry(NOW + 3600), "arn:new"]
     assert doc["provider"] == "Github" and len(doc) == 5
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert os.listdir(tmp_path) == ["t.json"]
+    assert sorted(os.listdir(tmp_path)) == [".t.json.lock", "t.json"]  # no temp file left
 
 
 async def test_single_flight_for_many_waiters(tmp_path: Path) -> None:
@@ -321,3 +321,19 @@ def test_kill_9_harness_catches_a_naive_writer(tmp_path: Path) -> None:
     """The same loop against truncate-and-write: proof that the loop above can fail."""
     unreadable, _ = _kill_loop(tmp_path / "naive.json", 250, naive=True)
     assert unreadable > 0
+
+
+async def test_two_processes_sharing_a_file_refresh_once(tmp_path: Path) -> None:
+    """Two stores stand for two keyrail processes: the file lock serialises their refreshes."""
+    path = token_file(tmp_path / "t.json", expires_in=60)
+    (first, _), (second, _) = store(), store()
+    slow, fast = Refresher(), Refresher()
+    slow.gate = asyncio.Event()
+    one = asyncio.create_task(first.slot(label="c", provider="p", path=path).get(slow))
+    await asyncio.wait_for(slow.entered.wait(), 5)  # the first holds the lock, mid-refresh
+    two = asyncio.create_task(second.slot(label="c", provider="p", path=path).get(fast))
+    slow.gate.set()
+    a, b = await asyncio.gather(one, two)
+    # the second waited for the lock, then adopted the token the first wrote
+    assert fast.calls == [] and a.access_token == b.access_token == "at-1"
+    assert sorted(os.listdir(tmp_path)) == [".t.json.lock", "t.json"]
