@@ -105,8 +105,8 @@ async def _read_stream(response: aiohttp.ClientResponse, verdict: Verdict, start
             continue
         data = line[5:].strip()
         if data == b"[DONE]":
-            done = True
-            break
+            done = True  # read on to the end, so that keyrail sees a client that stayed
+            continue
         try:
             event = orjson.loads(data)
         except orjson.JSONDecodeError:
