@@ -82,7 +82,7 @@ class Reloader:
 
     async def _reload(self, force: bool, reason: str) -> Outcome:
         if self.path is None:
-            return _failed("keyrail runs on the built-in default config: there is no file")
+            return _failed("keyrail was started without a config file, so there is none to reload")
         source = str(self.path)
         try:
             data = self.path.read_bytes()

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import aiohttp
 import orjson
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from proxy import config
@@ -37,12 +38,17 @@ def write_by_rename(path: Path, text: str) -> None:
 
 
 async def serve_file(
-    path: Path, servers: list[TestServer], registry: Registry | None = None
+    path: Path,
+    servers: list[TestServer],
+    registry: Registry | None = None,
+    before_start: Callable[[web.Application], None] | None = None,
 ) -> Keyrail:
     """keyrail from a config file it watches, on 127.0.0.1, as `keyrail serve -c FILE`."""
     registry = registry or Registry.discover()
     settings = config.load(path, options_lookup(registry))
     app = create_app(settings, registry, config_path=path)
+    if before_start is not None:
+        before_start(app)
     server = TestServer(app, host="127.0.0.1", handler_cancellation=True)
     await server.start_server()
     servers.append(server)
