@@ -177,8 +177,10 @@ def cmd_models(args: argparse.Namespace) -> int:
         return 1
     credentials = {}
     unlisted = []
+    disabled = []
     for block in settings.providers:
         if block.disabled:
+            disabled.append(block.name)
             continue
         credentials[block.name] = registry.get(block.driver).credentials(block)
         if not block.models:
@@ -202,6 +204,8 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(f"excluded: {ex.model} from {ex.provider} (matches '{ex.pattern}')")
     for name in unlisted:
         print(f"note: {name} lists no models; they are discovered from the upstream at start-up")
+    for name in disabled:
+        print(f"note: {name} is disabled; it serves no models")
     return 0
 
 
