@@ -40,6 +40,19 @@ def _setup_logging(debug: bool) -> None:
     )
     if not debug:
         logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.getLogger("aiohttp.server").addFilter(_one_line_protocol_errors)
+
+
+def _one_line_protocol_errors(record: logging.LogRecord) -> bool:
+    """A malformed request from a client is worth a line, not a traceback at ERROR."""
+    from aiohttp.http_exceptions import HttpProcessingError
+
+    exc = record.exc_info[1] if record.exc_info else None
+    if isinstance(exc, HttpProcessingError):
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.msg = f"{record.getMessage()}: {exc.message.splitlines()[0] if exc.message else exc}"
+        record.args, record.exc_info, record.exc_text = None, None, None
+    return True
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -66,6 +79,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _setup_logging(settings.debug)
     for warning in settings.warnings:
         log.warning("%s", warning)
+    if not settings.providers:
+        log.warning(
+            "no provider blocks: write a config.yaml (see config/config.example.yaml) "
+            "or set OPENAI_API_KEY for the built-in default"
+        )
     problem = config.bind_problem(settings)
     if problem:
         log.error("%s", problem)

@@ -26,7 +26,7 @@ from proxy.keys import LIVE, METRICS, REQUEST_ID, SCHEDULER
 from proxy.logs import RequestRecord, log_request
 from proxy.metrics import Attempt
 from proxy.runtime import RUNTIME
-from proxy.streaming import RelayOptions, StreamHead, relay, usage_in
+from proxy.streaming import RelayOptions, StreamHead, model_renamer, relay, usage_in
 
 log = logging.getLogger("keyrail.handlers")
 JSON = "application/json"
@@ -195,10 +195,9 @@ async def proxy_request(request: web.Request, endpoint: str) -> web.StreamRespon
             rec.status = 200
         else:
             data = success.body or b""
-            if rename is not None:
-                data = data.replace(
-                    f'"model":"{rename[0]}"'.encode(), f'"model":"{rename[1]}"'.encode()
-                )
+            renamer = model_renamer(rename)
+            if renamer is not None:
+                data = renamer(data)
             usage = usage_in(data)
             if isinstance(usage, dict):
                 attempt.prompt_tokens = int(

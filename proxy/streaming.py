@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -221,7 +221,7 @@ async def relay(
     result = RelayResult(ttft=loop.time() - started)
     response = web.StreamResponse(status=200, headers={**SSE_HEADERS, **options.extra_headers})
     await response.prepare(request)
-    rename = _renamer(options.rename_model)
+    rename = model_renamer(options.rename_model)
     last_write = loop.time()
     keepalive_task = (
         asyncio.create_task(_keepalive(response, options.keepalive_seconds, lambda: last_write))
@@ -292,14 +292,18 @@ async def _empty() -> AsyncIterator[bytes]:
 
 
 async def _keepalive(response: web.StreamResponse, every: float, last_write: Any) -> None:
+    """Write a comment whenever nothing was written for `every` seconds, until cancelled."""
     loop = asyncio.get_running_loop()
-    while True:
-        idle = loop.time() - last_write()
-        if idle >= every:
-            await response.write(KEEPALIVE)
-            await asyncio.sleep(every)
-        else:
-            await asyncio.sleep(every - idle)
+    try:
+        while True:
+            idle = loop.time() - last_write()
+            if idle >= every:
+                await response.write(KEEPALIVE)
+                await asyncio.sleep(every)
+            else:
+                await asyncio.sleep(every - idle)
+    except (ConnectionError, RuntimeError):
+        return  # the client is gone; the relay notices on its own next write
 
 
 async def _write_quietly(response: web.StreamResponse, data: bytes) -> None:
@@ -307,19 +311,17 @@ async def _write_quietly(response: web.StreamResponse, data: bytes) -> None:
         await response.write(data)
 
 
-def _renamer(pair: tuple[str, str] | None) -> Any:
+def model_renamer(pair: tuple[str, str] | None) -> Callable[[bytes], bytes] | None:
+    """For `force-mapping`: a function rewriting `"model": old` to `"model": new` in JSON bytes."""
     if pair is None or pair[0] == pair[1]:
         return None
-    old, new = pair
-    swaps = [
-        (f'"model":"{old}"'.encode(), f'"model":"{new}"'.encode()),
-        (f'"model": "{old}"'.encode(), f'"model": "{new}"'.encode()),
-    ]
+    old, new = (orjson.dumps(name) for name in pair)
+    swaps = [(b'"model":' + old, b'"model":' + new), (b'"model": ' + old, b'"model": ' + new)]
 
-    def rename(event: bytes) -> bytes:
+    def rename(data: bytes) -> bytes:
         for a, b in swaps:
-            if a in event:
-                event = event.replace(a, b)
-        return event
+            if a in data:
+                data = data.replace(a, b)
+        return data
 
     return rename
