@@ -36,6 +36,7 @@ BAN_SECONDS = 30 * 60.0
 MASK = "********"
 #: option or header names whose values are secrets (matched case-insensitively, as substrings)
 _SECRET_WORDS = ("key", "token", "secret", "password", "authorization", "cookie", "credential")
+_NOT_SECRET_ENDINGS = ("file", "path", "url", "dir")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -137,6 +138,8 @@ def _walk(value: Any, name: str = "") -> Iterable[tuple[str, Any]]:
 
 def _is_secret_name(name: str) -> bool:
     lowered = name.lower()
+    if lowered.endswith(_NOT_SECRET_ENDINGS):  # `token-file`, `refresh-url`: where, not what
+        return False
     return any(word in lowered for word in _SECRET_WORDS)
 
 

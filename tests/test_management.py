@@ -290,3 +290,14 @@ async def test_reload_without_a_file(start_upstream, start_keyrail):
     kr = await start_keyrail(CONFIG.format(extra="", driver="openai-compatibility", url=url))
     status, body, _ = await call(kr, "POST", "/reload")
     assert status == 400 and "without a config file" in body["error"]["message"]
+
+
+def test_masking_keeps_paths_and_addresses():
+    block = {"token-file": "~/.aws/sso/cache/kiro-auth-token.json", "auth-token": "s3cret",
+             "refresh-url": "http://127.0.0.1:1/token", "entries": [{"api-key": "k"}]}  # fmt: skip
+    assert management._masked(block) == {
+        "token-file": "~/.aws/sso/cache/kiro-auth-token.json",
+        "auth-token": management.MASK,
+        "refresh-url": "http://127.0.0.1:1/token",
+        "entries": [{"api-key": management.MASK}],
+    }
