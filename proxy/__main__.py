@@ -184,7 +184,8 @@ def _item_position(where: str, text: str) -> str:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    """The routing table: client id → block, upstream model, credentials; collisions marked."""
+    """The routing table: client id → block (highest priority first), upstream model,
+    credentials; collisions marked."""
     from proxy import catalog as catalog_mod
 
     registry = Registry.discover()
@@ -207,15 +208,15 @@ def cmd_models(args: argparse.Namespace) -> int:
     rows = []
     for mid, route in sorted(cat.routes.items()):
         mark = " [pool: " + ", ".join(route.providers) + "]" if mid in cat.collisions else ""
-        seen: dict[tuple[str, str], list[str]] = {}
-        for t in route.targets:
-            seen.setdefault((t.provider, t.upstream_model), []).append(t.credential.id)
-        for (provider, upstream), creds in seen.items():
-            rows.append((mid + mark, provider, upstream, ", ".join(creds)))
-    width = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(
-        ("MODEL", "PROVIDER", "UPSTREAM", "CREDENTIALS"))]  # fmt: skip
+        seen: dict[tuple[str, int, str], list[str]] = {}
+        for t in sorted(route.targets, key=lambda t: -t.priority):  # tried first, first
+            seen.setdefault((t.provider, t.priority, t.upstream_model), []).append(t.credential.id)
+        for (provider, priority, upstream), creds in seen.items():
+            rows.append((mid + mark, provider, str(priority), upstream, ", ".join(creds)))
+    header = ("MODEL", "PROVIDER", "PRIORITY", "UPSTREAM", "CREDENTIALS")
+    width = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(header)]
     fmt = "  ".join(f"{{:<{w}}}" for w in width)
-    print(fmt.format("MODEL", "PROVIDER", "UPSTREAM", "CREDENTIALS"))
+    print(fmt.format(*header))
     for row in rows:
         print(fmt.format(*row))
     for ex in cat.excluded:

@@ -94,16 +94,17 @@ def test_check_missing_file(tmp_path, capsys):
 
 def test_models_table(tmp_path, capsys):
     text = GOOD + "  - name: parked\n    disabled: true\n    base-url: http://127.0.0.1:9/v4\n"
+    text = text.replace("    prefix: slow\n", "    prefix: slow\n    priority: 5\n")
     code, lines = run_cli(capsys, "models", "-c", write(tmp_path, text))
     assert code == 0
     rows = [" ".join(line.split()) for line in lines]
     k1, k2 = (re.escape(f"primary/{hashlib.sha256(k).hexdigest()[:8]}") for k in (b"k1", b"k2"))
     expected = [
-        "MODEL PROVIDER UPSTREAM CREDENTIALS",
-        rf"chat \[pool: primary, backup\] primary gpt-4o-mini {k1}, {k2}",
-        r"chat \[pool: primary, backup\] backup gpt-4o backup/0",
-        rf"fast/chat primary gpt-4o-mini {k1}, {k2}",
-        r"slow/chat backup gpt-4o backup/0",
+        "MODEL PROVIDER PRIORITY UPSTREAM CREDENTIALS",
+        r"chat \[pool: primary, backup\] backup 5 gpt-4o backup/0",
+        rf"chat \[pool: primary, backup\] primary 0 gpt-4o-mini {k1}, {k2}",
+        rf"fast/chat primary 0 gpt-4o-mini {k1}, {k2}",
+        r"slow/chat backup 5 gpt-4o backup/0",
         re.escape("excluded: o1-pro from primary (matches 'o1-*')"),
         "note: discovered lists no models; they are discovered from the upstream at start-up",
         "note: parked is disabled; it serves no models",
