@@ -222,7 +222,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     for ex in cat.excluded:
         print(f"excluded: {ex.model} from {ex.provider} (matches '{ex.pattern}')")
     for name in unlisted:
-        print(f"note: {name} lists no models; they are discovered from the upstream at start-up")
+        print(f"note: {name} lists no models; its upstream's list is read at start and reload")
     for name in disabled:
         print(f"note: {name} is disabled; it serves no models")
     return 0

@@ -106,7 +106,7 @@ def test_models_table(tmp_path, capsys):
         rf"fast/chat primary 0 gpt-4o-mini {k1}, {k2}",
         r"slow/chat backup 5 gpt-4o backup/0",
         re.escape("excluded: o1-pro from primary (matches 'o1-*')"),
-        "note: discovered lists no models; they are discovered from the upstream at start-up",
+        "note: discovered lists no models; its upstream's list is read at start and reload",
         "note: parked is disabled; it serves no models",
     ]
     assert len(rows) == len(expected), rows
