@@ -166,6 +166,7 @@ def _view_json(view: CredentialView) -> dict[str, Any]:
         "reason": view.reason or None,
         "until": None if view.until is None else round(view.until, 3),
         "retry_in_seconds": remaining,
+        "cooling_models": list(view.cooling_models),
         "last_error": view.last_error or None,
     }
 
