@@ -77,7 +77,11 @@ class Reloader:
     async def reload(self, *, force: bool = False, reason: str = "file changed") -> Outcome:
         """Re-read the file; swap in a new runtime if it is valid and (unless `force`) new."""
         async with self._lock:
-            self.last = await self._reload(force, reason)
+            try:
+                self.last = await self._reload(force, reason)
+            except Exception as exc:  # a bug must not stop the watcher or leave a 500
+                log.exception("config reload (%s) failed", reason)
+                self.last = _failed(f"{self.path}:0:0: reload failed: {type(exc).__name__}")
             return self.last
 
     async def _reload(self, force: bool, reason: str) -> Outcome:
