@@ -333,6 +333,10 @@ async def effective_config(request: web.Request) -> web.Response:
     return _answer(rt, data)
 
 
+async def unknown(request: web.Request) -> web.Response:
+    raise ManagementError(404, f"Unknown endpoint: {request.method} {request.path}", "not_found")
+
+
 def setup(app: web.Application) -> None:
     """Register the management routes, each behind the guard."""
     guard = Guard()
@@ -351,3 +355,5 @@ def setup(app: web.Application) -> None:
     router.add_post(f"{PREFIX}/auths/{{provider}}/refresh", guarded(refresh))
     router.add_post(f"{PREFIX}/reload", guarded(reload_config))
     router.add_get(f"{PREFIX}/config", guarded(effective_config))
+    # anything else under the prefix is guarded too: no 405 tells an unset API's routes apart
+    router.add_route("*", f"{PREFIX}/{{tail:.*}}", guarded(unknown))

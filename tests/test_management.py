@@ -46,6 +46,8 @@ remote-management:
     excluded-models: ["o1-*"]
 """
 ROUTES = [
+    ("POST", "/providers"),  # a wrong method or an unknown route is no different
+    ("GET", "/nope"),
     ("GET", "/providers"),
     ("GET", "/cooldowns"),
     ("POST", "/providers/fakeco/recover"),
@@ -145,6 +147,11 @@ async def test_guard(start):
         headers = {"Authorization": f"Bearer {SECRET}"}
         async with s.get(f"{kr.url}/v1/models", headers=headers) as resp:
             assert resp.status == 401
+    # unknown routes and wrong methods are guarded like the rest, then 404
+    status, body, _ = await call(kr, "DELETE", "/providers", None)
+    assert (status, body["error"]["code"]) == (401, "missing_management_key")
+    status, body, _ = await call(kr, "DELETE", "/providers")
+    assert (status, body["error"]["code"]) == (404, "not_found")
     # a remote peer is refused, even with the key
     status, body, _ = await call(kr, "GET", "/providers", **{"X-Test-Peer": "203.0.113.7"})
     assert (status, body["error"]["code"]) == (403, "remote_disabled")
