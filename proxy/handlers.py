@@ -25,6 +25,7 @@ from proxy.errors import InvalidRequest, ProxyError, RequestError, UpstreamError
 from proxy.keys import LIVE, METRICS, REQUEST_ID, SCHEDULER
 from proxy.logs import RequestRecord, log_request
 from proxy.metrics import Attempt
+from proxy.runtime import RUNTIME
 from proxy.streaming import RelayOptions, StreamHead, model_renamer, relay, usage_in
 
 log = logging.getLogger("keyrail.handlers")
@@ -152,7 +153,7 @@ async def proxy_request(request: web.Request, endpoint: str) -> web.StreamRespon
     rec = RequestRecord(
         request_id=request.get(REQUEST_ID, ""), method=request.method, path=request.path
     )
-    runtime = app[LIVE].current  # one config for the whole request, even across a reload
+    runtime = request[RUNTIME]  # one config for the whole request, even across a reload
     success: failover.Success | None = None
     try:
         body = await read_json_object(request)
@@ -179,6 +180,7 @@ async def proxy_request(request: web.Request, endpoint: str) -> web.StreamRespon
         rename = (target.upstream_model, rec.model) if target.force_mapping else None
         extra = _passthrough(success.reply.headers) if runtime.settings.passthrough_headers else {}
         extra["X-Request-Id"] = rec.request_id
+        extra["X-Keyrail-Provider"] = target.provider  # for canaries: which block answered
         attempt = Attempt(target.provider, target.driver, target.credential.id, 200, 0.0)
         if success.head is not None:
             response, result = await _relay(request, success.head, body, endpoint, rename,
