@@ -26,6 +26,7 @@ from proxy.keys import LIVE, METRICS, REQUEST_ID, SCHEDULER
 from proxy.logs import RequestRecord, log_failed_attempt, log_request
 from proxy.metrics import Attempt, AttemptTrail
 from proxy.redact import REDACTOR
+from proxy.runtime import RUNTIME
 from proxy.streaming import RelayOptions, StreamHead, model_renamer, relay, usage_in
 
 log = logging.getLogger("keyrail.handlers")
@@ -160,7 +161,7 @@ async def proxy_request(request: web.Request, endpoint: str) -> web.StreamRespon
     app = request.app
     loop = asyncio.get_running_loop()
     rec = request[ACCESS]
-    runtime = app[LIVE].current  # one config for the whole request, even across a reload
+    runtime = request[RUNTIME]  # one config for the whole request, even across a reload
     success: failover.Success | None = None
     attempt: Attempt | None = None  # the successful one, until it is recorded
     try:
@@ -188,6 +189,7 @@ async def proxy_request(request: web.Request, endpoint: str) -> web.StreamRespon
         rename = (target.upstream_model, rec.model) if target.force_mapping else None
         extra = _passthrough(success.reply.headers) if runtime.settings.passthrough_headers else {}
         extra["X-Request-Id"] = rec.request_id
+        extra["X-Keyrail-Provider"] = target.provider  # for canaries: which block answered
         attempt = Attempt(target.provider, target.driver, target.credential.id, 200, 0.0)
         if success.head is not None:
             response, result = await _relay(request, success.head, body, endpoint, rename,

@@ -51,20 +51,36 @@ def _mask_shape(match: re.Match[str]) -> str:
 
 
 class Redactor:
-    """Masks registered secrets and credential-shaped text in strings and bytes."""
+    """Masks registered secrets and credential-shaped text in strings and bytes.
 
-    __slots__ = ("_exact", "_secrets")
+    Secrets added with an `owner` (an OAuth credential whose token is refreshed every hour)
+    replace that owner's older ones, keeping one generation back for requests still in flight,
+    so the set stays bounded however long keyrail runs.
+    """
+
+    __slots__ = ("_exact", "_kept", "_owned", "_secrets")
 
     def __init__(self) -> None:
+        self._kept: set[str] = set()
+        self._owned: dict[str, tuple[frozenset[str], frozenset[str]]] = {}
         self._secrets: tuple[str, ...] = ()
         self._exact: re.Pattern[str] = re.compile("(?!)")
 
-    def add(self, secrets: Iterable[str]) -> None:
-        """Register secrets (idempotent); values shorter than MIN_SECRET_LENGTH are ignored."""
-        new = {s for s in secrets if len(s) >= MIN_SECRET_LENGTH} - set(self._secrets)
-        if new:
-            self._secrets = tuple(sorted({*self._secrets, *new}, key=len, reverse=True))
-            self._exact = re.compile("|".join(map(re.escape, self._secrets)))
+    def add(self, secrets: Iterable[str], *, owner: str = "") -> None:
+        """Register secrets; values shorter than MIN_SECRET_LENGTH are ignored."""
+        new = frozenset(s for s in secrets if len(s) >= MIN_SECRET_LENGTH)
+        if owner:
+            current, _ = self._owned.get(owner, (frozenset(), frozenset()))
+            if new == current:
+                return
+            self._owned[owner] = (new, current)
+        elif new <= self._kept:
+            return
+        else:
+            self._kept |= new
+        every = self._kept.union(*(s for pair in self._owned.values() for s in pair))
+        self._secrets = tuple(sorted(every, key=len, reverse=True))
+        self._exact = re.compile("|".join(map(re.escape, self._secrets)) or "(?!)")
 
     def redact(self, text: str) -> str:
         """`text` with secrets masked. Costs a substring test per secret and per trigger

@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from proxy import shutdown
 from proxy.driver import Reply
 from proxy.errors import ProxyError, StreamInterrupted, UpstreamError, UpstreamUnavailable
 
@@ -271,6 +272,13 @@ async def relay(
         # After the first byte there is no retry: tell the client in-band, then end.
         result.error = exc
         await _write_quietly(response, error_event(exc))
+    except asyncio.CancelledError:
+        if not shutdown.absorb_cut():
+            raise  # the client left
+        # Shutdown ran out of drain time: end the stream with an error event, not a cut.
+        result.error = StreamInterrupted(shutdown.MESSAGE, status=503, provider=head.provider)
+        result.error.code = "shutting_down"
+        await _write_quietly(response, error_event(result.error))
     finally:
         if keepalive_task is not None:
             keepalive_task.cancel()

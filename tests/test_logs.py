@@ -13,9 +13,15 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from aiohttp.test_utils import TestServer
 
 from proxy.logs import JsonFormatter, configure
+from proxy.reload import RELOADER
+from tests.fake_kiro import Answer, FakeKiro
 from tests.fakes import Script, Seen
+from tests.ops_helpers import serve_file, write_by_rename
+from tests.test_kiro import MODEL as KIRO_MODEL
+from tests.test_kiro import write_token
 
 CONFIG = """
 api-keys: [client-key-logs-1]
@@ -272,3 +278,72 @@ openai-compatibility:
     (failed,) = [x for x in lines if x["logger"] == "keyrail.upstream"]
     assert "[REDACTED]" in failed["error"]
     assert "CANARY" not in err.decode()
+
+
+async def test_oauth_tokens_appear_in_no_output(start_keyrail, tmp_path, caplog):
+    """Kiro's access and refresh tokens, from the token file and from a refresh, are masked
+    wherever an upstream echoes them: error bodies, log lines, metrics."""
+    caplog.set_level(logging.DEBUG)
+    kiro = FakeKiro()
+    server = TestServer(kiro.app, host="127.0.0.1")
+    await server.start_server()
+    url = str(server.make_url("")).rstrip("/")
+    access, refresh = kiro.issue("CANARY12")
+    kiro.access_tokens.discard(access)  # revoked: the first call is refused, then refreshed
+    token_file = write_token(tmp_path / "kiro-auth-token.json", access, refresh)
+    kr = await start_keyrail(
+        f"kiro:\n  - {{name: kiro, token-file: {token_file}, base-url: {url}, "
+        f"refresh-url: {url}}}\n"
+    )
+    kiro.script = lambda seen: Answer(
+        status=500 if seen.current["content"].endswith("500") else 400,
+        json={"message": f"Improperly formed request for token {seen.token}", "reason": None},
+    )
+    outputs = []
+    try:
+        async with aiohttp.ClientSession() as http:
+            for said in ("400", "500"):
+                body = {"model": KIRO_MODEL, "messages": [{"role": "user", "content": said}]}
+                async with http.post(kr.v1 + "/chat/completions", json=body) as r:
+                    outputs.append(str(dict(r.headers)) + await r.text())
+                    assert r.status == int(said) or r.status == 502
+            for path in ("/v1/metrics/providers", "/metrics"):
+                async with http.get(kr.url + path) as r:
+                    outputs.append(await r.text())
+    finally:
+        await server.close()
+    assert [c.token for c in kiro.chats][:2] == [access, "at-refreshed-1"]  # really refreshed
+    json = JsonFormatter()
+    outputs += [json.format(record) for record in caplog.records]
+    secrets = (access, refresh, "at-refreshed-1", "rt-refreshed-1")
+    leaks = [out for out in outputs if any(secret in out for secret in secrets)]
+    assert not leaks, leaks[0]
+
+
+async def test_secrets_added_by_a_reload_are_masked(start_upstream, tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    fake, url = await start_upstream()
+    fake.script = (
+        lambda seen: Script(  # the bare key, in no shape a pattern would know
+            status=401, raw=b"key " + seen.headers["Authorization"][7:].encode() + b" is revoked"
+        )
+    )
+    path = tmp_path / "config.yaml"
+    block = "openai-compatibility:\n  - {{name: echo, base-url: {url}, models: [m], {keys}}}\n"
+    path.write_text(block.format(url=url, keys="api-key-entries: [{api-key: first-key-0001}]"))
+    servers: list[TestServer] = []
+    try:
+        kr = await serve_file(path, servers)
+        write_by_rename(path, block.format(url=url, keys="api-key-entries: [{api-key: CANARY14}]"))
+        assert (await kr.app[RELOADER].reload()).status == "reloaded"
+        async with aiohttp.ClientSession() as http:
+            body = {"model": "m", "messages": [{"role": "user", "content": "401"}]}
+            async with http.post(kr.v1 + "/chat/completions", json=body) as r:
+                assert r.status == 401
+                text = await r.text()
+    finally:
+        for server in servers:
+            await server.close()
+    assert fake.seen[-1].headers["Authorization"] == "Bearer CANARY14"  # the new key was used
+    logged = "\n".join(JsonFormatter().format(record) for record in caplog.records)
+    assert "[REDACTED]" in text and "CANARY" not in text + logged
