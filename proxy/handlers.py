@@ -3,9 +3,10 @@
 Owns: the routes (`/health`, `/v1/models`, `POST /v1/{chat/completions,completions,
 embeddings,responses}`), reading and checking the client's JSON once, answering a finished
 request (non-streamed bodies, `force-mapping`, usage), the error middleware that turns every
-failure into an OpenAI error body, and the access-log record of each request.
+failure into an OpenAI error body (redacted: upstreams may echo a key), and the access
+middleware: a request id, the access record the handlers fill, and its line at the end.
 Does not own: the failover loop (failover.py), the SSE relay (streaming.py), client keys
-(auth.py), or the metrics endpoints (metrics.py).
+(auth.py), the metrics endpoints (metrics.py), or the line formats (logs.py).
 """
 
 from __future__ import annotations
