@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from proxy import config, logs, redact
+from proxy.catalog import Catalog
 from proxy.errors import ConfigError, ProxyError
 from proxy.registry import Registry, options_lookup
 
@@ -177,7 +178,8 @@ def _item_position(where: str, text: str) -> str:
 
 def cmd_models(args: argparse.Namespace) -> int:
     """The routing table: client id → block (highest priority first), upstream model,
-    credentials; collisions marked."""
+    credentials; collisions marked. Blocks without `models` are asked for theirs, as at
+    start-up, unless `--offline`."""
     from proxy import catalog as catalog_mod
 
     registry = Registry.discover()
@@ -186,17 +188,18 @@ def cmd_models(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print("\n".join(exc.problems), file=sys.stderr)
         return 1
-    credentials = {}
-    unlisted = []
-    disabled = []
-    for block in settings.providers:
-        if block.disabled:
-            disabled.append(block.name)
-            continue
-        credentials[block.name] = registry.get(block.driver).credentials(block)
-        if not block.models:
-            unlisted.append(block.name)
-    cat = catalog_mod.build(settings, credentials, {})
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    unlisted = [b.name for b in settings.providers if not b.disabled and not b.models]
+    disabled = [b.name for b in settings.providers if b.disabled]
+    if args.offline:
+        credentials = {
+            b.name: registry.get(b.driver).credentials(b)
+            for b in settings.providers
+            if not b.disabled
+        }
+        cat = catalog_mod.build(settings, credentials, {})
+    else:
+        cat = asyncio.run(_built_catalog(settings, registry))
     rows = []
     for mid, route in sorted(cat.routes.items()):
         mark = " [pool: " + ", ".join(route.providers) + "]" if mid in cat.collisions else ""
@@ -214,10 +217,19 @@ def cmd_models(args: argparse.Namespace) -> int:
     for ex in cat.excluded:
         print(f"excluded: {ex.model} from {ex.provider} (matches '{ex.pattern}')")
     for name in unlisted:
-        print(f"note: {name} lists no models; its upstream's list is read at start and reload")
+        how = "not asked: --offline" if args.offline else "asked now, as at start and reload"
+        print(f"note: {name} lists no models; its driver's list is used ({how})")
     for name in disabled:
         print(f"note: {name} is disabled; it serves no models")
     return 0
+
+
+async def _built_catalog(settings: config.Settings, registry: Registry) -> Catalog:
+    from proxy import runtime
+
+    built = await runtime.build(settings, registry)
+    await built.aclose()
+    return built.catalog
 
 
 def cmd_canary(args: argparse.Namespace) -> int:
@@ -249,6 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=cmd_check)
     models = sub.add_parser("models", help="print the routing table")
     models.add_argument("-c", "--config")
+    models.add_argument(
+        "--offline", action="store_true", help="do not ask upstreams for unlisted models"
+    )
     models.set_defaults(func=cmd_models)
     canary = sub.add_parser("canary", help="send one small request through a running keyrail")
     canary.add_argument("model", metavar="MODEL", help="client model id, e.g. 'prefix/alias'")

@@ -116,3 +116,14 @@ async def test_serve_with_builtin_default_answers_health(tmp_path):
     finally:
         proc.send_signal(signal.SIGINT)
         await asyncio.wait_for(proc.wait(), 15)
+
+
+def test_models_asks_drivers_for_unlisted_models(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    token = tmp_path / "kiro-token.json"
+    token.write_text('{"accessToken": "at-secret", "refreshToken": "rt-secret"}')
+    cfg.write_text(f"kiro:\n  - token-file: {token}\n")
+    result = run("models", "-c", str(cfg))
+    assert result.returncode == 0, result.stderr
+    assert "kiro-claude-sonnet-4-5" in result.stdout
+    assert "secret" not in result.stdout + result.stderr
