@@ -24,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from proxy.keys import METRICS
 from proxy.metrics import bucket_of
 from tests.fakes import FakeOpenAI, Script, Seen
+from tests.ops_helpers import wait_for
 
 CLIENT_KEY = "client-key-metrics-1"
 CONFIG = """
@@ -331,3 +332,24 @@ openai-compatibility:
                 assert r.status == 200
         async with http.get(kr.url + "/health") as r:
             assert r.status == 200
+
+
+async def test_a_client_that_leaves_mid_stream(start_upstream, start_keyrail, log_text) -> None:
+    """The upstream served the stream until the client left: a 2xx attempt at its block, and
+    an access line with status 499."""
+    fake, url = await start_upstream()
+    fake.script = lambda seen: Script(stall_after=2)  # two chunks, then silence
+    kr = await start_keyrail(f"""
+openai-compatibility:
+  - {{name: one, base-url: "{url}", api-key-entries: [{{api-key: k-1}}], models: [m]}}
+""")
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(kr.v1 + "/chat/completions", json=body) as r,
+    ):
+        assert r.status == 200
+        await r.content.readline()  # the first event arrived; now leave
+    await wait_for(lambda: "status=499" in log_text(), 5, "the access line of the request")
+    one = kr.app[METRICS].snapshot([], {"one": "openai-compatibility"})["one"]
+    assert one["request_count"] == 1 and one["status_counts"]["2xx"] == 1
