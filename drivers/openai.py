@@ -3,7 +3,8 @@
 Byte passthrough: the client's body goes upstream with only `model` rewritten (plus
 `stream_options.include_usage` on streams, so usage can be counted), and the upstream's bytes
 come back untouched. One credential per `api-key-entries` item (a blank key sends no
-`Authorization`). Models come from the block's `models`, else from `GET {base-url}/models`.
+`Authorization`; `disable-cooling: true` on an item exempts that key from cooldowns).
+Models come from the block's `models`, else from `GET {base-url}/models`.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from proxy.driver import (
 )
 from proxy.errors import StreamInterrupted, UpstreamUnavailable, classify_upstream
 from proxy.retry_hints import retry_after_seconds
+from proxy.scheduler import DISABLE_COOLING
 
 _ERROR_BODY_LIMIT = 256 * 1024
 
@@ -45,12 +47,14 @@ class OpenAICompatibleDriver(Driver):
         for i, entry in enumerate(entries):
             key = str(entry.get("api-key") or "").strip() if isinstance(entry, Mapping) else ""
             proxy = entry.get("proxy-url") if isinstance(entry, Mapping) else None
+            cooling_off = isinstance(entry, Mapping) and entry.get(DISABLE_COOLING) is True
             creds.append(
                 Credential(
                     id=_credential_id(block.name, key, i),
                     provider=block.name,
                     secret=key,
                     proxy_url=_proxy(proxy, block.proxy_url),
+                    extra={DISABLE_COOLING: True} if cooling_off else {},
                 )
             )
         return creds or [Credential(id=f"{block.name}/0", provider=block.name)]

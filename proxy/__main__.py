@@ -1,8 +1,9 @@
-"""The command line: `keyrail serve | check | models | plugins` (also `python -m proxy`).
+"""The command line: `keyrail serve | check | models | canary | plugins` (`python -m proxy`).
 
 Owns: argument parsing, finding the config file, logging set-up, the refusal to bind a public
-address without client keys, and running the server on uvloop. Does not own: anything the
-server does once it runs (app.py lists that).
+address without client keys, running the server on uvloop (SIGHUP reloads the config;
+SIGTERM/SIGINT stop it gracefully), and offline checks of a config file. Does not own:
+anything the server does once it runs (app.py lists that), the canary itself (canary.py).
 """
 
 from __future__ import annotations
@@ -10,11 +11,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import re
+import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from proxy import config
-from proxy.errors import ConfigError, DriverError
+from proxy import config, logs, redact
+from proxy.catalog import Catalog
+from proxy.errors import ConfigError, ProxyError
 from proxy.registry import Registry, options_lookup
 
 log = logging.getLogger("keyrail")
@@ -28,19 +33,23 @@ def _load(path_arg: str | None, registry: Registry) -> config.Settings:
     return config.load(path, lookup)
 
 
-def _setup_logging(debug: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if debug else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
-    if not debug:
-        logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+def _one_line_protocol_errors(record: logging.LogRecord) -> bool:
+    """A malformed request from a client is worth a line, not a traceback at ERROR."""
+    from aiohttp.http_exceptions import HttpProcessingError
+
+    exc = record.exc_info[1] if record.exc_info else None
+    if isinstance(exc, HttpProcessingError):
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        first = exc.message.splitlines()[0] if exc.message else str(exc)
+        record.msg = redact.REDACTOR.redact(f"{record.getMessage()}: {first}")
+        record.args, record.exc_info, record.exc_text = None, None, None
+    return True
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
+    from proxy import reload, shutdown
     from proxy.app import create_app
 
     registry = Registry.discover()
@@ -58,9 +67,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         import dataclasses
 
         settings = dataclasses.replace(settings, **overrides)
-    _setup_logging(settings.debug)
+    # text or JSON lines; no configured secret in any of them
+    logs.configure(settings.log_format, settings.debug, redact.secrets_of(settings))
+    logging.getLogger("aiohttp.server").addFilter(_one_line_protocol_errors)
     for warning in settings.warnings:
         log.warning("%s", warning)
+    if not settings.providers:
+        log.warning(
+            "no provider blocks: write a config.yaml (see config/config.example.yaml) "
+            "or set OPENAI_API_KEY for the built-in default"
+        )
     problem = config.bind_problem(settings)
     if problem:
         log.error("%s", problem)
@@ -69,7 +85,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "keyrail on http://%s:%d (config: %s; %d provider blocks)",
         settings.host, settings.port, settings.source, len(settings.providers),
     )  # fmt: skip
-    app = create_app(settings, registry)
+    app = create_app(settings, registry, config_path=config.default_path(args.config))
+
+    async def reload_on_sighup(app: web.Application) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, app[reload.RELOADER].trigger, "SIGHUP")
+
+    app.on_startup.append(reload_on_sighup)
     loop = _new_loop()
     web.run_app(
         app,
@@ -77,7 +99,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         port=settings.port,
         loop=loop,
         handler_cancellation=True,  # a client that leaves cancels its upstream request at once
-        shutdown_timeout=settings.shutdown_drain_seconds,
+        # streams get `shutdown.drain-seconds` in the app's own drain; this is for the rest
+        shutdown_timeout=shutdown.GRACE_SECONDS,
         access_log=None,  # keyrail writes its own access line (proxy/logs.py)
         print=None,
     )
@@ -93,6 +116,9 @@ def _new_loop() -> asyncio.AbstractEventLoop:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    """Validate offline: exit 0, or 1 with `FILE:LINE:COL: message` lines."""
+    from proxy import catalog as catalog_mod
+
     registry = Registry.discover()
     try:
         settings = _load(args.config, registry)
@@ -102,20 +128,58 @@ def cmd_check(args: argparse.Namespace) -> int:
     for warning in settings.warnings:
         print(f"warning: {warning}")
     problems = []
+    text = _text_of(settings.source)
+    bind = config.bind_problem(settings)
+    if bind:
+        problems.append(f"{_key_position(settings.source, text, 'host')}: {bind}")
+    credentials = {}
     for block in settings.providers:
-        try:
-            registry.get(block.driver)
-        except DriverError as exc:
-            problems.append(f"{block.where}: {exc.message}")
+        if block.disabled:
+            continue
+        try:  # what a driver reads from its block (token files, key entries) is read here too
+            credentials[block.name] = registry.get(block.driver).credentials(block)
+        except (ProxyError, OSError, ValueError) as exc:
+            message = exc.message if isinstance(exc, ProxyError) else str(exc)
+            problems.append(f"{_item_position(block.where, text)}: {block.name}: {message}")
     if problems:
         print("\n".join(problems))
         return 1
+    cat = catalog_mod.build(settings, credentials, {})
+    for model, providers in sorted(cat.collisions.items()):
+        print(f"note: {model} is served by several providers (one pool): {', '.join(providers)}")
     print(f"{settings.source}: OK ({len(settings.providers)} provider blocks)")
     return 0
 
 
+def _text_of(source: str) -> str:
+    try:
+        return Path(source).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return ""  # the built-in default has no file
+
+
+def _key_position(source: str, text: str, key: str) -> str:
+    """`FILE:LINE:COL` of a top-level key (1:1 when the file does not spell it)."""
+    match = re.search(rf"^{re.escape(key)}\s*:", text, re.MULTILINE)
+    line = text.count("\n", 0, match.start()) + 1 if match else 1
+    return f"{source}:{line}:1"
+
+
+def _item_position(where: str, text: str) -> str:
+    """`FILE:LINE` of a block item → `FILE:LINE:COL`, the column of the item's first key."""
+    source, _, line_no = where.rpartition(":")
+    if not line_no.isdigit():
+        return f"{where}:0:0"
+    lines = text.splitlines()
+    line = lines[int(line_no) - 1] if 0 < int(line_no) <= len(lines) else ""
+    col = len(line) - len(line.lstrip(" -")) + 1
+    return f"{source}:{line_no}:{col}"
+
+
 def cmd_models(args: argparse.Namespace) -> int:
-    """The routing table: client id → block, upstream model, credentials; collisions marked."""
+    """The routing table: client id → block (highest priority first), upstream model,
+    credentials; collisions marked. Blocks without `models` are asked for theirs, as at
+    start-up, unless `--offline`."""
     from proxy import catalog as catalog_mod
 
     registry = Registry.discover()
@@ -124,34 +188,54 @@ def cmd_models(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print("\n".join(exc.problems), file=sys.stderr)
         return 1
-    credentials = {}
-    unlisted = []
-    for block in settings.providers:
-        if block.disabled:
-            continue
-        credentials[block.name] = registry.get(block.driver).credentials(block)
-        if not block.models:
-            unlisted.append(block.name)
-    cat = catalog_mod.build(settings, credentials, {})
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    unlisted = [b.name for b in settings.providers if not b.disabled and not b.models]
+    disabled = [b.name for b in settings.providers if b.disabled]
+    if args.offline:
+        credentials = {
+            b.name: registry.get(b.driver).credentials(b)
+            for b in settings.providers
+            if not b.disabled
+        }
+        cat = catalog_mod.build(settings, credentials, {})
+    else:
+        cat = asyncio.run(_built_catalog(settings, registry))
     rows = []
     for mid, route in sorted(cat.routes.items()):
         mark = " [pool: " + ", ".join(route.providers) + "]" if mid in cat.collisions else ""
-        seen: dict[tuple[str, str], list[str]] = {}
-        for t in route.targets:
-            seen.setdefault((t.provider, t.upstream_model), []).append(t.credential.id)
-        for (provider, upstream), creds in seen.items():
-            rows.append((mid + mark, provider, upstream, ", ".join(creds)))
-    width = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(
-        ("MODEL", "PROVIDER", "UPSTREAM", "CREDENTIALS"))]  # fmt: skip
+        seen: dict[tuple[str, int, str], list[str]] = {}
+        for t in sorted(route.targets, key=lambda t: -t.priority):  # tried first, first
+            seen.setdefault((t.provider, t.priority, t.upstream_model), []).append(t.credential.id)
+        for (provider, priority, upstream), creds in seen.items():
+            rows.append((mid + mark, provider, str(priority), upstream, ", ".join(creds)))
+    header = ("MODEL", "PROVIDER", "PRIORITY", "UPSTREAM", "CREDENTIALS")
+    width = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(header)]
     fmt = "  ".join(f"{{:<{w}}}" for w in width)
-    print(fmt.format("MODEL", "PROVIDER", "UPSTREAM", "CREDENTIALS"))
+    print(fmt.format(*header))
     for row in rows:
         print(fmt.format(*row))
     for ex in cat.excluded:
         print(f"excluded: {ex.model} from {ex.provider} (matches '{ex.pattern}')")
     for name in unlisted:
-        print(f"note: {name} lists no models; they are discovered from the upstream at start-up")
+        how = "not asked: --offline" if args.offline else "asked now, as at start and reload"
+        print(f"note: {name} lists no models; its driver's list is used ({how})")
+    for name in disabled:
+        print(f"note: {name} is disabled; it serves no models")
     return 0
+
+
+async def _built_catalog(settings: config.Settings, registry: Registry) -> Catalog:
+    from proxy import runtime
+
+    built = await runtime.build(settings, registry)
+    await built.aclose()
+    return built.catalog
+
+
+def cmd_canary(args: argparse.Namespace) -> int:
+    from proxy import canary
+
+    return canary.main(args.model, args.url, args.key, not args.no_stream, args.timeout)
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
@@ -177,7 +261,17 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=cmd_check)
     models = sub.add_parser("models", help="print the routing table")
     models.add_argument("-c", "--config")
+    models.add_argument(
+        "--offline", action="store_true", help="do not ask upstreams for unlisted models"
+    )
     models.set_defaults(func=cmd_models)
+    canary = sub.add_parser("canary", help="send one small request through a running keyrail")
+    canary.add_argument("model", metavar="MODEL", help="client model id, e.g. 'prefix/alias'")
+    canary.add_argument("--url", help="keyrail's address (default: $KEYRAIL_URL, :8317)")
+    canary.add_argument("--key", help="client key (default: $KEYRAIL_API_KEY)")
+    canary.add_argument("--no-stream", action="store_true", help="a non-streamed request")
+    canary.add_argument("--timeout", type=float, default=60.0, help="seconds (default 60)")
+    canary.set_defaults(func=cmd_canary)
     plugins = sub.add_parser("plugins", help="list the installed drivers")
     plugins.set_defaults(func=cmd_plugins)
     return parser

@@ -7,26 +7,42 @@ Does not own anything else: no behaviour lives here.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from aiohttp import web
 
-from proxy import auth, handlers, runtime
+from proxy import auth, handlers, management, metrics, reload, runtime, shutdown
 from proxy.config import Settings
 from proxy.keys import LIVE, METRICS, REGISTRY, SCHEDULER
+from proxy.logs import install_redaction
 from proxy.metrics import ProviderMetrics
+from proxy.redact import secrets_of
 from proxy.registry import Registry
+from proxy.runtime import RUNTIME
 from proxy.scheduler import Scheduler
 
 
-def create_app(settings: Settings, registry: Registry | None = None) -> web.Application:
-    """Build the aiohttp application for these settings (the runtime starts with the app)."""
+def create_app(
+    settings: Settings, registry: Registry | None = None, *, config_path: Path | None = None
+) -> web.Application:
+    """Build the aiohttp application for these settings (the runtime starts with the app).
+
+    `config_path` is the file to watch and reload (None: no hot reload).
+    """
     registry = registry or Registry.discover()
-    client_keys = auth.ClientKeys(settings.api_keys)
+    install_redaction(secrets_of(settings))  # no configured secret in any log record
+    live = runtime.Live()  # the current config's drivers and catalog, swapped on reload
+    drain = shutdown.Drain()  # requests in flight, drained on shutdown
     app = web.Application(
         middlewares=[
-            handlers.request_id_middleware,  # every request gets an id for logs and headers
+            drain.middleware,  # first, so that it sees every request
+            handlers.access_middleware,  # every request gets an id and (probes aside) a log line
             handlers.errors_middleware,  # every failure leaves as an OpenAI error body
-            auth.middleware(lambda request: client_keys),  # client keys guard /v1/*
+            runtime.middleware(live),  # each request keeps the config it started with
+            auth.middleware(  # client keys guard /v1/* (and the metrics, if configured)
+                lambda request: request[RUNTIME].client_keys,
+                metrics_need_key=lambda request: request[RUNTIME].settings.metrics_require_key,
+            ),
         ],
         client_max_size=int(settings.request_body_limit_mb * 1024 * 1024),
         handler_args={"max_field_size": 16 * 1024},
@@ -39,20 +55,19 @@ def create_app(settings: Settings, registry: Registry | None = None) -> web.Appl
         disable_cooling=settings.disable_cooling,
     )
     app[METRICS] = ProviderMetrics(window_seconds=settings.metrics_window_seconds)
-    app[LIVE] = runtime.Live()  # the current config's drivers and catalog, swapped on reload
+    app[LIVE] = live
+    shutdown.setup(app, drain, lambda: live.current.settings.shutdown_drain_seconds)
 
     async def runtime_ctx(app: web.Application) -> AsyncIterator[None]:
         # drivers, pooled upstream sessions and the model catalog, built from the config
-        live = app[LIVE]
         live.current = await runtime.build(settings, registry)
-        app[SCHEDULER].register(
-            (provider, cred.id)
-            for provider, creds in live.current.credentials.items()
-            for cred in creds
-        )
+        reload.apply_to_scheduler(app[SCHEDULER], live.current)
         yield
         await live.current.aclose()
 
     app.cleanup_ctx.append(runtime_ctx)
+    reload.setup(app, config_path)  # watch config.yaml; swap the runtime when it changes
     handlers.setup(app)  # /health, /v1/models, POST /v1/* endpoints
+    management.setup(app)  # /v0/management/*, behind remote-management.secret-key
+    metrics.setup(app)  # /v1/metrics/providers, /metrics (Prometheus)
     return app

@@ -25,13 +25,12 @@ from proxy.errors import (
     NoCredential,
     ProxyError,
     RateLimited,
-    UnknownModel,
     UpstreamError,
     UpstreamRejected,
     UpstreamUnavailable,
 )
 from proxy.metrics import Attempt, ProviderMetrics
-from proxy.scheduler import Scheduler
+from proxy.scheduler import Recovery, Scheduler
 from proxy.streaming import StreamHead
 
 
@@ -69,34 +68,39 @@ async def serve(
     resolve_fallbacks: Callable[[str], Sequence[Route]] = lambda _model: (),
     clock: Callable[[], float] | None = None,
 ) -> Success:
-    """Run the failover loop for one request; return the first success or raise."""
+    """Run the failover loop for one request; return the first success or raise.
+
+    A pass tries the route's pool, then each fallback's, every credential at most once and
+    without sleeping. Only after a whole pass fails does the loop wait, and only for a
+    recovery within `max-retry-interval` while `request-retry` passes remain.
+    """
     loop = asyncio.get_running_loop()
     now = clock or loop.time
-    routes = [route, *resolve_fallbacks(route.model)]
-    last_error: ProxyError | None = None
+    pools = [
+        (r, targets)
+        for r in (route, *resolve_fallbacks(route.model))
+        if (targets := _servable(r, endpoint, drivers))
+    ]
+    if not pools:
+        raise DriverError(
+            f"model '{route.model}' is served by a driver that does not support /v1/{endpoint}"
+        )
+    last_error: UpstreamError | None = None
     attempts = 0
-    for current in routes:
-        targets = [t for t in current.targets if endpoint in drivers[t.provider].endpoints]
-        if not targets:
-            last_error = last_error or DriverError(
-                f"model '{current.model}' is served by a driver that does not support "
-                f"/v1/{endpoint}"
-            )
-            continue
-        for pass_no in range(settings.request_retry + 1):
-            tried: set[Target] = set()
-            tried_this_pass = 0
-            while True:
-                if (
-                    settings.max_retry_credentials
-                    and tried_this_pass >= settings.max_retry_credentials
-                ):
-                    break
+    recovery: Recovery | None = None
+    for pass_no in range(settings.request_retry + 1):
+        attempts_before = attempts
+        tried: set[Target] = set()  # shared by the pools: a fallback may reuse a target
+        for current, targets in pools:
+            tried_here = 0
+            while not (
+                settings.max_retry_credentials and tried_here >= settings.max_retry_credentials
+            ):
                 target = scheduler.pick(current.model, targets, tried)
                 if target is None:
                     break
                 tried.add(target)
-                tried_this_pass += 1
+                tried_here += 1
                 driver = drivers[target.provider]
                 call = Call(
                     endpoint=endpoint,
@@ -106,10 +110,11 @@ async def serve(
                     headers=driver.block.headers,
                     request_id=request_id,
                 )
-                started = now()
+                started, scheduled = now(), scheduler.clock()
                 try:
                     success = await _attempt_with_refresh(driver, call, target, stream, settings)
                 except UpstreamRejected as exc:
+                    # About the request itself: another credential would get the same answer.
                     _record(metrics, target, exc, now() - started)
                     raise
                 except UpstreamError as exc:
@@ -118,30 +123,53 @@ async def serve(
                     last_error = exc
                     attempts += 1
                     continue
+                scheduler.success(target, scheduled)
                 success.started = started
                 success.retries = attempts
                 return success
-            # The pool is spent for this pass. Wait for a recovery only if it is close.
-            recovery = scheduler.recovery(targets)
-            if recovery is None:
-                continue  # something became ready meanwhile: next pass at once
-            if (
-                pass_no < settings.request_retry
-                and recovery.in_seconds <= settings.max_retry_interval
-            ):
-                await asyncio.sleep(recovery.in_seconds)
-                continue
-            if last_error is None:
-                # Nothing was tried: every credential was already cooling or disabled.
-                last_error = NoCredential(
-                    _cooling_message(current, recovery.quota),
-                    retry_after=max(1, math.ceil(recovery.in_seconds)),
-                    quota=recovery.quota,
-                )
+        recovery = _soonest(scheduler, pools)
+        if recovery is None:
+            if attempts > attempts_before:
+                break  # what failed did not cool (cooling off): another pass would hot-loop
+            continue  # a cooldown ended between the last pick and now
+        if pass_no == settings.request_retry or recovery.in_seconds > settings.max_retry_interval:
             break
-    if last_error is None:
-        raise UnknownModel(f"no provider can serve '{route.model}'", param="model")
-    raise _for_client(last_error, scheduler, routes)
+        await asyncio.sleep(recovery.in_seconds)
+    if last_error is not None:
+        raise _for_client(last_error, recovery)
+    # Nothing was tried: every credential was already cooling down or disabled.
+    soonest = recovery or Recovery(in_seconds=1.0, quota=False)
+    raise NoCredential(
+        _cooling_message(route, soonest.quota),
+        retry_after=_whole_seconds(soonest.in_seconds),
+        quota=soonest.quota,
+    )
+
+
+def _servable(route: Route, endpoint: str, drivers: dict[str, Driver]) -> Sequence[Target]:
+    """The route's targets whose driver serves `endpoint`; the route's own tuple when all do,
+    so that the scheduler's per-pool layout stays cached."""
+    if all(endpoint in drivers[p].endpoints for p in route.providers):
+        return route.targets
+    return [t for t in route.targets if endpoint in drivers[t.provider].endpoints]
+
+
+def _soonest(
+    scheduler: Scheduler, pools: Sequence[tuple[Route, Sequence[Target]]]
+) -> Recovery | None:
+    """The soonest recovery across the pools; None when one of them has a ready target."""
+    soonest: Recovery | None = None
+    for _route, targets in pools:
+        recovery = scheduler.recovery(targets)
+        if recovery is None:
+            return None
+        if soonest is None or recovery.in_seconds < soonest.in_seconds:
+            soonest = recovery
+    return soonest
+
+
+def _whole_seconds(seconds: float) -> int:
+    return max(1, math.ceil(seconds))
 
 
 async def _attempt_with_refresh(
@@ -172,7 +200,7 @@ async def _attempt(
     except TimeoutError:
         raise UpstreamUnavailable(
             f"upstream {target.provider} sent nothing for {settings.first_byte_timeout:g} s",
-            status=504,
+            status=502,
             provider=target.provider,
         ) from None
 
@@ -234,19 +262,10 @@ def _cooling_message(route: Route, quota: bool) -> str:
     return f"No credential for model {route.model} is available via provider {providers}"
 
 
-def _for_client(error: ProxyError, scheduler: Scheduler, routes: Sequence[Route]) -> ProxyError:
-    """Every 429 keyrail returns says when to come back, and that we already retried."""
-    if error.status == 429 and "Retry-After" not in error.headers:
-        soonest = min(
-            (r.in_seconds for r in (scheduler.recovery(x.targets) for x in routes) if r),
-            default=1.0,
-        )
-        error = _with_headers(error, {"Retry-After": str(max(1, math.ceil(soonest)))})
-    if isinstance(error, UpstreamError) and "x-should-retry" not in error.headers:
-        error = _with_headers(error, {"x-should-retry": "false"})
-    return error
-
-
-def _with_headers(error: ProxyError, headers: dict[str, str]) -> ProxyError:
-    error.headers = {**error.headers, **headers}
+def _for_client(error: UpstreamError, recovery: Recovery | None) -> UpstreamError:
+    """The last upstream error, saying when to come back and that keyrail already retried."""
+    if error.status == 429:
+        seconds = recovery.in_seconds if recovery else (error.retry_after or 1.0)
+        error.headers["Retry-After"] = str(_whole_seconds(seconds))
+    error.headers["x-should-retry"] = "false"
     return error

@@ -1,10 +1,11 @@
 """Runtime: everything built from one config — drivers, their sessions, the catalog.
 
 Owns: turning `Settings` into live parts (one driver instance and one pooled `ClientSession`
-per provider block, model discovery for blocks that list none, the catalog), holding the
-current `Runtime` in a `Live` box that a reload can swap atomically, and closing a runtime's
-sessions. Does not own: what is done with those parts per request (handlers.py, failover.py),
-or watching files (reload lives with operations).
+per provider block, model discovery for blocks that list none, the catalog, the client keys),
+holding the current `Runtime` in a `Live` box that a reload can swap atomically, the middleware
+that pins each request to the runtime it started on, and closing a runtime's sessions once
+the last request using it has finished. Does not own: what is done with those parts per
+request (handlers.py, failover.py), or watching files and deciding to swap (reload.py).
 """
 
 from __future__ import annotations
@@ -12,16 +13,20 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import aiohttp
+from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from proxy import catalog as catalog_mod
+from proxy.auth import ClientKeys
 from proxy.catalog import Catalog
 from proxy.config import ProviderBlock, Settings
 from proxy.driver import Credential, Driver
 from proxy.failover import LoopSettings
+from proxy.redact import REDACTOR, secrets_of
 from proxy.registry import Registry
 
 log = logging.getLogger("keyrail.runtime")
@@ -35,21 +40,34 @@ class Runtime:
     drivers: dict[str, Driver]  # by provider (block) name
     credentials: dict[str, Sequence[Credential]]
     loop_settings: LoopSettings
+    client_keys: ClientKeys = field(default_factory=lambda: ClientKeys(()))
     sessions: list[aiohttp.ClientSession] = field(default_factory=list)
+    #: requests that started on this runtime and have not finished (see `middleware`)
+    users: int = 0
+    _idle: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def driver_names(self) -> dict[str, str]:
         """provider → driver key, for metrics."""
         return {name: d.block.driver for name, d in self.drivers.items()}
 
+    def enter(self) -> None:
+        self.users += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        self.users -= 1
+        if self.users == 0:
+            self._idle.set()
+
+    async def retire(self) -> None:
+        """Close once every request that started on this runtime has finished (after a swap)."""
+        if self.users:
+            await self._idle.wait()
+        await self.aclose()
+
     async def aclose(self) -> None:
-        for driver in self.drivers.values():
-            try:
-                await driver.aclose()
-            except Exception:
-                log.exception("driver %s failed to close", driver.block.name)
-        for session in self.sessions:
-            await session.close()
+        await _close(self.drivers, self.sessions)
 
 
 class Live:
@@ -72,6 +90,42 @@ class Live:
     @current.setter
     def current(self, runtime: Runtime) -> None:
         self._current = runtime
+
+    def swap(self, runtime: Runtime) -> Runtime:
+        """Make `runtime` current; return the one it replaces. Atomic: no await in between."""
+        old, self._current = self.current, runtime
+        return old
+
+
+#: The runtime a request started on; it keeps that one to its end, even across a reload.
+RUNTIME = web.RequestKey("runtime", Runtime)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def middleware(live: Live) -> Middleware:
+    """Pin each request to the current runtime, and count it as a user until it ends."""
+
+    @web.middleware
+    async def hold_runtime(request: web.Request, handler: Handler) -> web.StreamResponse:
+        runtime = live.current
+        request[RUNTIME] = runtime
+        runtime.enter()
+        try:
+            return await handler(request)
+        finally:
+            runtime.leave()
+
+    return hold_runtime
+
+
+async def _close(drivers: Mapping[str, Driver], sessions: Sequence[aiohttp.ClientSession]) -> None:
+    for driver in drivers.values():
+        try:
+            await driver.aclose()
+        except Exception:
+            log.exception("driver %s failed to close", driver.block.name)
+    for session in sessions:
+        await session.close()
 
 
 def _session(settings: Settings) -> aiohttp.ClientSession:
@@ -103,15 +157,21 @@ async def build(settings: Settings, registry: Registry) -> Runtime:
     drivers: dict[str, Driver] = {}
     credentials: dict[str, Sequence[Credential]] = {}
     sessions: list[aiohttp.ClientSession] = []
-    for block in settings.providers:
-        if block.disabled:
-            continue
-        block = _with_global_proxy(block, settings)
-        cls = registry.get(block.driver)
-        session = _session(settings)
-        sessions.append(session)
-        drivers[block.name] = cls(block, session)
-        credentials[block.name] = list(cls.credentials(block))
+    try:
+        for block in settings.providers:
+            if block.disabled:
+                continue
+            block = _with_global_proxy(block, settings)
+            cls = registry.get(block.driver)
+            session = _session(settings)
+            sessions.append(session)
+            drivers[block.name] = cls(block, session)
+            credentials[block.name] = list(cls.credentials(block))
+    except BaseException:  # a half-built runtime must not leak its sessions (reload retries)
+        await _close(drivers, sessions)
+        raise
+    # this config's secrets are masked in every log line and error body from now on
+    REDACTOR.add([*secrets_of(settings), *(c.secret for cs in credentials.values() for c in cs)])
     discovered = await _discover(drivers, credentials)
     catalog = catalog_mod.build(settings, credentials, discovered)
     for model, providers in sorted(catalog.collisions.items()):
@@ -129,6 +189,7 @@ async def build(settings: Settings, registry: Registry) -> Runtime:
             max_retry_credentials=settings.max_retry_credentials,
             first_byte_timeout=settings.first_byte_timeout,
         ),
+        client_keys=ClientKeys(settings.api_keys),
         sessions=sessions,
     )
 

@@ -1,12 +1,28 @@
 """Credential scheduler: which credential serves the next attempt, and what an outcome does.
 
-Owns: per (credential, upstream model) state (cooldowns, disables, backoff level), priority
-tiers, the routing strategies, and the soonest recovery when nothing is ready. Pure and
-synchronous with an injectable clock: no I/O, no asyncio, no parsing of HTTP.
-Does not own: the request loop (handlers.py), parsing retry hints (retry_hints.py), or
-what a credential is (driver.py).
+Owns: per (credential, upstream model) cooldowns and backoff levels, per credential disables
+(401/402/403) and last errors, priority tiers, the routing strategies, the soonest recovery
+when nothing is ready, and the per-credential view that metrics and management read.
+Pure and synchronous with an injectable clock: no I/O, no asyncio, no parsing of HTTP.
+Does not own: the request loop (failover.py), parsing retry hints (retry_hints.py), or what a
+credential is (driver.py).
 
-FIRST VERSION: round-robin with simple cooldowns; the full rules land with the scheduler issue.
+Selection: the highest priority tier with a ready, untried candidate; inside it `fill-first`
+takes the first in declaration order, `round-robin` rotates. When a tier spans several blocks,
+round-robin first picks a block by smooth weighted rotation (weight = the block's ready
+credentials, so 3 keys get 3 turns to 1 key's 1), then rotates inside that block. A pick costs
+O(1) while the credentials at the cursor are ready, O(n) at worst; never a sort.
+
+Outcome table (every cooldown is skipped when cooling is off: `disable-cooling` globally, per
+block, or per credential through `Credential.extra["disable-cooling"]`):
+
+    success          clears the (credential, model) state, backoff included, and a disable,
+                     unless they were recorded after the successful attempt began
+    429              cools (credential, model) for the hint capped by `max_cooldown`, else
+                     1 s, 2 s, 4 s ... capped at 30 min (and at `max_cooldown`)
+    401/402/403      disables the credential, every model, for 30 min; a reload re-enables it
+    408/5xx/timeout  cools (credential, model) for `transient_cooldown` (<= 0: no cooldown)
+A cooldown never shortens one already running.
 """
 
 from __future__ import annotations
@@ -19,6 +35,12 @@ from typing import Protocol, TypeVar
 from proxy.driver import Credential
 
 DISABLE_SECONDS = 30 * 60.0
+BACKOFF_CAP_SECONDS = 30 * 60.0
+STRATEGIES = ("round-robin", "fill-first")
+#: `Credential.extra` key a driver sets for a credential configured with `disable-cooling`.
+DISABLE_COOLING = "disable-cooling"
+
+QUOTA, UNAUTHORIZED, TRANSIENT = "quota", "unauthorized", "transient"
 
 
 class Candidate(Protocol):
@@ -57,6 +79,7 @@ class CredentialView:
     reason: str = ""  # "quota" | "unauthorized" | "transient" | ""
     until: float | None = None  # wall-clock time (time.time()) the state ends
     last_error: str = ""
+    cooling_models: tuple[str, ...] = ()  # upstream models this credential is cooling for
 
 
 @dataclass(slots=True)
@@ -64,7 +87,19 @@ class _State:
     until: float = 0.0
     reason: str = ""
     backoff_level: int = 0
-    last_error: str = ""
+    since: float = 0.0  # when the last failure was recorded
+
+
+@dataclass(frozen=True, slots=True)
+class _Block:
+    provider: str
+    members: tuple[Candidate, ...]  # declaration order
+
+
+@dataclass(frozen=True, slots=True)
+class _Tier:
+    priority: int
+    blocks: tuple[_Block, ...]  # declaration order
 
 
 class Scheduler:
@@ -76,6 +111,7 @@ class Scheduler:
         max_cooldown: float = 1800.0,
         disable_cooling: bool = False,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.configure(
             strategy=strategy,
@@ -83,10 +119,21 @@ class Scheduler:
             max_cooldown=max_cooldown,
             disable_cooling=disable_cooling,
         )
-        self._clock = clock
-        self._states: dict[tuple[str, str], _State] = {}
-        self._cursor: dict[str, int] = {}
+        #: monotonic seconds; public so that tests can drive time
+        self.clock = clock
+        self.wall_clock = wall_clock
+        self._cooling: dict[tuple[str, str], _State] = {}  # (credential id, upstream model)
+        self._disabled: dict[str, _State] = {}  # credential id
+        self._last_error: dict[str, str] = {}  # credential id
         self._credentials: dict[str, str] = {}  # credential id -> provider
+        # pool -> (the candidates sequence it was built from, its tiers)
+        self._layouts: dict[str, tuple[Sequence[Candidate], tuple[_Tier, ...]]] = {}
+        self._cursors: dict[tuple[str, str], int] = {}  # (pool, provider) -> next index
+        self._credits: dict[tuple[str, str], float] = {}  # (pool, provider) -> weighted credit
+        # Ready counts of a multi-block tier, reused until a state changes (`_version`) or a
+        # counted cooldown ends: (pool, priority) -> (tier, version, valid until, counts).
+        self._version = 0
+        self._counts: dict[tuple[str, int], tuple[_Tier, int, float, list[int]]] = {}
 
     def configure(
         self,
@@ -97,120 +144,260 @@ class Scheduler:
         disable_cooling: bool,
     ) -> None:
         """Apply new settings (on reload); state is kept."""
+        if strategy not in STRATEGIES:
+            raise ValueError(f"unknown routing strategy {strategy!r}; use one of {STRATEGIES}")
         self.strategy = strategy
         self.transient_cooldown = transient_cooldown
         self.max_cooldown = max_cooldown
         self.disable_cooling = disable_cooling
 
     def register(self, credentials: Iterable[tuple[str, str]]) -> None:
-        """The (provider, credential id) pairs that exist now; state of others is dropped."""
-        self._credentials = {cid: provider for provider, cid in credentials}
-        self._states = {k: v for k, v in self._states.items() if k[0] in self._credentials}
+        """The (provider, credential id) pairs that exist now (start-up and every reload).
 
-    def _ready(self, c: Candidate, now: float) -> bool:
-        for key in ((c.credential.id, c.upstream_model), (c.credential.id, "")):
-            st = self._states.get(key)
-            if st is not None and st.until > now:
-                return False
-        return True
+        State of credentials that are gone is dropped. Disables (401/402/403) are lifted,
+        because the operator may have just fixed the key; cooldowns (429, transient) of the
+        credentials that remain are kept, because the upstream still means them.
+        """
+        self._credentials = {cid: provider for provider, cid in credentials}
+        self._cooling = {k: v for k, v in self._cooling.items() if k[0] in self._credentials}
+        self._disabled.clear()
+        self._last_error = {k: v for k, v in self._last_error.items() if k in self._credentials}
+        self._layouts.clear()  # the catalog was rebuilt: new candidate sequences
+        self._counts.clear()
+
+    # -- selection ---------------------------------------------------------------------------
 
     def pick(self, pool: str, candidates: Sequence[C], tried: Container[C]) -> C | None:
-        """The next ready candidate not yet tried, or None."""
-        now = self._clock()
-        ready = [c for c in candidates if c not in tried and self._ready(c, now)]
-        if not ready:
-            return None
-        top = max(c.priority for c in ready)
-        tier = [c for c in ready if c.priority == top]
+        """The next ready candidate of `pool` not in `tried`, or None."""
+        now = self.clock()
+        for tier in self._tiers(pool, candidates):
+            found = self._pick_in_tier(pool, tier, tried, now)
+            if found is not None:
+                return found  # type: ignore[return-value]  # a member of `candidates`
+        return None
+
+    def _tiers(self, pool: str, candidates: Sequence[Candidate]) -> tuple[_Tier, ...]:
+        cached = self._layouts.get(pool)
+        if cached is not None and cached[0] is candidates:
+            return cached[1]
+        by_priority: dict[int, dict[str, list[Candidate]]] = {}
+        for c in candidates:
+            by_priority.setdefault(c.priority, {}).setdefault(c.provider, []).append(c)
+        tiers = tuple(
+            _Tier(p, tuple(_Block(name, tuple(ms)) for name, ms in by_priority[p].items()))
+            for p in sorted(by_priority, reverse=True)  # a handful of distinct priorities
+        )
+        self._layouts[pool] = (candidates, tiers)
+        return tiers
+
+    def _pick_in_tier(
+        self, pool: str, tier: _Tier, tried: Container[Candidate], now: float
+    ) -> Candidate | None:
         if self.strategy == "fill-first":
-            return tier[0]
-        n = self._cursor.get(pool, 0)
-        self._cursor[pool] = n + 1
-        return tier[n % len(tier)]
+            for block in tier.blocks:
+                for c in block.members:
+                    if self._available(c, tried, now):
+                        return c
+            return None
+        if len(tier.blocks) == 1:
+            return self._rotate(pool, tier.blocks[0], tried, now)
+        # Smooth weighted rotation over blocks (weights: ready, untried credentials).
+        weights = self._weights(pool, tier, tried, now)
+        total = sum(weights)
+        best: _Block | None = None
+        for block, weight in zip(tier.blocks, weights, strict=True):
+            if weight:
+                key = (pool, block.provider)
+                self._credits[key] = self._credits.get(key, 0.0) + weight
+                if best is None or self._credits[key] > self._credits[(pool, best.provider)]:
+                    best = block
+        if best is None:
+            return None
+        self._credits[(pool, best.provider)] -= total
+        return self._rotate(pool, best, tried, now)
 
-    def success(self, c: Candidate) -> None:
-        self._states.pop((c.credential.id, c.upstream_model), None)
+    def _rotate(
+        self, pool: str, block: _Block, tried: Container[Candidate], now: float
+    ) -> Candidate | None:
+        """Round-robin inside a block: the first ready, untried member from the cursor on."""
+        members = block.members
+        n = len(members)
+        key = (pool, block.provider)
+        start = self._cursors.get(key, 0) % n
+        for step in range(n):
+            i = (start + step) % n
+            c = members[i]
+            if self._available(c, tried, now):
+                self._cursors[key] = i + 1
+                return c
+        return None
 
-    def _cool(self, key: tuple[str, str], seconds: float, reason: str, error: str) -> None:
-        st = self._states.setdefault(key, _State())
-        st.until = self._clock() + seconds
-        st.reason = reason
-        st.last_error = error
+    def _weights(
+        self, pool: str, tier: _Tier, tried: Container[Candidate], now: float
+    ) -> list[int]:
+        key = (pool, tier.priority)
+        cached = self._counts.get(key)
+        if (
+            not tried
+            and cached is not None
+            and cached[0] is tier
+            and cached[1] == self._version
+            and now < cached[2]
+        ):
+            return cached[3]
+        counts, valid_until = [], float("inf")
+        for block in tier.blocks:
+            ready = 0
+            for c in block.members:
+                at = self._ready_at(c)
+                if at > now:
+                    valid_until = min(valid_until, at)
+                elif not (tried and c in tried):
+                    ready += 1
+            counts.append(ready)
+        if not tried:
+            self._counts[key] = (tier, self._version, valid_until, counts)
+        return counts
+
+    def _available(self, c: Candidate, tried: Container[Candidate], now: float) -> bool:
+        # `tried` is empty on nearly every pick: skip hashing the candidate then.
+        return not (tried and c in tried) and self._ready_at(c) <= now
+
+    def _ready_at(self, c: Candidate) -> float:
+        cid = c.credential.id
+        cooling = self._cooling.get((cid, c.upstream_model))
+        disabled = self._disabled.get(cid)
+        return max(cooling.until if cooling else 0.0, disabled.until if disabled else 0.0)
+
+    # -- outcomes ----------------------------------------------------------------------------
+
+    def success(self, c: Candidate, started: float | None = None) -> None:
+        """The credential answered: forget its cooldown and backoff for this model.
+
+        `started` (this scheduler's clock when the attempt began) keeps a slow success from
+        clearing a failure that other requests recorded while it was in flight.
+        """
+        cid = c.credential.id
+        key = (cid, c.upstream_model)
+        cooling = self._cooling.get(key)
+        if cooling is not None and (started is None or cooling.since <= started):
+            del self._cooling[key]
+            self._version += 1
+        disabled = self._disabled.get(cid)
+        if disabled is not None and (started is None or disabled.since <= started):
+            del self._disabled[cid]
+            self._version += 1
 
     def rate_limited(self, c: Candidate, retry_after: float | None, error: str = "") -> float:
-        """429: cool (credential, model) for the hint (capped), else 1 s, 2 s, 4 s ..."""
-        if self.disable_cooling or c.disable_cooling:
+        """429: cool (credential, model) for the hint (capped), else 1 s, 2 s, 4 s ...
+
+        Returns the cooldown applied, in seconds (0 when cooling is off).
+        """
+        self._note(c, error)
+        if self._cooling_off(c):
             return 0.0
-        key = (c.credential.id, c.upstream_model)
-        st = self._states.setdefault(key, _State())
+        state = self._cooling.setdefault((c.credential.id, c.upstream_model), _State())
         if retry_after is not None:
             seconds = min(max(retry_after, 0.0), self.max_cooldown)
         else:
-            seconds = min(2.0**st.backoff_level, self.max_cooldown)
-            st.backoff_level += 1
-        self._cool(key, seconds, "quota", error)
+            seconds = min(2.0**state.backoff_level, BACKOFF_CAP_SECONDS, self.max_cooldown)
+            state.backoff_level += 1
+        self._extend(state, seconds, QUOTA)
         return seconds
 
     def rejected(self, c: Candidate, error: str = "") -> None:
         """401/402/403: the credential is disabled for 30 minutes, for every model."""
-        self._cool((c.credential.id, ""), DISABLE_SECONDS, "unauthorized", error)
+        self._note(c, error)
+        if not self._cooling_off(c):
+            self._extend(self._disabled.setdefault(c.credential.id, _State()), DISABLE_SECONDS,
+                         UNAUTHORIZED)  # fmt: skip
 
     def transient(self, c: Candidate, error: str = "") -> None:
-        """408/5xx/timeouts: cool (credential, model) for the transient cooldown."""
-        if self.disable_cooling or c.disable_cooling or self.transient_cooldown <= 0:
+        """408/5xx/connect or read timeout: cool (credential, model) for the transient cooldown."""
+        self._note(c, error)
+        if self._cooling_off(c) or self.transient_cooldown <= 0:
             return
-        self._cool((c.credential.id, c.upstream_model), self.transient_cooldown, "transient", error)
+        state = self._cooling.setdefault((c.credential.id, c.upstream_model), _State())
+        self._extend(state, self.transient_cooldown, TRANSIENT)
+
+    def _cooling_off(self, c: Candidate) -> bool:
+        return (
+            self.disable_cooling
+            or c.disable_cooling
+            or bool(c.credential.extra.get(DISABLE_COOLING))
+        )
+
+    def _extend(self, state: _State, seconds: float, reason: str) -> None:
+        now = self.clock()
+        state.since = now
+        until = now + seconds
+        if until > state.until:  # a shorter hint never cuts a running cooldown
+            state.until, state.reason = until, reason
+            self._version += 1
+
+    def _note(self, c: Candidate, error: str) -> None:
+        if error:
+            secret = c.credential.secret
+            if secret and secret in error:  # an upstream that echoes the key it was sent
+                error = error.replace(secret, "[redacted]")
+            self._last_error[c.credential.id] = error[:200]
+
+    # -- what the rest of keyrail reads ------------------------------------------------------
 
     def recovery(self, candidates: Sequence[Candidate]) -> Recovery | None:
         """The soonest recovery among candidates that are not ready; None if one is ready."""
-        now = self._clock()
-        best: Recovery | None = None
+        now = self.clock()
+        best: Candidate | None = None
+        best_at = 0.0
         for c in candidates:
-            until, reason = now, ""
-            for key in ((c.credential.id, c.upstream_model), (c.credential.id, "")):
-                st = self._states.get(key)
-                if st is not None and st.until > until:
-                    until, reason = st.until, st.reason
-            if until <= now:
+            at = self._ready_at(c)
+            if at <= now:
                 return None
-            rec = Recovery(in_seconds=until - now, quota=reason == "quota")
-            if best is None or rec.in_seconds < best.in_seconds:
-                best = rec
-        return best
+            if best is None or at < best_at:
+                best, best_at = c, at
+        if best is None:
+            return None
+        cooling = self._cooling.get((best.credential.id, best.upstream_model))
+        quota = cooling is not None and cooling.reason == QUOTA and cooling.until == best_at
+        return Recovery(in_seconds=best_at - now, quota=quota)
 
     def credential_views(self) -> list[CredentialView]:
-        now = self._clock()
-        wall = time.time()
+        """Every registered credential, by its non-secret id, in registration order."""
+        now, wall = self.clock(), self.wall_clock()
+        cooling: dict[str, list[tuple[str, _State]]] = {}
+        for (cid, model), state in self._cooling.items():
+            if state.until > now:
+                cooling.setdefault(cid, []).append((model, state))
         views = []
         for cid, provider in self._credentials.items():
-            worst: _State | None = None
-            for (sid, _model), st in self._states.items():
-                if sid == cid and st.until > now and (worst is None or st.until > worst.until):
-                    worst = st
-            if worst is None:
-                views.append(CredentialView(cid, provider, "ready"))
+            error = self._last_error.get(cid, "")
+            disabled = self._disabled.get(cid)
+            models = cooling.get(cid, [])
+            names = tuple(sorted(m for m, _ in models))
+            if disabled is not None and disabled.until > now:
+                views.append(CredentialView(cid, provider, "disabled", disabled.reason,
+                                            wall + disabled.until - now, error, names))  # fmt: skip
+            elif models:
+                latest = max((s for _, s in models), key=lambda s: s.until)
+                views.append(CredentialView(cid, provider, "cooling_down", latest.reason,
+                                            wall + latest.until - now, error, names))  # fmt: skip
             else:
-                state = "disabled" if worst.reason == "unauthorized" else "cooling_down"
-                views.append(
-                    CredentialView(
-                        cid,
-                        provider,
-                        state,
-                        worst.reason,
-                        wall + (worst.until - now),
-                        worst.last_error,
-                    )
-                )
+                views.append(CredentialView(cid, provider, "ready", last_error=error))
         return views
 
     def recover(self, *, credential_id: str | None = None, provider: str | None = None) -> int:
-        """Clear state now (management). Returns how many states were cleared."""
-        keys = [
-            k
-            for k in self._states
-            if (credential_id is None or k[0] == credential_id)
-            and (provider is None or self._credentials.get(k[0]) == provider)
-        ]
-        for k in keys:
-            del self._states[k]
-        return len(keys)
+        """Clear cooldowns and disables now (management). Returns how many were cleared."""
+
+        def chosen(cid: str) -> bool:
+            return (credential_id is None or cid == credential_id) and (
+                provider is None or self._credentials.get(cid) == provider
+            )
+
+        cooling = [k for k in self._cooling if chosen(k[0])]
+        disabled = [k for k in self._disabled if chosen(k)]
+        for key in cooling:
+            del self._cooling[key]
+        for cid in disabled:
+            del self._disabled[cid]
+        self._version += 1
+        return len(cooling) + len(disabled)

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from aiohttp import web
 
+from proxy import shutdown
 from proxy.driver import Reply
 from proxy.errors import ProxyError, StreamInterrupted, UpstreamError, UpstreamUnavailable
 
@@ -228,7 +229,7 @@ async def relay(
     result = RelayResult(ttft=loop.time() - started)
     response = web.StreamResponse(status=200, headers={**SSE_HEADERS, **options.extra_headers})
     await response.prepare(request)
-    rename = _renamer(options.rename_model)
+    rename = model_renamer(options.rename_model)
     watch = _Watch(loop.time())
     watchdog = (
         asyncio.create_task(_watchdog(response, options, watch, asyncio.current_task()))
@@ -305,6 +306,13 @@ async def relay(
         # After the first byte there is no retry: tell the client in-band, then end.
         result.error = exc
         await _write_quietly(response, error_event(exc))
+    except asyncio.CancelledError:
+        if not shutdown.absorb_cut():
+            raise  # the client left
+        # Shutdown ran out of drain time: end the stream with an error event, not a cut.
+        result.error = StreamInterrupted(shutdown.MESSAGE, status=503, provider=head.provider)
+        result.error.code = "shutting_down"
+        await _write_quietly(response, error_event(result.error))
     finally:
         if watchdog is not None:
             watchdog.cancel()
@@ -353,7 +361,10 @@ async def _watchdog(
         if every > 0:
             quiet = now - watch.last_write
             if quiet >= every:
-                await response.write(KEEPALIVE)
+                try:
+                    await response.write(KEEPALIVE)
+                except (ConnectionError, RuntimeError):
+                    return  # the client is gone; the relay notices on its own next write
                 watch.last_write, quiet = now, 0.0
             waits.append(every - quiet)
         if idle > 0:
@@ -372,19 +383,17 @@ async def _write_quietly(response: web.StreamResponse, data: bytes) -> None:
         await response.write(data)
 
 
-def _renamer(pair: tuple[str, str] | None) -> Any:
+def model_renamer(pair: tuple[str, str] | None) -> Callable[[bytes], bytes] | None:
+    """For `force-mapping`: a function rewriting `"model": old` to `"model": new` in JSON bytes."""
     if pair is None or pair[0] == pair[1]:
         return None
-    old, new = pair
-    swaps = [
-        (f'"model":"{old}"'.encode(), f'"model":"{new}"'.encode()),
-        (f'"model": "{old}"'.encode(), f'"model": "{new}"'.encode()),
-    ]
+    old, new = (orjson.dumps(name) for name in pair)
+    swaps = [(b'"model":' + old, b'"model":' + new), (b'"model": ' + old, b'"model": ' + new)]
 
-    def rename(event: bytes) -> bytes:
+    def rename(data: bytes) -> bytes:
         for a, b in swaps:
-            if a in event:
-                event = event.replace(a, b)
-        return event
+            if a in data:
+                data = data.replace(a, b)
+        return data
 
     return rename

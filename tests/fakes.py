@@ -196,3 +196,16 @@ def sse_chunks(body: dict[str, Any], script: Script) -> list[bytes]:
         out.append(b"data: " + orjson.dumps(data) + b"\n\n")
     out.append(b"data: [DONE]\n\n")
     return out
+
+
+class FakeClock:
+    """A clock that moves only when told: `Scheduler(clock=...)` or `scheduler.clock = ...`."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds

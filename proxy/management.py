@@ -1,0 +1,359 @@
+"""Management endpoints under `/v0/management/`: what operators run during an incident.
+
+Owns: the guard (404 for every route while `remote-management.secret-key` is unset; loopback
+clients only unless `remote-management.allow-remote`; the key from `Authorization: Bearer`,
+`X-Management-Key` or `X-Management-Secret`, compared in constant time; five wrong keys from
+one address ban it for 30 minutes), and the routes: provider and credential states, cooldowns,
+recovering a provider or credential now, refreshing an OAuth credential now, reloading the
+config, and the effective config with every secret masked. Every answer is scrubbed of the
+secrets the running config knows. Does not own: credential state (scheduler.py), reloading
+(reload.py), token refresh itself (each driver's `refresh`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import hmac
+import ipaddress
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from proxy.driver import Credential, Driver
+from proxy.errors import ProxyError, error_body
+from proxy.keys import LIVE, SCHEDULER
+from proxy.reload import RELOADER, Outcome
+from proxy.runtime import Runtime
+from proxy.scheduler import CredentialView
+
+PREFIX = "/v0/management"
+MAX_FAILURES = 5
+BAN_SECONDS = 30 * 60.0
+MASK = "********"
+#: option or header names whose values are secrets (matched case-insensitively, as substrings)
+_SECRET_WORDS = ("key", "token", "secret", "password", "authorization", "cookie", "credential")
+_NOT_SECRET_ENDINGS = ("file", "path", "url", "dir")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class ManagementError(ProxyError):
+    """An error of the management API, in the OpenAI error shape."""
+
+    def __init__(self, status: int, message: str, code: str, **kwargs: Any) -> None:
+        super().__init__(message, status=status, code=code, **kwargs)
+
+
+class Guard:
+    """Who may call the management API; remembers failures per address, in memory."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._failures: dict[str, int] = {}
+        self._banned_until: dict[str, float] = {}
+
+    def check(self, request: web.Request, runtime: Runtime) -> None:
+        settings = runtime.settings
+        if not settings.management_secret:
+            raise ManagementError(
+                404, f"Unknown endpoint: {request.method} {request.path}", "not_found"
+            )
+        address = request.remote or ""
+        if not settings.management_allow_remote and not _is_loopback(address):
+            raise ManagementError(403, "remote management is disabled", "remote_disabled")
+        banned = self._banned_until.get(address, 0.0) - self._clock()
+        if banned > 0:
+            minutes = max(1, round(banned / 60))
+            raise ManagementError(
+                403,
+                f"IP banned after {MAX_FAILURES} invalid management keys. "
+                f"Try again in {minutes} minutes.",
+                "ip_banned",
+                headers={"Retry-After": str(int(banned) + 1)},
+            )
+        presented = _presented_key(request)
+        if not presented:
+            raise ManagementError(401, "missing management key", "missing_management_key")
+        if not _same(presented, settings.management_secret):
+            failures = self._failures.get(address, 0) + 1
+            self._failures[address] = failures
+            if failures >= MAX_FAILURES:
+                self._failures.pop(address, None)
+                self._banned_until[address] = self._clock() + BAN_SECONDS
+            raise ManagementError(401, "invalid management key", "invalid_management_key")
+        self._failures.pop(address, None)
+
+
+def _presented_key(request: web.Request) -> str:
+    auth = request.headers.get("Authorization", "").strip()
+    if auth:
+        scheme, _, value = auth.partition(" ")
+        return value.strip() if scheme.lower() == "bearer" else auth
+    return (
+        request.headers.get("X-Management-Key") or request.headers.get("X-Management-Secret") or ""
+    ).strip()
+
+
+def _same(presented: str, secret: str) -> bool:
+    """Constant time: digests have one length, so the compare never exits early."""
+    a = hashlib.sha256(presented.encode()).digest()
+    b = hashlib.sha256(secret.encode()).digest()
+    return hmac.compare_digest(a, b)
+
+
+def _is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address.split("%")[0]).is_loopback
+    except ValueError:
+        return False  # a unix socket or an unknown peer is not trusted as local
+
+
+# --- answers -------------------------------------------------------------------------------
+
+
+def _secrets(runtime: Runtime) -> list[str]:
+    """Every secret the running config knows, longest first (so none is left half-masked)."""
+    found = {runtime.settings.management_secret, *runtime.settings.api_keys}
+    for creds in runtime.credentials.values():
+        found.update(c.secret for c in creds)
+    for block in runtime.settings.providers:
+        found.update(v for k, v in _walk(block.options) if _is_secret_name(k))
+        found.update(v for k, v in block.headers.items() if _is_secret_name(k))
+    return sorted((s for s in found if isinstance(s, str) and len(s) >= 4), key=len, reverse=True)
+
+
+def _walk(value: Any, name: str = "") -> Iterable[tuple[str, Any]]:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _walk(v, str(k))
+    elif isinstance(value, list | tuple):
+        for v in value:
+            yield from _walk(v, name)
+    else:
+        yield name, value
+
+
+def _is_secret_name(name: str) -> bool:
+    lowered = name.lower()
+    if lowered.endswith(_NOT_SECRET_ENDINGS):  # `token-file`, `refresh-url`: where, not what
+        return False
+    return any(word in lowered for word in _SECRET_WORDS)
+
+
+def _answer(runtime: Runtime, data: Any, status: int = 200) -> web.Response:
+    body = orjson.dumps(data)
+    for secret in _secrets(runtime):  # defence in depth: an upstream may echo a key back
+        body = body.replace(orjson.dumps(secret)[1:-1], MASK.encode())
+    return web.Response(body=body, status=status, content_type="application/json")
+
+
+def _views_by_provider(views: Iterable[CredentialView]) -> dict[str, list[CredentialView]]:
+    out: dict[str, list[CredentialView]] = {}
+    for view in views:
+        out.setdefault(view.provider, []).append(view)
+    return out
+
+
+def _view_json(view: CredentialView) -> dict[str, Any]:
+    remaining = None if view.until is None else max(0, round(view.until - time.time()))
+    return {
+        "id": view.id,
+        "provider": view.provider,
+        "state": view.state,
+        "reason": view.reason or None,
+        "until": None if view.until is None else round(view.until, 3),
+        "retry_in_seconds": remaining,
+        "cooling_models": list(view.cooling_models),
+        "last_error": view.last_error or None,
+    }
+
+
+def _can_refresh(driver: Driver) -> bool:
+    return type(driver).refresh is not Driver.refresh
+
+
+def _runtime(request: web.Request) -> Runtime:
+    return request.app[LIVE].current
+
+
+async def providers(request: web.Request) -> web.Response:
+    """Every provider block: driver, prefix, models served, and each credential's state."""
+    rt = _runtime(request)
+    views = _views_by_provider(request.app[SCHEDULER].credential_views())
+    served: dict[str, list[str]] = {}
+    for mid, route in rt.catalog.routes.items():
+        for provider in route.providers:
+            served.setdefault(provider, []).append(mid)
+    out = []
+    for block in rt.settings.providers:
+        driver = rt.drivers.get(block.name)
+        creds = views.get(block.name, [])
+        ready = sum(1 for v in creds if v.state == "ready")
+        out.append(
+            {
+                "name": block.name,
+                "driver": block.driver,
+                "prefix": block.prefix or None,
+                "priority": block.priority,
+                "disabled": block.disabled,
+                "status": "disabled"
+                if block.disabled
+                else ("ok" if creds and ready == len(creds) else ("degraded" if ready else "down")),
+                "can_refresh": driver is not None and _can_refresh(driver),
+                "models": sorted(served.get(block.name, [])),
+                "excluded": sorted(
+                    e.model for e in rt.catalog.excluded if e.provider == block.name
+                ),
+                "credentials": [_view_json(v) for v in creds],
+            }
+        )
+    return _answer(rt, {"object": "list", "data": out})
+
+
+async def cooldowns(request: web.Request) -> web.Response:
+    """Credentials that are cooling down or disabled now, soonest recovery first."""
+    rt = _runtime(request)
+    views = [v for v in request.app[SCHEDULER].credential_views() if v.state != "ready"]
+    views.sort(key=lambda v: v.until or 0.0)
+    return _answer(rt, {"object": "list", "data": [_view_json(v) for v in views]})
+
+
+def _provider(rt: Runtime, name: str) -> Driver:
+    driver = rt.drivers.get(name)
+    if driver is None:
+        known = ", ".join(sorted(rt.drivers)) or "none"
+        raise ManagementError(
+            404, f"no enabled provider named '{name}' (providers: {known})", "provider_not_found"
+        )
+    return driver
+
+
+def _credentials(rt: Runtime, provider: str, credential_id: str | None) -> list[Credential]:
+    creds = list(rt.credentials.get(provider, ()))
+    if credential_id is None:
+        return creds
+    chosen = [c for c in creds if c.id == credential_id]
+    if not chosen:
+        raise ManagementError(
+            404,
+            f"provider '{provider}' has no credential '{credential_id}'",
+            "credential_not_found",
+        )
+    return chosen
+
+
+async def recover(request: web.Request) -> web.Response:
+    """Clear cooldowns and disables of a provider (or one `?credential=` of it) now."""
+    rt = _runtime(request)
+    name = request.match_info["name"]
+    _provider(rt, name)
+    scheduler = request.app[SCHEDULER]
+    cleared = 0
+    for cred in _credentials(rt, name, request.query.get("credential")):
+        cleared += scheduler.recover(credential_id=cred.id)
+    return _answer(rt, {"status": "ok", "provider": name, "cleared": cleared})
+
+
+async def refresh(request: web.Request) -> web.Response:
+    """Refresh a provider's OAuth credentials (or one `?credential=`) now."""
+    rt = _runtime(request)
+    name = request.match_info["provider"]
+    driver = _provider(rt, name)
+    if not _can_refresh(driver):
+        raise ManagementError(
+            400,
+            f"provider '{name}' ({driver.block.driver}) has no OAuth credential to refresh",
+            "refresh_unsupported",
+        )
+    results = []
+    for cred in _credentials(rt, name, request.query.get("credential")):
+        try:
+            fresh = await driver.refresh(cred)
+        except ProxyError as exc:
+            results.append({"id": cred.id, "refreshed": False, "error": exc.message[:300]})
+            continue
+        if fresh is None:
+            results.append({"id": cred.id, "refreshed": False, "error": "refresh failed"})
+            continue
+        request.app[SCHEDULER].recover(credential_id=cred.id)  # a new token: try it again now
+        results.append({"id": cred.id, "refreshed": True, "error": None})
+    ok = all(r["refreshed"] for r in results)
+    data = {"status": "ok" if ok else "failed", "provider": name, "credentials": results}
+    return _answer(rt, data, 200 if ok else 502)
+
+
+async def reload_config(request: web.Request) -> web.Response:
+    """Re-read config.yaml now (even if unchanged: token files and model lists are re-read)."""
+    outcome = await request.app[RELOADER].reload(force=True, reason="management API")
+    rt = _runtime(request)
+    if outcome.status == "failed":
+        message = "config reload failed; the running config is kept:\n" + "\n".join(
+            outcome.problems
+        )
+        body = orjson.loads(
+            error_body(message, type="invalid_request_error", code="invalid_config")
+        )
+        body["problems"] = list(outcome.problems)
+        return _answer(rt, body, 400)
+    return _answer(rt, {"status": outcome.status, **_outcome_json(outcome)})
+
+
+def _outcome_json(outcome: Outcome) -> dict[str, Any]:
+    return {
+        "restart_required": list(outcome.restart_required),
+        "models_added": list(outcome.models_added),
+        "models_removed": list(outcome.models_removed),
+    }
+
+
+def _masked(value: Any, name: str = "") -> Any:
+    if isinstance(value, dict):
+        return {k: _masked(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_masked(v, name) for v in value]
+    if _is_secret_name(name) and value not in ("", None):
+        return MASK
+    return value
+
+
+async def effective_config(request: web.Request) -> web.Response:
+    """The running settings (after `${ENV}` and defaults), every secret masked."""
+    rt = _runtime(request)
+    data = dataclasses.asdict(rt.settings)
+    data["api_keys"] = [MASK for _ in rt.settings.api_keys]
+    data["management_secret"] = MASK
+    data["providers"] = [_masked(p) for p in data["providers"]]
+    last = request.app[RELOADER].last
+    data["last_reload"] = (
+        None if last is None else {"status": last.status, "problems": list(last.problems)}
+    )
+    return _answer(rt, data)
+
+
+async def unknown(request: web.Request) -> web.Response:
+    raise ManagementError(404, f"Unknown endpoint: {request.method} {request.path}", "not_found")
+
+
+def setup(app: web.Application) -> None:
+    """Register the management routes, each behind the guard."""
+    guard = Guard()
+
+    def guarded(handler: Handler) -> Handler:
+        async def checked(request: web.Request) -> web.StreamResponse:
+            guard.check(request, _runtime(request))
+            return await handler(request)
+
+        return checked
+
+    router = app.router
+    router.add_get(f"{PREFIX}/providers", guarded(providers))
+    router.add_get(f"{PREFIX}/cooldowns", guarded(cooldowns))
+    router.add_post(f"{PREFIX}/providers/{{name}}/recover", guarded(recover))
+    router.add_post(f"{PREFIX}/auths/{{provider}}/refresh", guarded(refresh))
+    router.add_post(f"{PREFIX}/reload", guarded(reload_config))
+    router.add_get(f"{PREFIX}/config", guarded(effective_config))
+    # anything else under the prefix is guarded too: no 405 tells an unset API's routes apart
+    router.add_route("*", f"{PREFIX}/{{tail:.*}}", guarded(unknown))

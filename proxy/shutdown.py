@@ -1,0 +1,112 @@
+"""Graceful shutdown: finish what is in flight, then end the rest with an error, never a cut.
+
+Owns: tracking the requests in flight, the drain that runs when the server stops (aiohttp has
+already stopped accepting connections by then): wait up to `shutdown.drain-seconds` for them,
+then cut the rest (cancel their tasks, marked as cut by the drain). A cut stream ends with an
+SSE error event (streaming.py asks `absorb_cut`); a cut request that has sent nothing yet gets
+a 503 JSON error. Requests that arrive while draining get a 503 too.
+Does not own: signals (aiohttp's `run_app` turns SIGTERM/SIGINT into a server stop), the
+relay itself (streaming.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from proxy.errors import error_body
+
+log = logging.getLogger("keyrail.shutdown")
+MESSAGE = "keyrail is shutting down; the request was ended before it finished"
+GRACE_SECONDS = 2.0  # for cut requests to write their error and end
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_cut: weakref.WeakSet[asyncio.Task[object]] = weakref.WeakSet()
+
+
+def absorb_cut() -> bool:
+    """True when the current task's cancellation is the drain's cut (it is then undone)."""
+    task = asyncio.current_task()
+    if task is None or task not in _cut:
+        return False
+    _cut.discard(task)
+    task.uncancel()
+    return True
+
+
+def _unavailable() -> web.Response:
+    body = error_body(MESSAGE, type="server_error", code="shutting_down")
+    return web.Response(
+        body=body,
+        status=503,
+        content_type="application/json",
+        headers={"Retry-After": "1", "Connection": "close"},
+    )
+
+
+class Drain:
+    """The requests in flight, and the drain that ends them when the server stops."""
+
+    def __init__(self) -> None:
+        self.closing = False
+        self._tasks: set[asyncio.Task[object]] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if self.closing:
+            return _unavailable()
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        self._idle.clear()
+        try:
+            return await handler(request)
+        except asyncio.CancelledError:
+            if request.writer.output_size == 0 and absorb_cut():
+                return _unavailable()  # nothing was sent yet: a clean JSON error
+            raise
+        finally:
+            self._tasks.discard(task)
+            if not self._tasks:
+                self._idle.set()
+
+    async def drain(self, seconds: float) -> None:
+        """Wait up to `seconds` for requests in flight; then cut the rest and let them end."""
+        self.closing = True
+        if self._tasks:
+            log.info("draining %d requests (up to %g s)", len(self._tasks), seconds)
+            await _wait(self._idle, seconds)
+        if self._tasks:
+            log.warning("ending %d requests still in flight after the drain", len(self._tasks))
+            for task in list(self._tasks):
+                _cut.add(task)
+                task.cancel()
+            await _wait(self._idle, GRACE_SECONDS)
+
+
+async def _wait(event: asyncio.Event, seconds: float) -> None:
+    waiter = asyncio.ensure_future(event.wait())
+    await asyncio.wait([waiter], timeout=seconds)
+    waiter.cancel()
+
+
+DRAIN = web.AppKey("drain", Drain)
+
+
+def setup(app: web.Application, drain: Drain, drain_seconds: Callable[[], float]) -> None:
+    """Drain `drain`'s requests (for the live `drain_seconds`) when the app shuts down."""
+    app[DRAIN] = drain
+
+    async def on_shutdown(app: web.Application) -> None:
+        await drain.drain(drain_seconds())
+
+    app.on_shutdown.append(on_shutdown)

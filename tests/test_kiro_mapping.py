@@ -1,0 +1,180 @@
+"""OpenAI ↔ Kiro mapping: the request body, model names, and events → chunks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from drivers.kiro import eventstream, models, request
+from drivers.kiro.eventstream import Decoder
+from drivers.kiro.response import KiroException, Translator
+
+PNG = "iVBORw0KGgo="
+
+
+def test_multi_turn_system_images_and_tools() -> None:
+    body: dict[str, Any] = {
+        "messages": [
+            {"role": "system", "content": "Rule one."},
+            {"role": "developer", "content": [{"type": "text", "text": "Rule two."}]},
+            {"role": "user", "content": "first"},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "look"},
+                    {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG}"}},
+                    {"type": "image_url", "image_url": {"url": "https://example.invalid/a.png"}},
+                ],
+            },
+            {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [
+                    {
+                        "id": "t1",
+                        "type": "function",
+                        "function": {"name": "f", "arguments": '{"a": 1}'},
+                    },
+                    {"id": "t2", "type": "function", "function": {"name": "g", "arguments": "[1]"}},
+                ],
+            },
+            {"role": "tool", "tool_call_id": "t1", "content": "one"},
+            {"role": "tool", "tool_call_id": "t2", "content": [{"type": "text", "text": "two"}]},
+            {"role": "tool", "tool_call_id": "gone", "content": "orphan"},
+            {"role": "assistant", "content": "done"},
+            {"role": "user", "content": "and now?"},
+        ],
+        "tools": [{"type": "function", "function": {"name": "f", "description": "x" * 20000}}],
+        "max_tokens": 100,
+        "temperature": 0.5,
+        "top_p": True,  # not a number: dropped
+    }
+    out = request.build(body, "claude-sonnet-4.5", profile_arn="arn:x")
+    state = out["conversationState"]
+    history = state["history"]
+    assert [next(iter(h)) for h in history] == [
+        "userInputMessage", "assistantResponseMessage", "userInputMessage",
+        "assistantResponseMessage",
+    ]  # fmt: skip
+    first = history[0]["userInputMessage"]
+    assert first["content"] == "first\n\nlook"
+    assert first["images"] == [{"format": "png", "source": {"bytes": PNG}}]
+    assert first["modelId"] == "claude-sonnet-4.5" and first["origin"] == "AI_EDITOR"
+    uses = history[1]["assistantResponseMessage"]
+    assert uses["content"] == "."
+    assert uses["toolUses"] == [
+        {"toolUseId": "t1", "name": "f", "input": {"a": 1}},
+        {"toolUseId": "t2", "name": "g", "input": {"value": [1]}},
+    ]
+    results = history[2]["userInputMessage"]
+    assert results["content"] == request.TOOL_RESULTS_ONLY
+    assert results["userInputMessageContext"]["toolResults"] == [
+        {"toolUseId": "t1", "content": [{"text": "one"}], "status": "success"},
+        {"toolUseId": "t2", "content": [{"text": "two"}], "status": "success"},
+    ]
+    current = state["currentMessage"]["userInputMessage"]
+    assert current["content"] == (
+        "--- SYSTEM PROMPT ---\nRule one.\nRule two.\n--- END SYSTEM PROMPT ---\n\nand now?"
+    )
+    spec = current["userInputMessageContext"]["tools"][0]["toolSpecification"]
+    assert len(spec["description"].encode()) == 10237
+    assert spec["inputSchema"] == {"json": {"type": "object", "properties": {}}}
+    assert out["profileArn"] == "arn:x"
+    assert out["inferenceConfig"] == {"maxTokens": 100, "temperature": 0.5}
+
+
+def test_last_message_from_assistant_or_tool() -> None:
+    out = request.build(
+        {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]},
+        "auto",
+    )
+    assert out["conversationState"]["currentMessage"]["userInputMessage"]["content"] == "Continue"
+    assert "profileArn" not in out and "inferenceConfig" not in out
+    out = request.build(
+        {
+            "messages": [
+                {"role": "user", "content": "a"},
+                {"role": "assistant", "tool_calls": [
+                    {"id": "t", "function": {"name": "f", "arguments": "not json"}}]},
+                {"role": "tool", "tool_call_id": "t", "content": "r"},
+            ]
+        },
+        "auto",
+    )  # fmt: skip
+    state = out["conversationState"]
+    assert state["history"][1]["assistantResponseMessage"]["toolUses"][0]["input"] == {
+        "raw": "not json"
+    }
+    current = state["currentMessage"]["userInputMessage"]
+    assert current["userInputMessageContext"]["toolResults"][0]["toolUseId"] == "t"
+
+
+@pytest.mark.parametrize(
+    ("name", "upstream"),
+    [
+        ("kiro-claude-sonnet-4-5", "claude-sonnet-4.5"),
+        ("claude-sonnet-4-5-20250929", "claude-sonnet-4.5"),
+        ("amazonq-claude-opus-4-6", "claude-opus-4.6"),
+        ("claude-sonnet-4-20250514", "claude-sonnet-4"),
+        ("kiro-auto", "auto"),
+        ("claude-haiku-9", "claude-haiku-4.5"),
+        ("claude-3-7-sonnet-latest", "claude-3-7-sonnet-20250219"),
+        ("deepseek-3.2", "deepseek-3.2"),
+    ],
+)
+def test_model_names(name: str, upstream: str) -> None:
+    assert models.upstream_id(name) == upstream
+
+
+def test_exposed_names_round_trip() -> None:
+    assert {models.upstream_id(m) for m in models.EXPOSED} == set(models.UPSTREAM)
+
+
+def _feed(translator: Translator, *frames: bytes) -> list[dict[str, Any]]:
+    out = []
+    for message in Decoder().feed(b"".join(frames)):
+        out.extend(translator.feed(message))
+    return out
+
+
+def test_wrapped_payloads_full_object_inputs_and_reported_usage() -> None:
+    t = Translator("m", context_window=200_000, request_chars=400)
+    wrapped = orjson.dumps({"assistantResponseEvent": {"content": "hi"}})
+    whole = orjson.dumps({"toolUseId": "x", "name": "f", "input": {"k": "v"}, "stop": True})
+    metadata = orjson.dumps(
+        {"tokenUsage": {"outputTokens": 5, "uncachedInputTokens": 10, "cacheReadInputTokens": 2}}
+    )
+    chunks = _feed(
+        t,
+        eventstream.event("assistantResponseEvent", wrapped),
+        eventstream.event("toolUseEvent", whole),
+        eventstream.event("reasoningContentEvent", b'{"text":"hmm"}'),
+        eventstream.event("messageMetadataEvent", metadata),
+        eventstream.event("someFutureEvent", b"{}"),
+    )
+    deltas = [c["choices"][0]["delta"] for c in chunks]
+    assert deltas[0] == {"content": "hi"}
+    assert deltas[1]["tool_calls"][0]["id"] == "x"
+    assert deltas[2] == {"tool_calls": [{"index": 0, "function": {"arguments": '{"k":"v"}'}}]}
+    assert deltas[3] == {"reasoning_content": "hmm"}
+    done = t.completion()
+    assert done["usage"] == {"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17}
+    assert done["choices"][0]["message"]["reasoning_content"] == "hmm"
+
+
+def test_estimates_without_reports_and_errors() -> None:
+    t = Translator("m", context_window=200_000, request_chars=400)
+    _feed(t, eventstream.event("assistantResponseEvent", b'{"content":"12345678"}'))
+    assert t.usage() == {
+        "prompt_tokens": 100, "completion_tokens": 2, "total_tokens": 102, "estimated": True,
+    }  # fmt: skip
+    with pytest.raises(KiroException) as err:
+        _feed(t, eventstream.exception("InternalServerException", b'{"message":"boom"}'))
+    assert err.value.kind == "InternalServerException" and "boom" in str(err.value)
+    error = eventstream.encode(
+        {":message-type": "error", ":error-code": "E1", ":error-message": "bad"}, b""
+    )
+    with pytest.raises(KiroException, match="E1: bad"):
+        _feed(t, error)
