@@ -21,6 +21,7 @@ import orjson
 from aiohttp import web
 
 from proxy import failover
+from proxy.catalog import excluded_by
 from proxy.config import Settings
 from proxy.driver import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES
 from proxy.errors import InvalidRequest, ProxyError, RequestError, UpstreamError, error_body
@@ -270,10 +271,11 @@ async def _relay(
 
 
 def _fallback_routes(runtime: Any, model: str) -> list[Any]:
-    from proxy.catalog import excluded_by
-
+    fallbacks = runtime.settings.fallbacks
+    if not fallbacks:
+        return []  # the usual case, on every request: no import, no list
     routes = []
-    for pattern, targets in runtime.settings.fallbacks.items():
+    for pattern, targets in fallbacks.items():
         if excluded_by(model, [pattern]):
             for fallback in targets:
                 if fallback == model:
