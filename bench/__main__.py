@@ -44,6 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only", action="append", default=[], help="only these targets (direct is always kept)"
     )
+    parser.add_argument(
+        "--extra",
+        action="append",
+        default=[],
+        help="more targets for every scenario: keyrail-PxK (P blocks of K keys, one pool)",
+    )
     parser.add_argument("--skip", action="append", default=[], help="leave these targets out")
     parser.add_argument("--target-cpus", help="CPUs for the proxies, e.g. 1 (default: last)")
     parser.add_argument("--bench-cpus", help="CPUs for load generator and upstream")
@@ -66,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         rounds=args.rounds,
         warmup=args.warmup,
         only=args.only,
+        extra=args.extra,
         skip=args.skip,
     )
     if args.no_pin:

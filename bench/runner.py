@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -105,6 +106,7 @@ class Options:
     rounds: int = 3
     warmup: float = 0.4
     only: Sequence[str] = ()  # restrict to these targets (empty: each scenario's own)
+    extra: Sequence[str] = ()  # more targets for every scenario, e.g. keyrail-1x100
     skip: Sequence[str] = ()
     target_cpus: list[int] = field(default_factory=lambda: _default_cpus()[0])
     bench_cpus: list[int] = field(default_factory=lambda: _default_cpus()[1])
@@ -136,7 +138,7 @@ async def _set_shape(url: str, shape: Shape) -> None:
 
 
 def _wanted(scenario: Scenario, opts: Options) -> list[str]:
-    names = [t for t in scenario.targets if t not in opts.skip]
+    names = [t for t in (*scenario.targets, *opts.extra) if t not in opts.skip]
     if opts.only:
         names = [t for t in names if t in opts.only or t == "direct"]
     return names
@@ -148,14 +150,18 @@ def _start(fleet: Fleet, names: set[str], notes: list[str]) -> dict[str, Target]
     starters = {
         "floor": fleet.floor,
         "keyrail": fleet.keyrail,
-        "keyrail-20x100": lambda: fleet.keyrail("keyrail-20x100", providers=20, keys_each=5),
         "nginx": fleet.nginx,
         "litellm": fleet.litellm,
     }
-    for name in (*STANDARD[1:], "keyrail-20x100"):
+    shaped = sorted(n for n in names if re.fullmatch(r"keyrail-\d+x\d+", n))
+    for name in (*STANDARD[1:], *shaped):
         if name not in names:
             continue
-        target = starters[name]()
+        if name in starters:
+            target = starters[name]()
+        else:  # keyrail-PxK: P provider blocks of K keys each, one pool
+            providers, keys = map(int, name.removeprefix("keyrail-").split("x"))
+            target = fleet.keyrail(name, providers=providers, keys_each=keys)
         if target is None:
             why = {
                 "nginx": "nginx is not installed (make bench-peers)",
