@@ -27,12 +27,12 @@ from proxy.driver import (
     Driver,
     Reply,
     ResponseStream,
+    describe_failure,
+    read_error_body,
 )
 from proxy.errors import StreamInterrupted, UpstreamUnavailable, classify_upstream
 from proxy.retry_hints import retry_after_seconds
 from proxy.scheduler import DISABLE_COOLING
-
-_ERROR_BODY_LIMIT = 256 * 1024
 
 
 class OpenAICompatibleDriver(Driver):
@@ -95,28 +95,13 @@ class OpenAICompatibleDriver(Driver):
             if not (isinstance(options, dict) and options.get("include_usage")):
                 body = {**body, "stream_options": {**(options or {}), "include_usage": True}}
         url = self._urls.get(call.endpoint) or f"{self.base_url}/{call.endpoint}"
-        try:
-            response = await self.session.post(
-                url,
-                data=orjson.dumps(body),
-                headers=self._headers(call.headers, credential),
-                proxy=credential.proxy_url,
-                allow_redirects=False,
-                timeout=self._stream_timeout if call.stream else self.session.timeout,
-            )
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise UpstreamUnavailable(
-                f"upstream {self.block.name} unreachable: {_describe(exc)}",
-                status=502,
-                provider=self.block.name,
-            ) from exc
+        data, headers = orjson.dumps(body), self._headers(call.headers, credential)
+        if call.stream:
+            response = await self._post_stream(url, data, headers, credential)
+        else:
+            response = await self.post(url, data=data, headers=headers, credential=credential)
         if response.status >= 300:
-            try:
-                data = await response.content.read(_ERROR_BODY_LIMIT)
-            except (aiohttp.ClientError, TimeoutError):
-                data = b""
-            finally:
-                response.close()
+            data = await read_error_body(response)
             headers = dict(response.headers)
             raise classify_upstream(
                 response.status,
@@ -127,6 +112,27 @@ class OpenAICompatibleDriver(Driver):
             )
         stream = ResponseStream(response, self.block.name)
         return _Reply(response.status, response.headers, stream, response, self.block.name)
+
+    async def _post_stream(
+        self, url: str, data: bytes, headers: Mapping[str, str], credential: Credential
+    ) -> aiohttp.ClientResponse:
+        """`Driver.post` for a stream, read without aiohttp's per-chunk `sock_read` timer (the
+        relay's idle watchdog covers it); `Driver.post` takes no timeout, hence this copy."""
+        try:
+            return await self.session.post(
+                url,
+                data=data,
+                headers=headers,
+                proxy=credential.proxy_url,
+                allow_redirects=False,
+                timeout=self._stream_timeout,
+            )
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise UpstreamUnavailable(
+                f"upstream {self.block.name} unreachable: {describe_failure(exc)}",
+                status=502,
+                provider=self.block.name,
+            ) from exc
 
     async def list_models(self, credential: Credential) -> Sequence[str]:
         endpoint = str(self.block.options.get("models-endpoint") or "models").lstrip("/")
@@ -190,11 +196,3 @@ def _credential_id(provider: str, key: str, index: int) -> str:
 def _proxy(entry_proxy: Any, block_proxy: str | None) -> str | None:
     value = str(entry_proxy).strip() if entry_proxy else (block_proxy or "")
     return None if value in ("", "direct", "none") else value
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return f"cannot connect to {exc.host}:{exc.port}"
-    return type(exc).__name__

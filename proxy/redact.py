@@ -35,8 +35,13 @@ _SHAPES = re.compile(
 )
 #: Lowercase text without any of these cannot match `_SHAPES`: a few `in` checks skip it.
 _SHAPE_TRIGGERS = ("auth", "key", "token=", "cookie", "bearer", "sk-", "://")
-_SECRET_NAME = re.compile(r"(?i)(key|token|secret|passw|cookie|auth)")
+_SECRET_NAME = re.compile(r"(?i)(key|token|secret|passw|cookie|auth|credential)")
 _NOT_SECRET_NAME = re.compile(r"(?i)(file|path|dir|url|endpoint|region|arn)$")
+
+
+def is_secret_name(name: str) -> bool:
+    """Does a config key or header of this name hold a secret (`api-key`, not `token-file`)?"""
+    return bool(_SECRET_NAME.search(name)) and not _NOT_SECRET_NAME.search(name)
 
 
 def _mask_shape(match: re.Match[str]) -> str:
@@ -129,8 +134,7 @@ def _secret_values(value: Any, *, named: bool) -> Iterator[str]:
     elif isinstance(value, Mapping):
         for k, v in value.items():
             name = str(k)
-            secret = bool(_SECRET_NAME.search(name)) and not _NOT_SECRET_NAME.search(name)
-            yield from _secret_values(v, named=secret)
+            yield from _secret_values(v, named=is_secret_name(name))
     elif isinstance(value, list | tuple):
         for item in value:
             yield from _secret_values(item, named=named)
