@@ -135,7 +135,7 @@ def checks(rows: Sequence[Row]) -> list[tuple[str, str, str, str]]:
         "{:.1f}x",
         below=False,
     )
-    one, many = pair("routing", "keyrail", "keyrail-20x100")
+    one, many = pair("routing", "keyrail", "keyrail-20x5")
     add(
         "CPU/request, 100 credentials over 20 providers ÷ 1 credential",
         _ratio(many and many.cpu_us_per_req, one and one.cpu_us_per_req),

@@ -93,7 +93,7 @@ SCENARIOS: dict[str, Scenario] = {
             "routing",
             "Routing cost: 1 credential vs 100 over 20 providers, concurrency 32",
             32,
-            targets=("direct", "floor", "keyrail", "keyrail-20x100"),
+            targets=("direct", "floor", "keyrail", "keyrail-20x5"),
         ),
     )
 }
