@@ -69,11 +69,11 @@ SCENARIOS: dict[str, Scenario] = {
         ),
         Scenario(
             "sse-c1",
-            "Streaming, 50 events 2 ms apart, concurrency 1 (TTFT without queueing)",
+            "Streaming, 10 events 1 ms apart, concurrency 1 (TTFT without queueing)",
             1,
             stream=True,
-            events=50,
-            gap=0.002,
+            events=10,
+            gap=0.001,
         ),
         Scenario(
             "sse-500",
