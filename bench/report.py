@@ -194,7 +194,8 @@ _COLORS = ("#444444", "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8
 
 
 def svg(rows: Sequence[Row], title: str) -> str:
-    """Latency CDF per target: x is latency (ms, log scale), y the share of requests."""
+    """Latency CDF per target: x is latency (ms, log scale), y the percentile on a scale
+    that gives p50, p90, p99 and p99.9 equal room, so the tails can be compared."""
     w, h, left, right, top, bottom = 720, 400, 60, 150, 30, 45
     pw, ph = w - left - right, h - top - bottom
     values = [v for r in rows for v in r.latencies_ms if v > 0]
@@ -207,8 +208,9 @@ def svg(rows: Sequence[Row], title: str) -> str:
     def x(v: float) -> float:
         return left + (math.log10(max(v, lo)) - math.log10(lo)) / span * pw
 
-    def y(q: float) -> float:
-        return top + (1 - q) * ph
+    def y(q: float) -> float:  # "nines" scale: p50, p90, p99, p99.9 evenly spaced, tail visible
+        nines = -math.log10(max(1 - q, 1e-3))
+        return top + (1 - nines / 3) * ph
 
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" '
@@ -223,7 +225,7 @@ def svg(rows: Sequence[Row], title: str) -> str:
         out.append(f'<line x1="{xx:.1f}" y1="{top}" x2="{xx:.1f}" y2="{top + ph}" stroke="#ddd"/>')
         out.append(f'<text x="{xx:.1f}" y="{top + ph + 15}" text-anchor="middle">{decade:g}</text>')
         decade *= 10
-    for q in (0.5, 0.9, 0.99):
+    for q in (0.5, 0.9, 0.99, 0.999):
         out.append(
             f'<line x1="{left}" y1="{y(q):.1f}" x2="{left + pw}" y2="{y(q):.1f}" '
             f'stroke="#eee"/><text x="{left - 5}" y="{y(q) + 4:.1f}" '
@@ -238,8 +240,9 @@ def svg(rows: Sequence[Row], title: str) -> str:
             continue
         color = _COLORS[i % len(_COLORS)]
         n = len(lat)
-        step = max(1, n // 400)  # at most ~400 points per curve, plus the tail
-        idx = [*range(0, n, step), *range(max(0, n - 50), n)]
+        # ~400 points evenly spread on the y scale (so the tail keeps its detail), plus the max
+        grid = (math.ceil((1 - 10 ** (-3 * k / 399)) * n) - 1 for k in range(400))
+        idx = [*(min(max(j, 0), n - 1) for j in grid), n - 1]
         pts = " ".join(f"{x(lat[j]):.1f},{y((j + 1) / n):.1f}" for j in sorted(set(idx)))
         out.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.6" points="{pts}"/>')
         p50 = percentile(lat, 50) or 0
