@@ -190,6 +190,8 @@ class Fleet:
             str(port),
             "--num_workers",
             "1",
+            "--telemetry",
+            "False",  # as verify_litellm ran it
         ]
         target = self._spawn(
             "litellm", argv, port, self.target_cpus, env=peers.litellm_env(), wait=120.0
