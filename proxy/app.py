@@ -11,7 +11,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from proxy import auth, handlers, management, metrics, reload, runtime, shutdown
+from proxy import auth, handlers, logs, management, metrics, reload, runtime, shutdown
 from proxy.config import Settings
 from proxy.keys import LIVE, METRICS, REGISTRY, SCHEDULER
 from proxy.logs import install_redaction
@@ -65,6 +65,7 @@ def create_app(
         yield
         await live.current.aclose()
 
+    app.cleanup_ctx.append(logs.flush_ctx)  # buffered log lines reach stderr promptly
     app.cleanup_ctx.append(runtime_ctx)
     reload.setup(app, config_path)  # watch config.yaml; swap the runtime when it changes
     handlers.setup(app)  # /health, /v1/models, POST /v1/* endpoints

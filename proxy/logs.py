@@ -12,20 +12,25 @@ Lines are `key=value` pairs, so a burst is one grep away:
 
 from __future__ import annotations
 
+import asyncio
+import io
 import logging
 import re
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from aiohttp import web
 
 from proxy.metrics import Attempt
 from proxy.redact import REDACTOR
 
 access_logger = logging.getLogger("keyrail.access")
+#: Set by `configure`: JSON lines want each record's fields as a dict, text lines do not.
+_json_lines = False
 upstream_logger = logging.getLogger("keyrail.upstream")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
@@ -73,17 +78,34 @@ def log_request(rec: RequestRecord) -> None:
     """The access line: one per client request."""
     if not access_logger.isEnabledFor(logging.INFO):
         return
-    pairs = [
-        ("request_id", rec.request_id), ("method", rec.method), ("path", rec.path),
-        ("model", rec.model), ("provider", rec.provider), ("credential", rec.credential_id),
-        ("status", rec.status), ("upstream_status", rec.upstream_status),
-        ("retries", rec.retries), ("latency_ms", rec.latency_ms), ("ttft_ms", rec.ttft_ms),
-        ("prompt_tokens", rec.prompt_tokens), ("completion_tokens", rec.completion_tokens),
-        ("total_tokens", rec.prompt_tokens + rec.completion_tokens),
-    ]  # fmt: skip
+    total = rec.prompt_tokens + rec.completion_tokens
+    ttft = "-" if rec.ttft_ms is None else f"{rec.ttft_ms:.1f}"
+    # Ids, numbers and provider names are keyrail's own: formatted directly. What a client or
+    # an upstream chose (path, model, error) goes through _value, which quotes it if needed.
+    line = (
+        f"request_id={rec.request_id} method={rec.method} path={_value(rec.path)} "
+        f"model={_value(rec.model)} provider={rec.provider or '-'} "
+        f"credential={rec.credential_id or '-'} status={rec.status} "
+        f"upstream_status={rec.upstream_status} retries={rec.retries} "
+        f"latency_ms={rec.latency_ms:.1f} ttft_ms={ttft} prompt_tokens={rec.prompt_tokens} "
+        f"completion_tokens={rec.completion_tokens} total_tokens={total}"
+    )
     if rec.error:
-        pairs.append(("error", rec.error))
-    access_logger.info("%s", _line(pairs), extra={"fields": dict(pairs)})
+        line += f" error={_value(rec.error)}"
+    fields = None
+    if _json_lines:
+        fields = {
+            "request_id": rec.request_id, "method": rec.method, "path": rec.path,
+            "model": rec.model, "provider": rec.provider, "credential": rec.credential_id,
+            "status": rec.status, "upstream_status": rec.upstream_status,
+            "retries": rec.retries, "latency_ms": round(rec.latency_ms, 1),
+            "ttft_ms": None if rec.ttft_ms is None else round(rec.ttft_ms, 1),
+            "prompt_tokens": rec.prompt_tokens, "completion_tokens": rec.completion_tokens,
+            "total_tokens": total,
+        }  # fmt: skip
+        if rec.error:
+            fields["error"] = rec.error
+    access_logger.info(line, extra={"fields": fields})
 
 
 def log_failed_attempt(request_id: str, a: Attempt) -> None:
@@ -149,11 +171,78 @@ def install_redaction(secrets: Iterable[str] = ()) -> None:
         logging.setLogRecordFactory(_RedactingFactory(logging.getLogRecordFactory()))
 
 
+class _TextFormatter(logging.Formatter):
+    """TEXT_FORMAT with the time rendered once per second, not once per line."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+        self._second = -1
+        self._stamp = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        second = int(record.created)
+        if second != self._second:
+            self._second, self._stamp = (
+                second,
+                time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second)),
+            )
+        return f"{self._stamp},{int(record.msecs):03d}"
+
+
+class _BufferedHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """stderr through a 64 KiB buffer: a line costs no system call of its own. WARNING and
+    above are flushed at once; the rest by `flush_ctx` every quarter second, and at exit."""
+
+    def __init__(self) -> None:
+        stream: Any
+        try:
+            raw = io.FileIO(sys.stderr.fileno(), "w", closefd=False)
+        except (AttributeError, OSError, ValueError):  # stderr replaced (pytest captures it)
+            stream = sys.stderr
+        else:
+            buffered = io.BufferedWriter(raw, 64 * 1024)
+            stream = io.TextIOWrapper(buffered, encoding="utf-8", errors="backslashreplace")
+        super().__init__(stream)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.stream.write(self.format(record) + "\n")
+            if record.levelno >= logging.WARNING:
+                self.flush()
+        except Exception:
+            self.handleError(record)
+
+
+async def flush_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The app's cleanup context: buffered log lines reach stderr within a quarter second."""
+    task = asyncio.create_task(_flush_every(0.25))
+    yield
+    task.cancel()
+    _flush_all()
+
+
+async def _flush_every(seconds: float) -> None:
+    while True:
+        await asyncio.sleep(seconds)
+        _flush_all()
+
+
+def _flush_all() -> None:
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+
+
 def configure(log_format: str, debug: bool, secrets: Iterable[str] = ()) -> None:
-    """`keyrail serve`'s logging: stderr, text or JSON lines, with these secrets redacted."""
-    handler = logging.StreamHandler(sys.stderr)
-    json_lines = log_format == "json"
-    handler.setFormatter(JsonFormatter() if json_lines else logging.Formatter(TEXT_FORMAT))
+    """`keyrail serve`'s logging: stderr, text or JSON lines, with these secrets redacted.
+
+    Tuned for a line per request: no thread/process lookups or caller search per record, the
+    time rendered once a second, and a buffered stream (see `_BufferedHandler`)."""
+    global _json_lines
+    _json_lines = log_format == "json"
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+    logging._srcfile = None  # documented switch: skip finding the caller of every record
+    handler = _BufferedHandler()
+    handler.setFormatter(JsonFormatter() if _json_lines else _TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if debug else logging.INFO)
