@@ -27,12 +27,11 @@ from proxy.driver import (
     Driver,
     Reply,
     ResponseStream,
+    read_error_body,
 )
 from proxy.errors import UpstreamUnavailable, classify_upstream
 from proxy.retry_hints import retry_after_seconds
 from proxy.scheduler import DISABLE_COOLING
-
-_ERROR_BODY_LIMIT = 256 * 1024
 
 
 class OpenAICompatibleDriver(Driver):
@@ -72,27 +71,12 @@ class OpenAICompatibleDriver(Driver):
             if not (isinstance(options, dict) and options.get("include_usage")):
                 body = {**body, "stream_options": {**(options or {}), "include_usage": True}}
         url = f"{self.base_url}/{call.endpoint}"
-        try:
-            response = await self.session.post(
-                url,
-                data=orjson.dumps(body),
-                headers=self._headers(call.headers, credential),
-                proxy=credential.proxy_url,
-                allow_redirects=False,
-            )
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise UpstreamUnavailable(
-                f"upstream {self.block.name} unreachable: {_describe(exc)}",
-                status=502,
-                provider=self.block.name,
-            ) from exc
+        response = await self.post(
+            url, data=orjson.dumps(body), headers=self._headers(call.headers, credential),
+            credential=credential,
+        )  # fmt: skip
         if response.status >= 300:
-            try:
-                data = await response.content.read(_ERROR_BODY_LIMIT)
-            except (aiohttp.ClientError, TimeoutError):
-                data = b""
-            finally:
-                response.close()
+            data = await read_error_body(response)
             headers = dict(response.headers)
             raise classify_upstream(
                 response.status,
@@ -133,11 +117,3 @@ def _credential_id(provider: str, key: str, index: int) -> str:
 def _proxy(entry_proxy: Any, block_proxy: str | None) -> str | None:
     value = str(entry_proxy).strip() if entry_proxy else (block_proxy or "")
     return None if value in ("", "direct", "none") else value
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return f"cannot connect to {exc.host}:{exc.port}"
-    return type(exc).__name__

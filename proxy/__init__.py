@@ -18,6 +18,8 @@ from proxy.driver import (
     Driver,
     Reply,
     ResponseStream,
+    describe_failure,
+    read_error_body,
 )
 from proxy.errors import (
     CredentialRejected,
@@ -62,6 +64,8 @@ __all__ = [
     "__version__",
     "classify_upstream",
     "data_event",
+    "describe_failure",
     "event_data",
+    "read_error_body",
     "retry_after_seconds",
 ]

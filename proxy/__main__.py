@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from proxy import config
+from proxy import config, logs, redact
 from proxy.catalog import Catalog
 from proxy.errors import ConfigError, ProxyError
 from proxy.registry import Registry, options_lookup
@@ -33,17 +33,6 @@ def _load(path_arg: str | None, registry: Registry) -> config.Settings:
     return config.load(path, lookup)
 
 
-def _setup_logging(debug: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if debug else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
-    if not debug:
-        logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    logging.getLogger("aiohttp.server").addFilter(_one_line_protocol_errors)
-
-
 def _one_line_protocol_errors(record: logging.LogRecord) -> bool:
     """A malformed request from a client is worth a line, not a traceback at ERROR."""
     from aiohttp.http_exceptions import HttpProcessingError
@@ -51,7 +40,8 @@ def _one_line_protocol_errors(record: logging.LogRecord) -> bool:
     exc = record.exc_info[1] if record.exc_info else None
     if isinstance(exc, HttpProcessingError):
         record.levelno, record.levelname = logging.WARNING, "WARNING"
-        record.msg = f"{record.getMessage()}: {exc.message.splitlines()[0] if exc.message else exc}"
+        first = exc.message.splitlines()[0] if exc.message else str(exc)
+        record.msg = redact.REDACTOR.redact(f"{record.getMessage()}: {first}")
         record.args, record.exc_info, record.exc_text = None, None, None
     return True
 
@@ -77,7 +67,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         import dataclasses
 
         settings = dataclasses.replace(settings, **overrides)
-    _setup_logging(settings.debug)
+    # text or JSON lines; no configured secret in any of them
+    logs.configure(settings.log_format, settings.debug, redact.secrets_of(settings))
+    logging.getLogger("aiohttp.server").addFilter(_one_line_protocol_errors)
     for warning in settings.warnings:
         log.warning("%s", warning)
     if not settings.providers:

@@ -11,10 +11,12 @@ from pathlib import Path
 
 from aiohttp import web
 
-from proxy import auth, handlers, management, reload, runtime, shutdown
+from proxy import auth, handlers, management, metrics, reload, runtime, shutdown
 from proxy.config import Settings
 from proxy.keys import LIVE, METRICS, REGISTRY, SCHEDULER
+from proxy.logs import install_redaction
 from proxy.metrics import ProviderMetrics
+from proxy.redact import secrets_of
 from proxy.registry import Registry
 from proxy.runtime import RUNTIME
 from proxy.scheduler import Scheduler
@@ -28,15 +30,19 @@ def create_app(
     `config_path` is the file to watch and reload (None: no hot reload).
     """
     registry = registry or Registry.discover()
+    install_redaction(secrets_of(settings))  # no configured secret in any log record
     live = runtime.Live()  # the current config's drivers and catalog, swapped on reload
     drain = shutdown.Drain()  # requests in flight, drained on shutdown
     app = web.Application(
         middlewares=[
             drain.middleware,  # first, so that it sees every request
-            handlers.request_id_middleware,  # every request gets an id for logs and headers
+            handlers.access_middleware,  # every request gets an id and (probes aside) a log line
             handlers.errors_middleware,  # every failure leaves as an OpenAI error body
             runtime.middleware(live),  # each request keeps the config it started with
-            auth.middleware(lambda request: request[RUNTIME].client_keys),  # guards /v1/*
+            auth.middleware(  # client keys guard /v1/* (and the metrics, if configured)
+                lambda request: request[RUNTIME].client_keys,
+                metrics_need_key=lambda request: request[RUNTIME].settings.metrics_require_key,
+            ),
         ],
         client_max_size=int(settings.request_body_limit_mb * 1024 * 1024),
         handler_args={"max_field_size": 16 * 1024},
@@ -63,4 +69,5 @@ def create_app(
     reload.setup(app, config_path)  # watch config.yaml; swap the runtime when it changes
     handlers.setup(app)  # /health, /v1/models, POST /v1/* endpoints
     management.setup(app)  # /v0/management/*, behind remote-management.secret-key
+    metrics.setup(app)  # /v1/metrics/providers, /metrics (Prometheus)
     return app

@@ -16,8 +16,10 @@ from aiohttp import web
 
 from proxy.errors import AuthError
 
+#: The metrics paths: open, unless `metrics.require-api-key: true`.
+METRICS_PATHS = frozenset({"/metrics", "/v1/metrics/providers"})
 #: Paths anyone may read: probes and the runbook's unauthenticated metrics curl.
-OPEN_PATHS = frozenset({"/health", "/healthz", "/metrics", "/v1/metrics/providers"})
+OPEN_PATHS = frozenset({"/health", "/healthz"}) | METRICS_PATHS
 
 
 class ClientKeys:
@@ -57,15 +59,19 @@ def presented_key(request: web.Request) -> str | None:
 def middleware(
     keys_of: Callable[[web.Request], ClientKeys],
     open_paths: frozenset[str] = OPEN_PATHS,
+    metrics_need_key: Callable[[web.Request], bool] = lambda _request: False,
 ) -> Callable[..., Awaitable[web.StreamResponse]]:
-    """Guard every path except the open ones; `keys_of` gives the live keys (reloadable)."""
+    """Guard every path except the open ones; `keys_of` gives the live keys (reloadable), and
+    `metrics_need_key` whether the metrics paths are guarded too (reloadable)."""
 
     @web.middleware
     async def check_client_key(
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
         path = request.path
-        if path in open_paths or path.startswith("/v0/management"):
+        if path in open_paths and not (path in METRICS_PATHS and metrics_need_key(request)):
+            return await handler(request)
+        if path.startswith("/v0/management"):
             return await handler(request)
         keys = keys_of(request)
         if keys.required:

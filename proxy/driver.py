@@ -198,6 +198,24 @@ class Driver(abc.ABC):
     async def send(self, call: Call, credential: Credential) -> Reply:
         """Make one upstream attempt. Return a 2xx `Reply`, or raise an `UpstreamError`."""
 
+    async def post(
+        self, url: str, *, data: bytes, headers: Mapping[str, str], credential: Credential
+    ) -> aiohttp.ClientResponse:
+        """POST through the block's pooled session and the credential's proxy, redirects not
+        followed. A connection failure or timeout becomes `UpstreamUnavailable` (502)."""
+        from proxy.errors import UpstreamUnavailable
+
+        try:
+            return await self.session.post(
+                url, data=data, headers=headers, proxy=credential.proxy_url, allow_redirects=False
+            )
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise UpstreamUnavailable(
+                f"upstream {self.block.name} unreachable: {describe_failure(exc)}",
+                status=502,
+                provider=self.block.name,
+            ) from exc
+
     async def list_models(self, credential: Credential) -> Sequence[str]:
         """Upstream model names, when the block lists none. Default: none."""
         return []
@@ -209,3 +227,26 @@ class Driver(abc.ABC):
     async def aclose(self) -> None:
         """Release what the driver opened itself (the session belongs to the core)."""
         return None
+
+
+#: How much of an upstream's error body is read (it is relayed to the client when JSON).
+ERROR_BODY_LIMIT = 256 * 1024
+
+
+async def read_error_body(response: aiohttp.ClientResponse) -> bytes:
+    """The start of an error answer's body, then the connection dropped (not reused)."""
+    try:
+        return await response.content.read(ERROR_BODY_LIMIT)
+    except (aiohttp.ClientError, TimeoutError):
+        return b""
+    finally:
+        response.close()
+
+
+def describe_failure(exc: BaseException) -> str:
+    """A short, secret-free description of a transport failure, for messages."""
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"cannot connect to {exc.host}:{exc.port}"
+    return type(exc).__name__

@@ -3,9 +3,10 @@
 Owns: the routes (`/health`, `/v1/models`, `POST /v1/{chat/completions,completions,
 embeddings,responses}`), reading and checking the client's JSON once, answering a finished
 request (non-streamed bodies, `force-mapping`, usage), the error middleware that turns every
-failure into an OpenAI error body, and the access-log record of each request.
+failure into an OpenAI error body (redacted: upstreams may echo a key), and the access
+middleware: a request id, the access record the handlers fill, and its line at the end.
 Does not own: the failover loop (failover.py), the SSE relay (streaming.py), client keys
-(auth.py), or the metrics endpoints (metrics.py).
+(auth.py), the metrics endpoints (metrics.py), or the line formats (logs.py).
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from proxy import failover
 from proxy.driver import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES
 from proxy.errors import InvalidRequest, ProxyError, RequestError, UpstreamError, error_body
 from proxy.keys import LIVE, METRICS, REQUEST_ID, SCHEDULER
-from proxy.logs import RequestRecord, log_request
-from proxy.metrics import Attempt
+from proxy.logs import RequestRecord, log_failed_attempt, log_request
+from proxy.metrics import Attempt, AttemptTrail
+from proxy.redact import REDACTOR
 from proxy.runtime import RUNTIME
 from proxy.streaming import RelayOptions, StreamHead, model_renamer, relay, usage_in
 
@@ -45,7 +47,9 @@ def json_response(
 
 
 def _error_response(exc: ProxyError) -> web.Response:
-    return web.Response(body=exc.body(), status=exc.status, content_type=JSON, headers=exc.headers)
+    # Upstream error bodies are relayed, and some echo the key they were sent: redact.
+    body = REDACTOR.redact_bytes(exc.body())
+    return web.Response(body=body, status=exc.status, content_type=JSON, headers=exc.headers)
 
 
 _STATUS_CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
@@ -59,6 +63,9 @@ async def errors_middleware(
     try:
         return await handler(request)
     except ProxyError as exc:
+        rec = request.get(ACCESS)
+        if rec is not None and not rec.error:
+            rec.error = exc.message[:200]
         return _error_response(exc)
     except web.HTTPException as exc:
         if exc.status < 400:
@@ -84,13 +91,18 @@ async def errors_middleware(
 
 
 async def health(request: web.Request) -> web.Response:
-    runtime = request.app[LIVE].current
-    views = request.app[SCHEDULER].credential_views()
-    providers: dict[str, str] = {}
-    for name in runtime.drivers:
-        states = [v.state for v in views if v.provider == name]
-        ready = states.count("ready")
-        providers[name] = "ok" if ready == len(states) else ("degraded" if ready else "down")
+    """Liveness plus each enabled provider's availability from its credentials' states:
+    ok (all ready), degraded (some), down (none). Never calls an upstream; never logged."""
+    total: dict[str, int] = dict.fromkeys(request.app[LIVE].current.drivers, 0)
+    ready = dict(total)
+    for view in request.app[SCHEDULER].credential_views():
+        if view.provider in total:
+            total[view.provider] += 1
+            ready[view.provider] += view.state == "ready"
+    providers = {
+        name: "ok" if n and ready[name] == n else ("degraded" if ready[name] else "down")
+        for name, n in total.items()
+    }
     return json_response({"status": "ok", "providers": providers})
 
 
@@ -149,12 +161,10 @@ async def proxy_request(request: web.Request, endpoint: str) -> web.StreamRespon
     """Serve one POST: route by model, fail over before the first byte, relay the answer."""
     app = request.app
     loop = asyncio.get_running_loop()
-    started = loop.time()
-    rec = RequestRecord(
-        request_id=request.get(REQUEST_ID, ""), method=request.method, path=request.path
-    )
+    rec = request[ACCESS]
     runtime = request[RUNTIME]  # one config for the whole request, even across a reload
     success: failover.Success | None = None
+    attempt: Attempt | None = None  # the successful one, until it is recorded
     try:
         body = await read_json_object(request)
         rec.model = _model_of(body)
@@ -214,6 +224,7 @@ async def proxy_request(request: web.Request, endpoint: str) -> web.StreamRespon
         app[METRICS].record(attempt)
         rec.ttft_ms = None if attempt.ttft is None else attempt.ttft * 1000
         rec.prompt_tokens, rec.completion_tokens = attempt.prompt_tokens, attempt.completion_tokens
+        attempt = None
         return response
     except ProxyError as exc:
         rec.status = exc.status
@@ -226,10 +237,10 @@ async def proxy_request(request: web.Request, endpoint: str) -> web.StreamRespon
         rec.status = 499  # the client went away; the upstream request was closed with it
         if success is not None and success.head is not None:
             await success.head.reply.body.aclose()
+        if success is not None and attempt is not None:  # served until the client left
+            attempt.latency = loop.time() - success.started
+            app[METRICS].record(attempt)
         raise
-    finally:
-        rec.latency_ms = (loop.time() - started) * 1000
-        log_request(rec)
 
 
 async def _relay(
@@ -286,12 +297,43 @@ def _passthrough(headers: Any) -> dict[str, str]:
     }
 
 
+#: The access record of the request being served: handlers fill it, access_middleware logs it.
+ACCESS = web.RequestKey("access", RequestRecord)
+#: Probes and scrapes are answered but not logged: they would drown the access log.
+QUIET_PATHS = frozenset({"/health", "/healthz", "/metrics"})
+
+
 @web.middleware
-async def request_id_middleware(
+async def access_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    request[REQUEST_ID] = os.urandom(6).hex()
-    return await handler(request)
+    """Every request gets an id and, probes aside, one access line; every upstream attempt
+    that failed while serving it gets a line too (even when failover then succeeded)."""
+    rec = RequestRecord(os.urandom(6).hex(), request.method, request.path)
+    request[REQUEST_ID], request[ACCESS] = rec.request_id, rec
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        with AttemptTrail() as trail:
+            response = await handler(request)
+        rec.status = response.status
+        return response
+    except asyncio.CancelledError:
+        rec.status = 499  # the client went away
+        raise
+    except web.HTTPException as exc:  # < 400: errors_middleware answered the others
+        rec.status = exc.status
+        raise
+    finally:
+        for failed in trail:
+            if not 200 <= failed.status < 300:
+                log_failed_attempt(rec.request_id, failed)
+        if trail and not rec.credential_id:  # no attempt succeeded: name the last one tried
+            rec.provider, rec.credential_id = trail[-1].provider, trail[-1].credential_id
+            rec.upstream_status, rec.retries = trail[-1].status, len(trail) - 1
+        if request.path not in QUIET_PATHS:
+            rec.latency_ms = (loop.time() - started) * 1000
+            log_request(rec)
 
 
 def setup(app: web.Application) -> None:

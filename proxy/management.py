@@ -23,9 +23,11 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from proxy import redact
 from proxy.driver import Credential, Driver
 from proxy.errors import ProxyError, error_body
 from proxy.keys import LIVE, SCHEDULER
+from proxy.redact import REDACTOR, is_secret_name
 from proxy.reload import RELOADER, Outcome
 from proxy.runtime import Runtime
 from proxy.scheduler import CredentialView
@@ -33,10 +35,8 @@ from proxy.scheduler import CredentialView
 PREFIX = "/v0/management"
 MAX_FAILURES = 5
 BAN_SECONDS = 30 * 60.0
-MASK = "********"
+MASK = redact.MASK  # one mask everywhere: logs, errors and management answers
 #: option or header names whose values are secrets (matched case-insensitively, as substrings)
-_SECRET_WORDS = ("key", "token", "secret", "password", "authorization", "cookie", "credential")
-_NOT_SECRET_ENDINGS = ("file", "path", "url", "dir")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -114,39 +114,9 @@ def _is_loopback(address: str) -> bool:
 # --- answers -------------------------------------------------------------------------------
 
 
-def _secrets(runtime: Runtime) -> list[str]:
-    """Every secret the running config knows, longest first (so none is left half-masked)."""
-    found = {runtime.settings.management_secret, *runtime.settings.api_keys}
-    for creds in runtime.credentials.values():
-        found.update(c.secret for c in creds)
-    for block in runtime.settings.providers:
-        found.update(v for k, v in _walk(block.options) if _is_secret_name(k))
-        found.update(v for k, v in block.headers.items() if _is_secret_name(k))
-    return sorted((s for s in found if isinstance(s, str) and len(s) >= 4), key=len, reverse=True)
-
-
-def _walk(value: Any, name: str = "") -> Iterable[tuple[str, Any]]:
-    if isinstance(value, dict):
-        for k, v in value.items():
-            yield from _walk(v, str(k))
-    elif isinstance(value, list | tuple):
-        for v in value:
-            yield from _walk(v, name)
-    else:
-        yield name, value
-
-
-def _is_secret_name(name: str) -> bool:
-    lowered = name.lower()
-    if lowered.endswith(_NOT_SECRET_ENDINGS):  # `token-file`, `refresh-url`: where, not what
-        return False
-    return any(word in lowered for word in _SECRET_WORDS)
-
-
 def _answer(runtime: Runtime, data: Any, status: int = 200) -> web.Response:
-    body = orjson.dumps(data)
-    for secret in _secrets(runtime):  # defence in depth: an upstream may echo a key back
-        body = body.replace(orjson.dumps(secret)[1:-1], MASK.encode())
+    # Defence in depth: an upstream may have echoed a key into a last_error.
+    body = REDACTOR.redact_bytes(orjson.dumps(data))
     return web.Response(body=body, status=status, content_type="application/json")
 
 
@@ -314,7 +284,7 @@ def _masked(value: Any, name: str = "") -> Any:
         return {k: _masked(v, str(k)) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_masked(v, name) for v in value]
-    if _is_secret_name(name) and value not in ("", None):
+    if is_secret_name(name) and value not in ("", None):
         return MASK
     return value
 

@@ -1,19 +1,45 @@
-"""Provider metrics: what happened per upstream provider block, over a rolling window.
+"""Provider metrics: what each upstream provider block did, over a rolling window and in total.
 
-Owns: recording one `Attempt` (one upstream try) cheaply on the hot path, and the snapshot
-served at `/v1/metrics/providers`. Does not own: credential states (scheduler.py reports them),
-logging (logs.py).
+Owns: recording one `Attempt` (one upstream try, attributed to the block that served it), the
+rolling window and lifetime totals behind `GET /v1/metrics/providers` (a provider-keyed object,
+or `?format=list`), and the Prometheus text of `GET /metrics`. Does not own: credential states
+(the scheduler reports them), the access log (logs.py), or which paths need a client key
+(auth.py).
 
-FIRST VERSION: counters only; windows, percentiles and Prometheus land with the metrics issue.
+Counts are of upstream attempts, not client requests: a request that failed over from one
+block to another counts once at each. Success is a 2xx answer; anything else is a failure,
+and a connect failure or timeout (status 0, or the 502/504 drivers report) counts as a 5xx.
+
+Recording is cheap and lock-free (asyncio runs it on one thread): two bisects into fixed
+log-spaced buckets and a few list increments. The window is 60 time slices; a slice is reset
+the first time it is reused, so a request counts for the last (window - slice, window]
+seconds. Percentiles come from the summed bucket counts: the estimate lies in the same bucket
+as the true value. Nothing is sorted per request; everything is summed when someone asks.
 """
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from proxy.errors import InvalidRequest
+from proxy.redact import REDACTOR
 from proxy.scheduler import CredentialView
 
 
@@ -32,34 +58,339 @@ class Attempt:
     error: str = ""  # short, non-secret
 
 
+#: Bucket upper bounds in ms: 1, 1.25, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10, … up to 10^7 (2.8 h).
+#: Successive bounds differ by 20-33 %, so a percentile is known to within that.
+BOUNDS_MS: tuple[float, ...] = (
+    *(m * 10.0**d for d in range(7) for m in (1, 1.25, 1.5, 2, 2.5, 3, 4, 5, 6, 8)),
+    1e7,
+)
+#: The subset of bounds `/metrics` exposes as histogram buckets (all are in BOUNDS_MS).
+PROMETHEUS_BOUNDS_MS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000,
+                        100000, 250000, 600000)  # fmt: skip
+STATUS_CLASSES = ("2xx", "401", "403", "429", "5xx", "other")
+CREDENTIAL_STATES = ("ready", "cooling_down", "disabled")
+SLICES = 60
+_CLASS_OF = {401: 1, 403: 2, 429: 3}
+
+#: The attempts of the client request being served (see `AttemptTrail`), else None.
+_TRAIL: ContextVar[list[Attempt] | None] = ContextVar("keyrail_attempts", default=None)
+
+
+def bucket_of(ms: float) -> int:
+    """Index of the bucket holding `ms` (bucket i holds BOUNDS_MS[i-1] < ms <= BOUNDS_MS[i])."""
+    return bisect_left(BOUNDS_MS, ms)
+
+
+def _status_class(status: int) -> int:
+    if 200 <= status < 300:
+        return 0
+    return _CLASS_OF.get(status, 4 if 500 <= status < 600 or status == 0 else 5)
+
+
+class _Counts:
+    """Counters and histograms of one time slice (or of all time)."""
+
+    __slots__ = ("completion", "epoch", "latency", "latency_sum", "prompt", "statuses", "ttft",
+                 "ttft_sum")  # fmt: skip
+
+    def __init__(self, epoch: int = 0) -> None:
+        self.epoch = epoch
+        self.statuses = [0] * len(STATUS_CLASSES)
+        self.latency = [0] * (len(BOUNDS_MS) + 1)
+        self.ttft = [0] * (len(BOUNDS_MS) + 1)
+        self.latency_sum = 0.0
+        self.ttft_sum = 0.0
+        self.prompt = 0
+        self.completion = 0
+
+    def add(self, status_class: int, latency_bucket: int, a: Attempt, ttft_bucket: int) -> None:
+        self.statuses[status_class] += 1
+        self.latency[latency_bucket] += 1
+        self.latency_sum += a.latency
+        if ttft_bucket >= 0:
+            self.ttft[ttft_bucket] += 1
+            self.ttft_sum += a.ttft or 0.0
+        self.prompt += a.prompt_tokens
+        self.completion += a.completion_tokens
+
+    def merge(self, other: _Counts) -> None:
+        for mine, theirs in ((self.statuses, other.statuses), (self.latency, other.latency),
+                             (self.ttft, other.ttft)):  # fmt: skip
+            for i, n in enumerate(theirs):
+                if n:
+                    mine[i] += n
+        self.latency_sum += other.latency_sum
+        self.ttft_sum += other.ttft_sum
+        self.prompt += other.prompt
+        self.completion += other.completion
+
+
+#: The empty slice every ring starts with; its epoch never matches, so it is never added to.
+_NEVER = _Counts(epoch=-(1 << 62))
+
+
+class _Provider:
+    __slots__ = ("last_error", "last_seen", "lifetime", "retries", "slices")
+
+    def __init__(self) -> None:
+        self.slices = [_NEVER] * SLICES
+        self.lifetime = _Counts()
+        self.retries = 0  # attempts that were not the first of their client request
+        self.last_seen: float | None = None
+        self.last_error: tuple[float, int, str] | None = None
+
+
 class ProviderMetrics:
+    """Per provider block: a rolling window of `window_seconds`, and lifetime totals.
+
+    `clock` gives wall-clock seconds; tests replace it to move time without sleeping.
+    """
+
     def __init__(self, window_seconds: int = 600, clock: Callable[[], float] = time.time) -> None:
         self.window_seconds = window_seconds
-        self._clock = clock
-        self._counts: dict[str, dict[str, Any]] = {}
+        self.clock = clock
+        self._slice_seconds = window_seconds / SLICES
+        self._providers: dict[str, _Provider] = {}
 
     def record(self, attempt: Attempt) -> None:
-        c = self._counts.setdefault(
-            attempt.provider,
-            {"driver": attempt.driver, "request_count": 0, "success_count": 0, "last_error": ""},
-        )
-        c["request_count"] += 1
-        if 200 <= attempt.status < 300:
-            c["success_count"] += 1
-        elif attempt.error:
-            c["last_error"] = attempt.error
+        """Count one finished attempt. Called on the hot path: no locks, no sorting."""
+        now = self.clock()
+        p = self._providers.get(attempt.provider)
+        if p is None:
+            p = self._providers[attempt.provider] = _Provider()
+        epoch = int(now // self._slice_seconds)
+        window = p.slices[epoch % SLICES]
+        if window.epoch != epoch:
+            window = p.slices[epoch % SLICES] = _Counts(epoch)
+        status_class = _status_class(attempt.status)
+        latency_bucket = bisect_left(BOUNDS_MS, attempt.latency * 1000.0)
+        ttft = attempt.ttft
+        ttft_bucket = -1 if ttft is None else bisect_left(BOUNDS_MS, ttft * 1000.0)
+        window.add(status_class, latency_bucket, attempt, ttft_bucket)
+        p.lifetime.add(status_class, latency_bucket, attempt, ttft_bucket)
+        p.last_seen = now
+        if status_class:
+            p.last_error = (now, attempt.status, attempt.error)
+        trail = _TRAIL.get()
+        if trail is not None:
+            if trail:
+                p.retries += 1
+            trail.append(attempt)
+
+    def _window(self, p: _Provider, now: float) -> _Counts:
+        current = int(now // self._slice_seconds)
+        total = _Counts()
+        for s in p.slices:
+            if current - SLICES < s.epoch <= current:
+                total.merge(s)
+        return total
 
     def snapshot(
         self, credentials: Iterable[CredentialView], drivers: Mapping[str, str]
     ) -> dict[str, dict[str, Any]]:
+        """`/v1/metrics/providers`: every provider in `drivers` (provider → driver name)."""
+        now = self.clock()
+        creds: dict[str, dict[str, int]] = {}
+        for view in credentials:
+            c = creds.setdefault(view.provider, dict.fromkeys(("total", *CREDENTIAL_STATES), 0))
+            c["total"] += 1
+            c[view.state] = c.get(view.state, 0) + 1
         out: dict[str, dict[str, Any]] = {}
         for provider, driver in drivers.items():
-            c = self._counts.get(provider, {"request_count": 0, "success_count": 0})
+            p = self._providers.get(provider) or _Provider()
+            w = self._window(p, now)
+            n = sum(w.statuses)
+            ok = w.statuses[0]
             out[provider] = {
                 "provider": provider,
                 "driver": driver,
                 "window_seconds": self.window_seconds,
-                "request_count": c["request_count"],
-                "success_count": c["success_count"],
+                "request_count": n,
+                "success_count": ok,
+                "failure_count": n - ok,
+                "success_rate": round(ok / n, 4) if n else 1.0,
+                "error_rate": round((n - ok) / n, 4) if n else 0.0,
+                "rate_limited_ratio": round(w.statuses[3] / n, 4) if n else 0.0,
+                "status_counts": dict(zip(STATUS_CLASSES, w.statuses, strict=True)),
+                "latency_p50_ms": percentile(w.latency, 0.50),
+                "latency_p95_ms": percentile(w.latency, 0.95),
+                "latency_p99_ms": percentile(w.latency, 0.99),
+                "ttft_p50_ms": percentile(w.ttft, 0.50),
+                "ttft_p95_ms": percentile(w.ttft, 0.95),
+                "prompt_tokens": w.prompt,
+                "completion_tokens": w.completion,
+                "total_tokens": w.prompt + w.completion,
+                "last_seen": _iso(p.last_seen),
+                "last_error": _last_error(p.last_error),
+                "credentials": creds.get(provider, dict.fromkeys(("total", *CREDENTIAL_STATES), 0)),
+                "lifetime": {**_totals(p.lifetime), "retries": p.retries},
             }
         return out
+
+    def lifetime(self, provider: str) -> tuple[_Counts, int]:
+        """A provider's lifetime counts and retries (zeros when it has had no traffic)."""
+        p = self._providers.get(provider)
+        return (p.lifetime, p.retries) if p is not None else (_Counts(), 0)
+
+
+def _totals(c: _Counts) -> dict[str, Any]:
+    n = sum(c.statuses)
+    return {
+        "request_count": n,
+        "success_count": c.statuses[0],
+        "failure_count": n - c.statuses[0],
+        "status_counts": dict(zip(STATUS_CLASSES, c.statuses, strict=True)),
+        "prompt_tokens": c.prompt,
+        "completion_tokens": c.completion,
+        "total_tokens": c.prompt + c.completion,
+    }
+
+
+def percentile(buckets: list[int], q: float) -> float | None:
+    """The q-quantile (nearest rank) of bucketed ms values, interpolated inside its bucket."""
+    n = sum(buckets)
+    if not n:
+        return None
+    rank = max(1, math.ceil(q * n))
+    seen = 0
+    for i, count in enumerate(buckets):
+        if seen + count >= rank:
+            low = BOUNDS_MS[i - 1] if i else 0.0
+            high = BOUNDS_MS[min(i, len(BOUNDS_MS) - 1)]
+            return round(low + (high - low) * (rank - seen) / count, 1)
+        seen += count
+    raise AssertionError("unreachable: rank <= n")
+
+
+def _last_error(error: tuple[float, int, str] | None) -> dict[str, Any] | None:
+    if error is None:
+        return None
+    at, status, message = error
+    return {"at": _iso(at), "status": status, "message": REDACTOR.redact(message)}
+
+
+def _iso(t: float | None) -> str | None:
+    return None if t is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+class AttemptTrail:
+    """`with AttemptTrail() as trail:` collects the attempts recorded while serving one client
+    request (for its access line and the retry count)."""
+
+    __slots__ = ("_token", "trail")
+
+    def __init__(self) -> None:
+        self.trail: list[Attempt] = []
+
+    def __enter__(self) -> list[Attempt]:
+        self._token = _TRAIL.set(self.trail)
+        return self.trail
+
+    def __exit__(self, *exc: object) -> None:
+        _TRAIL.reset(self._token)
+
+
+class _PrometheusView(Collector):
+    """Renders lifetime totals and credential states when `/metrics` is scraped."""
+
+    def __init__(
+        self,
+        metrics: ProviderMetrics,
+        configured: Callable[[], Mapping[str, str]],
+        credentials: Callable[[], Iterable[CredentialView]],
+    ) -> None:
+        self._metrics = metrics
+        self._configured = configured
+        self._credentials = credentials
+
+    def collect(self) -> Iterator[Metric]:
+        configured = self._configured()
+        r = REDACTOR.redact
+        requests = CounterMetricFamily(
+            "keyrail_upstream_requests",
+            "Upstream attempts by provider block and status class.",
+            labels=("provider", "driver", "status_class"),
+        )
+        latency = HistogramMetricFamily(
+            "keyrail_upstream_latency_seconds",
+            "Upstream attempt duration, to the end of the answer.",
+            labels=("provider",),
+        )
+        ttft = HistogramMetricFamily(
+            "keyrail_upstream_ttft_seconds",
+            "Time to the first streamed byte of an upstream attempt.",
+            labels=("provider",),
+        )
+        tokens = CounterMetricFamily(
+            "keyrail_tokens", "Tokens the upstreams reported.", labels=("provider", "direction")
+        )
+        retries = CounterMetricFamily(
+            "keyrail_upstream_retries",
+            "Attempts that were not the first of their client request.",
+            labels=("provider",),
+        )
+        for provider, driver in configured.items():
+            p, d = r(provider), r(driver)
+            c, n = self._metrics.lifetime(provider)
+            for status_class, count in zip(STATUS_CLASSES, c.statuses, strict=True):
+                requests.add_metric([p, d, status_class], count)
+            latency.add_metric([p], _buckets(c.latency), c.latency_sum)
+            ttft.add_metric([p], _buckets(c.ttft), c.ttft_sum)
+            tokens.add_metric([p, "prompt"], c.prompt)
+            tokens.add_metric([p, "completion"], c.completion)
+            retries.add_metric([p], n)
+        states = GaugeMetricFamily(
+            "keyrail_credentials",
+            "Credentials by provider block and state.",
+            labels=("provider", "state"),
+        )
+        counts = {(p, s): 0 for p in configured for s in CREDENTIAL_STATES}
+        for view in self._credentials():
+            if (view.provider, view.state) in counts:
+                counts[view.provider, view.state] += 1
+        for (provider, state), count in counts.items():
+            states.add_metric([r(provider), state], count)
+        yield from (requests, latency, ttft, tokens, retries, states)
+
+
+def _buckets(counts: list[int]) -> list[tuple[str, float]]:
+    """Cumulative Prometheus buckets (seconds) from the fine per-bucket counts."""
+    out: list[tuple[str, float]] = []
+    cumulative = 0
+    fine = 0
+    for bound in PROMETHEUS_BOUNDS_MS:
+        stop = bucket_of(bound) + 1  # fine buckets at or below this bound
+        cumulative += sum(counts[fine:stop])
+        fine = stop
+        out.append((f"{bound / 1000:g}", cumulative))
+    out.append(("+Inf", cumulative + sum(counts[fine:])))
+    return out
+
+
+def setup(app: web.Application) -> None:
+    """`GET /v1/metrics/providers` and `GET /metrics`, each app with its own registry."""
+    from proxy.keys import LIVE, METRICS, SCHEDULER  # keys.py imports this module
+
+    def configured() -> dict[str, str]:
+        """Every configured block (provider → driver), with traffic or not."""
+        return {b.name: b.driver for b in app[LIVE].current.settings.providers}
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_PrometheusView(app[METRICS], configured, app[SCHEDULER].credential_views))
+
+    async def providers(request: web.Request) -> web.Response:
+        fmt = request.query.get("format", "")
+        if fmt not in ("", "list"):
+            raise InvalidRequest("'format' must be 'list' or absent.", param="format")
+        snapshot = app[METRICS].snapshot(app[SCHEDULER].credential_views(), configured())
+        data: Any = {"object": "list", "data": list(snapshot.values())} if fmt else snapshot
+        return web.Response(
+            body=orjson.dumps(data, option=orjson.OPT_INDENT_2), content_type="application/json"
+        )
+
+    async def prometheus(request: web.Request) -> web.Response:
+        body = generate_latest(registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app.router.add_get("/v1/metrics/providers", providers)
+    app.router.add_get("/metrics", prometheus)

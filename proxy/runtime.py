@@ -26,6 +26,7 @@ from proxy.catalog import Catalog
 from proxy.config import ProviderBlock, Settings
 from proxy.driver import Credential, Driver
 from proxy.failover import LoopSettings
+from proxy.redact import REDACTOR, secrets_of
 from proxy.registry import Registry
 
 log = logging.getLogger("keyrail.runtime")
@@ -169,6 +170,8 @@ async def build(settings: Settings, registry: Registry) -> Runtime:
     except BaseException:  # a half-built runtime must not leak its sessions (reload retries)
         await _close(drivers, sessions)
         raise
+    # this config's secrets are masked in every log line and error body from now on
+    REDACTOR.add([*secrets_of(settings), *(c.secret for cs in credentials.values() for c in cs)])
     discovered = await _discover(drivers, credentials)
     catalog = catalog_mod.build(settings, credentials, discovered)
     for model, providers in sorted(catalog.collisions.items()):

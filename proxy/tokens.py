@@ -39,6 +39,7 @@ from typing import Any
 import orjson
 
 from proxy.errors import CredentialRejected, UpstreamError, UpstreamUnavailable
+from proxy.redact import REDACTOR
 
 log = logging.getLogger("keyrail.tokens")
 
@@ -240,13 +241,16 @@ class TokenSlot:
 
     def _make(self, document: Mapping[str, Any]) -> Token:
         self._generation += 1
-        return Token(
+        token = Token(
             access_token=str(field_of(document, "access_token", "")),
             refresh_token=str(field_of(document, "refresh_token", "")),
             expires_at=parse_expiry(field_of(document, "expires_at")),
             document=dict(document),
             generation=self._generation,
         )
+        # masked in every log line and error body, like configured keys (see proxy/redact.py)
+        REDACTOR.add((token.access_token, token.refresh_token), owner=f"token {self.label}")
+        return token
 
     def _sync(self, *, reread: bool = False) -> Token:
         """The token, reloaded from the file when the file changed since we last saw it."""

@@ -31,7 +31,15 @@ from drivers.kiro.eventstream import Decoder, FrameError
 from drivers.kiro.response import KiroException, Translator
 from proxy import tokens
 from proxy.config import ProviderBlock
-from proxy.driver import BytesStream, Call, Credential, Driver, Reply
+from proxy.driver import (
+    BytesStream,
+    Call,
+    Credential,
+    Driver,
+    Reply,
+    describe_failure,
+    read_error_body,
+)
 from proxy.errors import (
     CredentialRejected,
     RateLimited,
@@ -45,7 +53,6 @@ from proxy.retry_hints import retry_after_seconds
 from proxy.streaming import DONE, SSE_HEADERS, data_event
 
 DEFAULT_TOKEN_FILE = "~/.aws/sso/cache/kiro-auth-token.json"
-_ERROR_BODY_LIMIT = 64 * 1024
 _SDK = "aws-sdk-js/1.0.27"
 _IDE = "KiroIDE-0.7.45"
 _THROTTLED = ("ThrottlingException", "ServiceQuotaExceededException")
@@ -161,20 +168,10 @@ class KiroDriver(Driver):
         arn = self.block.options.get("profile-arn") or token.get("profile_arn")
         social = auth.is_social(token, self._token_file(credential))
         body = orjson.dumps(request.build(call.body, model_id, profile_arn=arn if social else None))
-        try:
-            response = await self.session.post(
-                self._url(token),
-                data=body,
-                headers=self._headers(call, credential, token),
-                proxy=credential.proxy_url,
-                allow_redirects=False,
-            )
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise UpstreamUnavailable(
-                f"upstream {self.block.name} unreachable ({type(exc).__name__})",
-                status=502,
-                provider=self.block.name,
-            ) from None
+        response = await self.post(
+            self._url(token), data=body, headers=self._headers(call, credential, token),
+            credential=credential,
+        )  # fmt: skip
         if response.status != 200:
             raise await self._error(response, slot, token)
         translator = Translator(
@@ -204,12 +201,7 @@ class KiroDriver(Driver):
     async def _error(
         self, response: aiohttp.ClientResponse, slot: tokens.TokenSlot, token: tokens.Token
     ) -> UpstreamError:
-        try:
-            data = await response.content.read(_ERROR_BODY_LIMIT)
-        except (aiohttp.ClientError, TimeoutError):
-            data = b""
-        finally:
-            response.close()
+        data = await read_error_body(response)
         status, headers = response.status, dict(response.headers)
         if status == 401 or (status == 403 and _invalid_token(data)):
             slot.reject(token)
@@ -245,7 +237,7 @@ def _before_first_byte(exc: BaseException, provider: str) -> UpstreamError:
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, KiroException | FrameError):
         return str(exc)[:300]
-    return type(exc).__name__
+    return describe_failure(exc)
 
 
 class _Answer:

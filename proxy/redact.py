@@ -1,0 +1,140 @@
+"""Redaction: no secret leaves keyrail in text others read.
+
+Owns: the process-wide `REDACTOR`, which masks every registered secret (client keys, provider
+keys and tokens, the management secret, secret-looking header values) and anything shaped like
+a credential (`Authorization: …`, `Bearer …`, `sk-…` keys, `?key=…` in URLs); and
+`secrets_of(settings)`, which finds the configured secrets. Its users: every log record
+(logs.py installs it), error bodies (handlers.py), `/v1/metrics/providers` and `/metrics`
+(metrics.py). Does not own: deciding what is logged or measured.
+
+One redactor per process, because logging is per process: secrets only ever get added.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+from proxy.config import Settings
+
+MASK = "[REDACTED]"
+#: Shorter values are not treated as secrets: masking them would shred ordinary text.
+MIN_SECRET_LENGTH = 4
+
+# Credential-shaped text, whatever its value: header-like pairs keep their name.
+_SHAPES = re.compile(
+    r"(?P<name>\b(?:proxy-authorization|authorization|x-api-key|x-goog-api-key|api-key"
+    r"|x-management-key|cookie|set-cookie)\b[\"']?\s*[:=]\s*[\"']?)"
+    r"(?:(?:bearer|basic|token)\s+)?(?!(?:bearer|basic|token)\b|<)[^\s,;'\"&]{4,}"
+    r"|(?P<scheme>\bbearer\s+)[\w.~+/=-]{6,}"
+    r"|(?P<userinfo>://[^/\s:@]+:)[^/\s@]+(?=@)"
+    r"|(?P<query>[?&](?:key|api_key|api-key|apikey|access_token|token|auth)=)[^&\s'\"#]+"
+    r"|\bsk-[\w-]{8,}",
+    re.IGNORECASE,
+)
+#: Lowercase text without any of these cannot match `_SHAPES`: a few `in` checks skip it.
+_SHAPE_TRIGGERS = ("auth", "key", "token=", "cookie", "bearer", "sk-", "://")
+_SECRET_NAME = re.compile(r"(?i)(key|token|secret|passw|cookie|auth|credential)")
+_NOT_SECRET_NAME = re.compile(r"(?i)(file|path|dir|url|endpoint|region|arn)$")
+
+
+def is_secret_name(name: str) -> bool:
+    """Does a config key or header of this name hold a secret (`api-key`, not `token-file`)?"""
+    return bool(_SECRET_NAME.search(name)) and not _NOT_SECRET_NAME.search(name)
+
+
+def _mask_shape(match: re.Match[str]) -> str:
+    prefix = (
+        match.group("name")
+        or match.group("scheme")
+        or match.group("userinfo")
+        or match.group("query")
+        or ""
+    )
+    return prefix + MASK
+
+
+class Redactor:
+    """Masks registered secrets and credential-shaped text in strings and bytes.
+
+    Secrets added with an `owner` (an OAuth credential whose token is refreshed every hour)
+    replace that owner's older ones, keeping one generation back for requests still in flight,
+    so the set stays bounded however long keyrail runs.
+    """
+
+    __slots__ = ("_exact", "_kept", "_owned", "_secrets")
+
+    def __init__(self) -> None:
+        self._kept: set[str] = set()
+        self._owned: dict[str, tuple[frozenset[str], frozenset[str]]] = {}
+        self._secrets: tuple[str, ...] = ()
+        self._exact: re.Pattern[str] = re.compile("(?!)")
+
+    def add(self, secrets: Iterable[str], *, owner: str = "") -> None:
+        """Register secrets; values shorter than MIN_SECRET_LENGTH are ignored."""
+        new = frozenset(s for s in secrets if len(s) >= MIN_SECRET_LENGTH)
+        if owner:
+            current, _ = self._owned.get(owner, (frozenset(), frozenset()))
+            if new == current:
+                return
+            self._owned[owner] = (new, current)
+        elif new <= self._kept:
+            return
+        else:
+            self._kept |= new
+        every = self._kept.union(*(s for pair in self._owned.values() for s in pair))
+        self._secrets = tuple(sorted(every, key=len, reverse=True))
+        self._exact = re.compile("|".join(map(re.escape, self._secrets)) or "(?!)")
+
+    def redact(self, text: str) -> str:
+        """`text` with secrets masked. Costs a substring test per secret and per trigger
+        when there is nothing to mask (the common case); the regexes run only on a hit."""
+        for secret in self._secrets:
+            if secret in text:
+                text = self._exact.sub(MASK, text)
+                break
+        lowered = text.lower()
+        for trigger in _SHAPE_TRIGGERS:
+            if trigger in lowered:
+                return _SHAPES.sub(_mask_shape, text)
+        return text
+
+    def redact_bytes(self, data: bytes) -> bytes:
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            text = data.decode("utf-8", "replace")
+        clean = self.redact(text)
+        return data if clean == text else clean.encode("utf-8")
+
+
+REDACTOR = Redactor()
+
+
+def secrets_of(settings: Settings) -> Iterator[str]:
+    """Every secret the settings hold: client keys, the management secret, and in each
+    provider block the values of secret-named options (`api-key`, `access-token`, …) and of
+    secret-named headers."""
+    yield from settings.api_keys
+    if settings.management_secret:
+        yield settings.management_secret
+    for block in settings.providers:
+        yield from _secret_values(block.options, named=False)
+        yield from _secret_values(block.headers, named=False)
+
+
+def _secret_values(value: Any, *, named: bool) -> Iterator[str]:
+    if isinstance(value, str):
+        if named and value.strip():
+            yield value.strip()
+            scheme, _, token = value.strip().partition(" ")
+            if token and scheme.lower() in ("bearer", "basic", "token"):
+                yield token.strip()
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            name = str(k)
+            yield from _secret_values(v, named=is_secret_name(name))
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _secret_values(item, named=named)
