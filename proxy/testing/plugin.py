@@ -25,6 +25,7 @@ from aiohttp.test_utils import TestServer
 
 from proxy import config
 from proxy.app import create_app
+from proxy.redact import secrets_of
 from proxy.registry import Registry, options_lookup
 
 
@@ -60,8 +61,8 @@ class LogGuard:
         self.secrets.update(s for s in secrets if s)
 
     def learn(self, settings: config.Settings, registry: Registry) -> None:
-        """The secrets a config holds: client keys, management key, every credential's."""
-        self.add(*settings.api_keys, settings.management_secret)
+        """The secrets a config holds (as keyrail's redactor finds them) and every credential's."""
+        self.add(*secrets_of(settings))
         for block in settings.providers:
             if block.driver in registry:
                 self.add(*(c.secret for c in registry.get(block.driver).credentials(block)))

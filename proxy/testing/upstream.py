@@ -50,7 +50,7 @@ class Scenario:
     tool_calls: tuple[dict[str, str], ...] = TOOL_CALLS
     prompt_tokens: int = 11
     completion_tokens: int = 7
-    retry_after: int = 7  # rate_limited: the hint, whole seconds
+    retry_after: int = 60  # rate_limited: the hint, whole seconds
     status: int = 0  # the error status; 0: the scenario's usual one (429, 401, 503, 400)
     after_first_piece: bool = False  # silent: send one text piece before the silence
 
