@@ -20,7 +20,9 @@ __all__ = ["Keyrail"]  # tests import it from here
 
 
 @pytest.fixture
-def start_upstream(start_upstream_app: StartApp) -> Callable[..., Awaitable[tuple[FakeOpenAI, str]]]:
+def start_upstream(
+    start_upstream_app: StartApp,
+) -> Callable[..., Awaitable[tuple[FakeOpenAI, str]]]:
     """Start a FakeOpenAI on 127.0.0.1; returns (fake, base_url ending in /v1)."""
 
     async def start(

@@ -34,6 +34,11 @@ import openai
 import orjson
 import pytest
 import pytest_asyncio
+from openai.types.chat import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionMessageParam,
+)
 
 from proxy.driver import Driver
 from proxy.registry import Registry
@@ -43,7 +48,7 @@ from proxy.testing.upstream import TEXT, TOOL_CALLS, FakeUpstream
 
 CLIENT_KEY = "kit-client-key"
 MODEL_ALIAS = "conformance-model"
-HI = [{"role": "user", "content": "hi"}]
+HI: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
 TOOLS = [
     {"type": "function", "function": {"name": c["name"], "parameters": {"type": "object"}}}
     for c in TOOL_CALLS
@@ -67,13 +72,18 @@ class Bench:
         """Which credential (by index) each upstream request used."""
         return [self.secrets.index(s) for s in self.upstream.secrets_seen()]
 
-    async def chat(self, **kwargs: Any) -> Any:
+    async def chat(self, **kwargs: Any) -> ChatCompletion:
+        """A non-streamed chat completion through keyrail (`kwargs`: e.g. `tools`)."""
         async with self.client() as client:
-            return await client.chat.completions.create(model=MODEL_ALIAS, messages=HI, **kwargs)
+            reply: ChatCompletion = await client.chat.completions.create(
+                model=MODEL_ALIAS, messages=HI, **kwargs
+            )
+            return reply
 
-    async def stream_chunks(self, **kwargs: Any) -> list[Any]:
+    async def stream_chunks(self, **kwargs: Any) -> list[ChatCompletionChunk]:
+        """A streamed chat completion through keyrail, every chunk the SDK parsed."""
         async with self.client() as client:
-            stream = await client.chat.completions.create(
+            stream: openai.AsyncStream[ChatCompletionChunk] = await client.chat.completions.create(
                 model=MODEL_ALIAS, messages=HI, stream=True, **kwargs
             )
             return [chunk async for chunk in stream]
@@ -123,14 +133,19 @@ class DriverConformance:
         """One block item (override to write a token file under `tmp_path`, say)."""
         return self.block_template.format(name=name, base_url=base_url, secret=secret)
 
-    def config_yaml(self, upstream: FakeUpstream, base_url: str, secrets: list[str], tmp: Path) -> str:
+    def config_yaml(
+        self, upstream: FakeUpstream, base_url: str, secrets: list[str], tmp_path: Path
+    ) -> str:
+        """The whole config: one block item per credential, all serving `model`."""
         lines = [f"api-keys: [{CLIENT_KEY}]", "routing: {strategy: fill-first}", f"{self.driver}:"]
+        models = f"models: [{{name: {self.model}, alias: {MODEL_ALIAS}}}]"
         for i, secret in enumerate(secrets):
+            name = f"conformance-{i}"
             item = self.block_yaml(
-                upstream, name=f"conformance-{i}", base_url=base_url, secret=secret, tmp_path=tmp
-            ).strip("\n")
-            item += f"\nname: conformance-{i}\nmodels: [{{name: {self.model}, alias: {MODEL_ALIAS}}}]"
-            lines += [("  - " if j == 0 else "    ") + line for j, line in enumerate(item.splitlines())]
+                upstream, name=name, base_url=base_url, secret=secret, tmp_path=tmp_path
+            )
+            for j, line in enumerate([f"name: {name}", models, *item.strip("\n").splitlines()]):
+                lines.append(("  - " if j == 0 else "    ") + line)
         return "\n".join(lines) + "\n"
 
     def need(self, scenario: str) -> None:
@@ -183,7 +198,10 @@ class DriverConformance:
         expected = [(c["id"], c["name"], json.loads(c["arguments"])) for c in TOOL_CALLS]
         reply = await b.chat(tools=TOOLS)
         calls = reply.choices[0].message.tool_calls or []
-        got = [(c.id, c.function.name, json.loads(c.function.arguments)) for c in calls]
+        dumped = [c.model_dump() for c in calls]
+        got = [
+            (d["id"], d["function"]["name"], json.loads(d["function"]["arguments"])) for d in dumped
+        ]
         assert got == expected
         assert reply.choices[0].finish_reason == "tool_calls"
         merged: dict[int, dict[str, str]] = {}

@@ -146,16 +146,16 @@ class Seen:
 class ScriptedUpstream(FakeUpstream):
     """A fake written from scratch: its routes call `answer`, it implements `render`.
 
-        class FakeEcho(ScriptedUpstream):
-            def __init__(self):
-                super().__init__()
-                self.app.router.add_post("/echo", self.handle)
+    class FakeEcho(ScriptedUpstream):
+        def __init__(self):
+            super().__init__()
+            self.app.router.add_post("/echo", self.handle)
 
-            async def handle(self, request):
-                body = await request.json()
-                return await self.answer(request, request.headers["X-Key"], body["stream"], body)
+        async def handle(self, request):
+            body = await request.json()
+            return await self.answer(request, request.headers["X-Key"], body["stream"], body)
 
-            async def render(self, request, seen): ...  # one branch per scenario
+        async def render(self, request, seen): ...  # one branch per scenario
     """
 
     def __init__(self) -> None:
