@@ -162,9 +162,12 @@ class DriverConformance:
     ) -> AsyncIterator[Callable[..., Awaitable[Bench]]]:
         """`await bench(credentials=1)`: the fake and keyrail, started."""
 
+        upstreams: list[FakeUpstream] = []
+
         async def start(credentials: int = 1) -> Bench:
             upstream = self.make_upstream()
-            base_url = await start_upstream_app(upstream.app)
+            upstreams.append(upstream)
+            base_url = await upstream.start(start_upstream_app)
             secrets = [upstream.issue_secret(i) for i in range(credentials)]
             no_secret_logged.add(*upstream.issued)
             registry = Registry.discover()
@@ -174,6 +177,8 @@ class DriverConformance:
             return Bench(upstream, await start_keyrail(yaml_text, registry), secrets)
 
         yield start
+        for upstream in upstreams:
+            await upstream.close()
 
     # -- answers -----------------------------------------------------------------------------
 

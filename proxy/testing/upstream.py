@@ -111,6 +111,16 @@ class FakeUpstream(abc.ABC):
     def secrets_seen(self) -> list[str]:
         """The credential each request arrived with, in order."""
 
+    async def start(self, start_app: Callable[[web.Application], Awaitable[str]]) -> str:
+        """Serve the fake on 127.0.0.1; its base URL. The default serves `app` over HTTP/1.1
+        with `start_app`; a fake that is not an aiohttp app (an HTTP/2 server built on `h2`,
+        say) overrides this and `close`."""
+        return await start_app(self.app)
+
+    async def close(self) -> None:
+        """Stop what `start` started itself (servers started with `start_app` stop alone)."""
+        return None
+
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
