@@ -48,7 +48,7 @@ class FakeEcho(ScriptedUpstream):
                 if i == 0 and s.name == "break_mid_stream" and self.break_with == "drop":
                     return self.drop(request, response)
                 if i == 0 and s.name == "break_mid_stream" and self.break_with == "fault":
-                    await _write(response, {"fault": "overloaded"})
+                    await _write(response, {"fault": f"overloaded (key {seen.secret})"})
                     break
                 if i == 0 and s.name == "silent":
                     await self.hang()

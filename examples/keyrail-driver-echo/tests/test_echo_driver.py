@@ -34,7 +34,8 @@ class TestEchoConformance(DriverConformance):
         b.upstream.set_scenario("break_mid_stream")
         status, events = await b.raw_stream()
         assert status == 200 and b"[DONE]" not in events
-        assert why in orjson.loads(events[-1])["error"]["message"]
+        assert why in orjson.loads(events[-1])["error"]["message"]  # the client learns why
+        assert b.secrets[0].encode() not in events[-1]  # but not the key the fault quoted
 
 
 async def test_chat_messages_become_echo_lines(start_upstream_app, start_keyrail):
