@@ -15,7 +15,7 @@ from proxy.testing import Keyrail, LogGuard
 from proxy.testing.plugin import StartApp
 from tests.fakes import FakeOpenAI
 
-pytest_plugins = ["proxy.testing.plugin"]
+pytest_plugins = ["proxy.testing.plugin", "pytester"]
 __all__ = ["Keyrail"]  # tests import it from here
 
 

@@ -250,12 +250,7 @@ class DriverConformance:
         self, bench: Callable[..., Awaitable[Bench]]
     ) -> None:
         self.need("rate_limited")
-        b = await bench(credentials=2)
-        b.upstream.set_scenario("text")
-        b.upstream.set_scenario("rate_limited", secret=b.secrets[0], retry_after=60)
-        assert (await b.chat()).choices[0].message.content == TEXT
-        assert (await b.chat()).choices[0].message.content == TEXT
-        assert b.used() == [0, 1, 1], "the throttled credential must cool down for its hint"
+        await self._first_fails_then_skipped(bench, "rate_limited", "must cool for its hint")
 
     async def test_rate_limited_alone_answers_429_with_retry_after(
         self, bench: Callable[..., Awaitable[Bench]]
@@ -277,12 +272,7 @@ class DriverConformance:
         self, bench: Callable[..., Awaitable[Bench]]
     ) -> None:
         self.need("unauthorized")
-        b = await bench(credentials=2)
-        b.upstream.set_scenario("text")
-        b.upstream.set_scenario("unauthorized", secret=b.secrets[0])
-        assert (await b.chat()).choices[0].message.content == TEXT
-        assert (await b.chat()).choices[0].message.content == TEXT
-        assert b.used() == [0, 1, 1], "a refused credential must be disabled"
+        b = await self._first_fails_then_skipped(bench, "unauthorized", "must be disabled")
         b.upstream.set_scenario("unauthorized")
         with pytest.raises(openai.APIStatusError) as caught:
             await b.chat()
@@ -294,12 +284,7 @@ class DriverConformance:
         self, bench: Callable[..., Awaitable[Bench]]
     ) -> None:
         self.need("server_error")
-        b = await bench(credentials=2)
-        b.upstream.set_scenario("text")
-        b.upstream.set_scenario("server_error", secret=b.secrets[0])
-        assert (await b.chat()).choices[0].message.content == TEXT
-        assert (await b.chat()).choices[0].message.content == TEXT
-        assert b.used() == [0, 1, 1], "a failing credential must cool down"
+        b = await self._first_fails_then_skipped(bench, "server_error", "must cool down")
         b.upstream.set_scenario("server_error")
         with pytest.raises(openai.APIStatusError) as caught:
             await b.chat()
@@ -359,6 +344,20 @@ class DriverConformance:
             left = loop.time()
             await asyncio.wait_for(b.upstream.cancelled.wait(), 2)
             assert loop.time() - left < CANCEL_WITHIN, "the upstream request outlived its client"
+
+    @staticmethod
+    async def _first_fails_then_skipped(
+        bench: Callable[..., Awaitable[Bench]], scenario: str, why: str
+    ) -> Bench:
+        """Two credentials, the first in `scenario`: both requests are served by the second,
+        the first request after trying the first credential, the next without trying it."""
+        b = await bench(credentials=2)
+        b.upstream.set_scenario("text")
+        b.upstream.set_scenario(scenario, secret=b.secrets[0])
+        assert (await b.chat()).choices[0].message.content == TEXT
+        assert (await b.chat()).choices[0].message.content == TEXT
+        assert b.used() == [0, 1, 1], f"a credential answered with {scenario} {why}"
+        return b
 
     @staticmethod
     def _error_body(b: Bench, body: bytes) -> None:
