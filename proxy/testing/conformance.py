@@ -112,6 +112,8 @@ class Bench:
 class DriverConformance:
     """Subclass as `Test<Something>` to run the suite against a driver."""
 
+    pytestmark = pytest.mark.asyncio  # the suite runs in pytest-asyncio's strict mode too
+
     #: the config key of the driver's blocks (its entry-point name)
     driver: ClassVar[str]
     #: registered with `Registry.discover().with_classes`; None: the installed entry point
