@@ -4,7 +4,7 @@
         driver = "echo"                  # the config key / entry-point name
         driver_class = EchoDriver        # or leave None to load the installed entry point
         model = "echo-1"
-        block_template = "base-url: {base_url}\\napi-key: {secret}\\n"
+        block_template = "base-url: {base_url}\\napi-keys: [{secret}]\\n"
 
         def make_upstream(self) -> FakeUpstream:
             return FakeEcho()
@@ -109,6 +109,9 @@ class Bench:
             return data
 
 
+StartBench = Callable[..., Awaitable[Bench]]
+
+
 class DriverConformance:
     """Subclass as `Test<Something>` to run the suite against a driver."""
 
@@ -120,7 +123,8 @@ class DriverConformance:
     driver_class: ClassVar[type[Driver] | None] = None
     #: the upstream model name each block lists
     model: ClassVar[str]
-    #: one block item's YAML (without `models`), formatted with name, base_url and secret
+    #: one block item's YAML (without `name` and `models`), a `str.format` template of
+    #: {name}, {base_url} and {secret} (so literal braces are doubled: `{{api-key: {secret}}}`)
     block_template: ClassVar[str] = ""
     #: scenario name → why this driver cannot support it; its tests are skipped
     unsupported: ClassVar[Mapping[str, str]] = {}
@@ -161,7 +165,7 @@ class DriverConformance:
         start_keyrail: StartKeyrail,
         no_secret_logged: LogGuard,
         tmp_path: Path,
-    ) -> AsyncIterator[Callable[..., Awaitable[Bench]]]:
+    ) -> AsyncIterator[StartBench]:
         """`await bench(credentials=1)`: the fake and keyrail, started."""
 
         upstreams: list[FakeUpstream] = []
@@ -184,7 +188,7 @@ class DriverConformance:
 
     # -- answers -----------------------------------------------------------------------------
 
-    async def test_text(self, bench: Callable[..., Awaitable[Bench]]) -> None:
+    async def test_text(self, bench: StartBench) -> None:
         self.need("text")
         b = await bench()
         b.upstream.set_scenario("text")
@@ -198,7 +202,7 @@ class DriverConformance:
         status, events = await b.raw_stream()
         assert status == 200 and events[-1] == b"[DONE]"
 
-    async def test_tool_calls(self, bench: Callable[..., Awaitable[Bench]]) -> None:
+    async def test_tool_calls(self, bench: StartBench) -> None:
         self.need("tool_calls")
         b = await bench()
         b.upstream.set_scenario("tool_calls")
@@ -228,7 +232,7 @@ class DriverConformance:
         assert got == expected
         assert finish == "tool_calls"
 
-    async def test_usage(self, bench: Callable[..., Awaitable[Bench]]) -> None:
+    async def test_usage(self, bench: StartBench) -> None:
         self.need("usage")
         b = await bench()
         b.upstream.set_scenario("usage", prompt_tokens=123, completion_tokens=45)
@@ -248,15 +252,11 @@ class DriverConformance:
 
     # -- failures before the first byte -----------------------------------------------------
 
-    async def test_rate_limited_moves_to_the_next_credential(
-        self, bench: Callable[..., Awaitable[Bench]]
-    ) -> None:
+    async def test_rate_limited_moves_to_the_next_credential(self, bench: StartBench) -> None:
         self.need("rate_limited")
         await self._first_fails_then_skipped(bench, "rate_limited", "must cool for its hint")
 
-    async def test_rate_limited_alone_answers_429_with_retry_after(
-        self, bench: Callable[..., Awaitable[Bench]]
-    ) -> None:
+    async def test_rate_limited_alone_answers_429_with_retry_after(self, bench: StartBench) -> None:
         self.need("rate_limited")
         b = await bench()
         # a hint beyond max-retry-interval (30 s): keyrail answers at once instead of waiting
@@ -270,9 +270,7 @@ class DriverConformance:
             self._error_body(b, caught.value.response.content)
         assert b.used() == [0]
 
-    async def test_unauthorized_credential_is_not_used_again(
-        self, bench: Callable[..., Awaitable[Bench]]
-    ) -> None:
+    async def test_unauthorized_credential_is_not_used_again(self, bench: StartBench) -> None:
         self.need("unauthorized")
         b = await self._first_fails_then_skipped(bench, "unauthorized", "must be disabled")
         b.upstream.set_scenario("unauthorized")
@@ -282,9 +280,7 @@ class DriverConformance:
         self._error_body(b, caught.value.response.content)
         assert b.used() == [0, 1, 1, 1]
 
-    async def test_server_error_moves_to_the_next_credential(
-        self, bench: Callable[..., Awaitable[Bench]]
-    ) -> None:
+    async def test_server_error_moves_to_the_next_credential(self, bench: StartBench) -> None:
         self.need("server_error")
         b = await self._first_fails_then_skipped(bench, "server_error", "must cool down")
         b.upstream.set_scenario("server_error")
@@ -293,9 +289,7 @@ class DriverConformance:
         assert caught.value.status_code >= 500
         self._error_body(b, caught.value.response.content)
 
-    async def test_bad_request_goes_straight_back(
-        self, bench: Callable[..., Awaitable[Bench]]
-    ) -> None:
+    async def test_bad_request_goes_straight_back(self, bench: StartBench) -> None:
         self.need("bad_request")
         b = await bench(credentials=2)
         b.upstream.set_scenario("bad_request")
@@ -309,9 +303,7 @@ class DriverConformance:
 
     # -- failures after the first byte ------------------------------------------------------
 
-    async def test_break_mid_stream_ends_with_an_error_event(
-        self, bench: Callable[..., Awaitable[Bench]]
-    ) -> None:
+    async def test_break_mid_stream_ends_with_an_error_event(self, bench: StartBench) -> None:
         self.need("break_mid_stream")
         b = await bench(credentials=2)
         b.upstream.set_scenario("break_mid_stream")
@@ -323,7 +315,7 @@ class DriverConformance:
 
     @pytest.mark.parametrize("after_first_piece", [False, True], ids=["before", "mid_stream"])
     async def test_client_leaving_cancels_the_upstream(
-        self, bench: Callable[..., Awaitable[Bench]], after_first_piece: bool
+        self, bench: StartBench, after_first_piece: bool
     ) -> None:
         self.need("silent")
         b = await bench()
@@ -348,9 +340,7 @@ class DriverConformance:
             assert loop.time() - left < CANCEL_WITHIN, "the upstream request outlived its client"
 
     @staticmethod
-    async def _first_fails_then_skipped(
-        bench: Callable[..., Awaitable[Bench]], scenario: str, why: str
-    ) -> Bench:
+    async def _first_fails_then_skipped(bench: StartBench, scenario: str, why: str) -> Bench:
         """Two credentials, the first in `scenario`: both requests are served by the second,
         the first request after trying the first credential, the next without trying it."""
         b = await bench(credentials=2)
