@@ -34,5 +34,20 @@ fmt: $(STAMP)
 	$(BIN)/ruff format $(LINT_PATHS)
 	$(BIN)/ruff check --fix $(LINT_PATHS)
 
+# The benchmark (bench/README.md). BENCH_ARGS go to `python -m bench`, e.g. BENCH_ARGS="-s json-c32".
+bench: $(STAMP)
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# Peers for the bench: nginx and strace from Debian, LiteLLM (pinned: a release from before the
+# compromised ones) in its own venv under bench/.peers, then proof it stays on this machine.
+PEERS   := bench/.peers
+LITELLM ?= litellm[proxy]==1.81.13
+bench-peers: $(STAMP)
+	command -v nginx >/dev/null && command -v strace >/dev/null || \
+	  { apt-get update && apt-get install -y --no-install-recommends nginx-light strace; }
+	test -x $(PEERS)/bin/python || $(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/pip install --quiet '$(LITELLM)'
+	$(BIN)/python -m bench verify-litellm
+
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -27,9 +27,10 @@ from proxy.driver import (
     Driver,
     Reply,
     ResponseStream,
+    describe_failure,
     read_error_body,
 )
-from proxy.errors import UpstreamUnavailable, classify_upstream
+from proxy.errors import StreamInterrupted, UpstreamUnavailable, classify_upstream
 from proxy.retry_hints import retry_after_seconds
 from proxy.scheduler import DISABLE_COOLING
 
@@ -58,7 +59,30 @@ class OpenAICompatibleDriver(Driver):
             )
         return creds or [Credential(id=f"{block.name}/0", provider=block.name)]
 
+    def __init__(self, block: ProviderBlock, session: aiohttp.ClientSession) -> None:
+        super().__init__(block, session)
+        # Built once, not per request: the URL of each endpoint, the headers of each credential.
+        self._urls = {endpoint: f"{self.base_url}/{endpoint}" for endpoint in self.endpoints}
+        self._cached_headers: dict[tuple[str, str], dict[str, str]] = {}
+        # Streams are read without aiohttp's per-chunk socket timer: before the first event
+        # the core's first-byte timeout bounds the wait, after it the relay's idle watchdog.
+        self._stream_timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=session.timeout.sock_connect, sock_read=None
+        )
+
     def _headers(self, call_headers: Mapping[str, str], credential: Credential) -> dict[str, str]:
+        if call_headers is self.block.headers:  # the usual case: one dict per credential
+            key = (credential.id, credential.secret)
+            headers = self._cached_headers.get(key)
+            if headers is None:
+                if len(self._cached_headers) > 4096:  # credentials come and go on refresh
+                    self._cached_headers.clear()
+                headers = self._cached_headers[key] = self._build_headers(call_headers, credential)
+            return headers
+        return self._build_headers(call_headers, credential)
+
+    @staticmethod
+    def _build_headers(call_headers: Mapping[str, str], credential: Credential) -> dict[str, str]:
         headers = {"Content-Type": "application/json", **call_headers}
         if credential.secret:
             headers["Authorization"] = f"Bearer {credential.secret}"
@@ -70,11 +94,12 @@ class OpenAICompatibleDriver(Driver):
             options = body.get("stream_options")
             if not (isinstance(options, dict) and options.get("include_usage")):
                 body = {**body, "stream_options": {**(options or {}), "include_usage": True}}
-        url = f"{self.base_url}/{call.endpoint}"
-        response = await self.post(
-            url, data=orjson.dumps(body), headers=self._headers(call.headers, credential),
-            credential=credential,
-        )  # fmt: skip
+        url = self._urls.get(call.endpoint) or f"{self.base_url}/{call.endpoint}"
+        data, headers = orjson.dumps(body), self._headers(call.headers, credential)
+        if call.stream:
+            response = await self._post_stream(url, data, headers, credential)
+        else:
+            response = await self.post(url, data=data, headers=headers, credential=credential)
         if response.status >= 300:
             data = await read_error_body(response)
             headers = dict(response.headers)
@@ -85,7 +110,29 @@ class OpenAICompatibleDriver(Driver):
                 provider=self.block.name,
                 retry_after=retry_after_seconds(headers, data),
             )
-        return Reply(response.status, response.headers, ResponseStream(response, self.block.name))
+        stream = ResponseStream(response, self.block.name)
+        return _Reply(response.status, response.headers, stream, response, self.block.name)
+
+    async def _post_stream(
+        self, url: str, data: bytes, headers: Mapping[str, str], credential: Credential
+    ) -> aiohttp.ClientResponse:
+        """`Driver.post` for a stream, read without aiohttp's per-chunk `sock_read` timer (the
+        relay's idle watchdog covers it); `Driver.post` takes no timeout, hence this copy."""
+        try:
+            return await self.session.post(
+                url,
+                data=data,
+                headers=headers,
+                proxy=credential.proxy_url,
+                allow_redirects=False,
+                timeout=self._stream_timeout,
+            )
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise UpstreamUnavailable(
+                f"upstream {self.block.name} unreachable: {describe_failure(exc)}",
+                status=502,
+                provider=self.block.name,
+            ) from exc
 
     async def list_models(self, credential: Credential) -> Sequence[str]:
         endpoint = str(self.block.options.get("models-endpoint") or "models").lstrip("/")
@@ -105,6 +152,38 @@ class OpenAICompatibleDriver(Driver):
             data = orjson.loads(await response.read())
         items = data.get("data", []) if isinstance(data, dict) else data
         return [str(m["id"]) for m in items if isinstance(m, dict) and m.get("id")]
+
+
+class _Reply(Reply):
+    """A `Reply` whose whole-body `read` is aiohttp's own, without a chunk iterator."""
+
+    __slots__ = ("_provider", "_response")
+
+    def __init__(
+        self,
+        status: int,
+        headers: Mapping[str, str],
+        body: ResponseStream,
+        response: aiohttp.ClientResponse,
+        provider: str,
+    ) -> None:
+        super().__init__(status, headers, body)
+        self._response = response
+        self._provider = provider
+
+    async def read(self, limit: int = 64 * 1024 * 1024) -> bytes:
+        length = self._response.content_length
+        if length is None or length > limit:
+            return await super().read(limit)  # chunked or too big: counted chunk by chunk
+        try:
+            return await self._response.read()  # releases the connection at the end
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            self._response.close()
+            raise StreamInterrupted(
+                f"upstream {self._provider} body broke: {type(exc).__name__}",
+                status=502,
+                provider=self._provider,
+            ) from exc
 
 
 def _credential_id(provider: str, key: str, index: int) -> str:

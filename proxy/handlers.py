@@ -21,6 +21,8 @@ import orjson
 from aiohttp import web
 
 from proxy import failover
+from proxy.catalog import excluded_by
+from proxy.config import Settings
 from proxy.driver import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES
 from proxy.errors import InvalidRequest, ProxyError, RequestError, UpstreamError, error_body
 from proxy.keys import LIVE, METRICS, REQUEST_ID, SCHEDULER
@@ -194,8 +196,7 @@ async def proxy_request(request: web.Request, endpoint: str) -> web.StreamRespon
         attempt = Attempt(target.provider, target.driver, target.credential.id, 200, 0.0)
         if success.head is not None:
             response, result = await _relay(request, success.head, body, endpoint, rename,
-                                            extra, runtime.settings.keepalive_seconds,
-                                            success.started)  # fmt: skip
+                                            extra, runtime.settings, success.started)  # fmt: skip
             attempt.ttft = result.ttft
             attempt.prompt_tokens = result.usage.prompt_tokens
             attempt.completion_tokens = result.usage.completion_tokens
@@ -216,9 +217,8 @@ async def proxy_request(request: web.Request, endpoint: str) -> web.StreamRespon
                 attempt.completion_tokens = int(
                     usage.get("completion_tokens") or usage.get("output_tokens") or 0
                 )
-            content_type = success.reply.headers.get("Content-Type", JSON)
+            extra["Content-Type"] = success.reply.headers.get("Content-Type", JSON)
             response = web.Response(body=data, status=success.reply.status, headers=extra)
-            response.headers["Content-Type"] = content_type
             rec.status = success.reply.status
         attempt.latency = loop.time() - success.started
         app[METRICS].record(attempt)
@@ -250,7 +250,7 @@ async def _relay(
     endpoint: str,
     rename: tuple[str, str] | None,
     extra: dict[str, str],
-    keepalive: float,
+    settings: Settings,
     started: float,
 ) -> tuple[web.StreamResponse, Any]:
     options = body.get("stream_options")
@@ -259,7 +259,8 @@ async def _relay(
         request,
         head,
         RelayOptions(
-            keepalive_seconds=keepalive,
+            keepalive_seconds=settings.keepalive_seconds,
+            idle_seconds=settings.idle_timeout,
             client_wants_usage=wants_usage or endpoint != CHAT,
             rename_model=rename,
             ensure_done=endpoint in (CHAT, COMPLETIONS),
@@ -270,10 +271,11 @@ async def _relay(
 
 
 def _fallback_routes(runtime: Any, model: str) -> list[Any]:
-    from proxy.catalog import excluded_by
-
+    fallbacks = runtime.settings.fallbacks
+    if not fallbacks:
+        return []  # the usual case, on every request: no import, no list
     routes = []
-    for pattern, targets in runtime.settings.fallbacks.items():
+    for pattern, targets in fallbacks.items():
         if excluded_by(model, [pattern]):
             for fallback in targets:
                 if fallback == model:

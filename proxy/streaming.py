@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,6 +65,11 @@ class SSEParser:
             start += 1
         self._buf = buf[start:]
         return events
+
+    @property
+    def buffered(self) -> bool:
+        """True while part of an event is waiting for the rest of its bytes."""
+        return bool(self._buf)
 
     def flush(self) -> bytes:
         """Whatever is left when the stream ends (an event without its blank line)."""
@@ -201,6 +206,9 @@ class RelayResult:
 @dataclass(slots=True)
 class RelayOptions:
     keepalive_seconds: float = 15.0
+    #: end the stream with an error event after this long without an upstream byte (0: never).
+    #: Watched here, once per interval, instead of by a socket timer reset on every chunk.
+    idle_seconds: float = 0.0
     #: the client asked for `stream_options.include_usage`: pass the usage chunk through
     client_wants_usage: bool = True
     #: `force-mapping`: (upstream model, client model) to rewrite in every event
@@ -222,49 +230,75 @@ async def relay(
     response = web.StreamResponse(status=200, headers={**SSE_HEADERS, **options.extra_headers})
     await response.prepare(request)
     rename = model_renamer(options.rename_model)
-    last_write = loop.time()
-    keepalive_task = (
-        asyncio.create_task(_keepalive(response, options.keepalive_seconds, lambda: last_write))
-        if options.keepalive_seconds > 0
+    watch = _Watch(loop.time())
+    watchdog = (
+        asyncio.create_task(_watchdog(response, options, watch, asyncio.current_task()))
+        if options.keepalive_seconds > 0 or options.idle_seconds > 0
         else None
     )
     saw_done = False
+    parser = head.parser
+
+    def events_out(events: Iterable[bytes]) -> bytes:
+        """The bytes to send for whole events: usage noted (and hidden if not asked for)."""
+        nonlocal saw_done
+        out: list[bytes] = []
+        for event in events:
+            if event.startswith(b":"):
+                continue  # upstream comments: we send our own keepalives
+            data = event_data(event)
+            if data is None:
+                out.append(event)  # e.g. an `event:`/`id:` only event: pass it on
+                continue
+            if data == b"[DONE]":
+                saw_done = True
+                out.append(event)
+                continue
+            if b'"usage"' in data and b'"usage":null' not in data:
+                usage = usage_in(data)
+                if usage is not None:
+                    result.usage.add_from(usage)
+                    if not options.client_wants_usage and _is_usage_only(data):
+                        continue
+            out.append(rename(event) if rename else event)
+        return b"".join(out)
+
     try:
-        pending: Iterator[bytes] = iter(head.events)
-        chunks = head.rest()
-        while True:
-            out: list[bytes] = []
-            for event in pending:
-                if event.startswith(b":"):
-                    continue  # upstream comments: we send our own keepalives
-                data = event_data(event)
-                if data is None:
-                    out.append(event)  # e.g. an `event:`/`id:` only event: pass it on
-                    continue
-                if data == b"[DONE]":
-                    saw_done = True
-                    out.append(event)
-                    continue
-                if b'"usage"' in data and b'"usage":null' not in data:
-                    usage = usage_in(data)
-                    if usage is not None:
-                        result.usage.add_from(usage)
-                        if not options.client_wants_usage and _is_usage_only(data):
-                            continue
-                out.append(rename(event) if rename else event)
-            if out:
-                await response.write(b"".join(out) if len(out) > 1 else out[0])
-                last_write = loop.time()
-            try:
-                chunk = await anext(chunks)
-            except StopAsyncIteration:
-                tail = head.parser.flush()
-                if tail:
-                    pending = iter([tail])
-                    chunks = _empty()
-                    continue
-                break
-            pending = iter(head.parser.feed(chunk))
+        data = events_out(head.events)
+        if data:
+            await response.write(data)
+            watch.last_write = loop.time()
+        try:
+            watch.reading = True
+            async for chunk in head.rest():
+                watch.reading = False
+                watch.last_read = loop.time()
+                if not parser.buffered and _plain_events(chunk):
+                    # The common case: whole content events, nothing to note or hide. The bytes
+                    # go out as they came (renamed if asked), without splitting them into events.
+                    data = rename(chunk) if rename else chunk
+                else:
+                    data = events_out(parser.feed(chunk))
+                if data:
+                    await response.write(data)
+                    watch.last_write = loop.time()
+                watch.last_read = watch.last_write if data else watch.last_read
+                watch.reading = True
+            watch.reading = False
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if not watch.idled or task is None or task.uncancel() > 0:
+                raise  # the client went away (or both): not ours to swallow
+            raise UpstreamUnavailable(
+                f"upstream {head.provider} sent nothing for {options.idle_seconds:g} s",
+                status=504,
+                provider=head.provider,
+            ) from None
+        tail = parser.flush()
+        if tail:
+            data = events_out((tail,))
+            if data:
+                await response.write(data)
         if options.ensure_done and not saw_done:
             await response.write(DONE)
         result.completed = True
@@ -280,30 +314,68 @@ async def relay(
         result.error.code = "shutting_down"
         await _write_quietly(response, error_event(result.error))
     finally:
-        if keepalive_task is not None:
-            keepalive_task.cancel()
+        if watchdog is not None:
+            watchdog.cancel()
         await head.reply.body.aclose()
     return response, result
 
 
-async def _empty() -> AsyncIterator[bytes]:
-    return
-    yield  # pragma: no cover
+def _plain_events(chunk: bytes) -> bool:
+    """True for a chunk of whole LF-framed events the relay passes on untouched.
+
+    Not plain: a cut event, CR line endings, comments, a leading blank line, the usage event
+    and `[DONE]` (those two are looked at), so each of those takes the parser's path.
+    """
+    return (
+        chunk.endswith(b"\n\n")
+        and not chunk.startswith((b":", b"\n"))
+        and b"\r" not in chunk
+        and b"\n:" not in chunk
+        and b"[DONE]" not in chunk
+        # OpenAI sends `"usage":null` in every chunk once usage is asked for: still plain.
+        and (b'"usage"' not in chunk or chunk.count(b'"usage"') == chunk.count(b'"usage":null'))
+    )
 
 
-async def _keepalive(response: web.StreamResponse, every: float, last_write: Any) -> None:
-    """Write a comment whenever nothing was written for `every` seconds, until cancelled."""
+class _Watch:
+    """What the watchdog of one relay needs to know; set by the relay, read by the watchdog."""
+
+    __slots__ = ("idled", "last_read", "last_write", "reading")
+
+    def __init__(self, now: float) -> None:
+        self.last_write = self.last_read = now
+        self.reading = False  # the relay is waiting for the upstream (not for the client)
+        self.idled = False  # the watchdog stopped the relay: the upstream went quiet
+
+
+async def _watchdog(
+    response: web.StreamResponse, options: RelayOptions, watch: _Watch, relay: Any
+) -> None:
+    """Keepalive comments after `keepalive_seconds` of silence to the client; the relay
+    cancelled after `idle_seconds` of silence from the upstream. Wakes once per interval."""
     loop = asyncio.get_running_loop()
-    try:
-        while True:
-            idle = loop.time() - last_write()
-            if idle >= every:
-                await response.write(KEEPALIVE)
-                await asyncio.sleep(every)
-            else:
-                await asyncio.sleep(every - idle)
-    except (ConnectionError, RuntimeError):
-        return  # the client is gone; the relay notices on its own next write
+    every, idle = options.keepalive_seconds, options.idle_seconds
+    while True:
+        now = loop.time()
+        waits = []
+        if every > 0:
+            quiet = now - watch.last_write
+            if quiet >= every:
+                try:
+                    await response.write(KEEPALIVE)
+                except (ConnectionError, RuntimeError):
+                    return  # the client is gone; the relay notices on its own next write
+                watch.last_write, quiet = now, 0.0
+            waits.append(every - quiet)
+        if idle > 0:
+            # Time spent waiting for the upstream; a slow client's back-pressure is not counted.
+            silent = now - watch.last_read if watch.reading else 0.0
+            if silent >= idle and relay is not None:
+                watch.idled = True
+                relay.cancel()
+                return
+            waits.append(idle - silent)
+        await asyncio.sleep(min(waits))
 
 
 async def _write_quietly(response: web.StreamResponse, data: bytes) -> None:

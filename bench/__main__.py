@@ -1,0 +1,102 @@
+"""`python -m bench`: run scenarios and write the results; or verify LiteLLM's isolation.
+
+Owns: the command line. `python -m bench` runs every scenario (what `make bench` does);
+`--scenario NAME` (repeatable) runs some; `verify-litellm` runs the strace check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+from pathlib import Path
+
+from bench import peers, report, runner
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _cpus(text: str) -> list[int]:
+    return [int(c) for c in text.split(",") if c.strip()] if text else []
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument(
+        "command", nargs="?", default="run", choices=("run", "verify-litellm", "list")
+    )
+    parser.add_argument(
+        "--scenario",
+        "-s",
+        action="append",
+        choices=sorted(runner.SCENARIOS),
+        help="run only these scenarios (repeatable); default: all",
+    )
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=3.0,
+        help="seconds of load per target per scenario (default 3)",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    parser.add_argument("--warmup", type=float, default=0.4)
+    parser.add_argument(
+        "--only", action="append", default=[], help="only these targets (direct is always kept)"
+    )
+    parser.add_argument(
+        "--extra",
+        action="append",
+        default=[],
+        help="more targets for every scenario: keyrail-PxK (P blocks of K keys, one pool)",
+    )
+    parser.add_argument("--skip", action="append", default=[], help="leave these targets out")
+    parser.add_argument("--target-cpus", help="CPUs for the proxies, e.g. 1 (default: last)")
+    parser.add_argument("--bench-cpus", help="CPUs for load generator and upstream")
+    parser.add_argument("--no-pin", action="store_true", help="do not pin anything")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where results go")
+    args = parser.parse_args(argv)
+
+    if args.command == "list":
+        for s in runner.SCENARIOS.values():
+            print(f"{s.name:12} {s.title}  targets: {', '.join(s.targets)}")
+        return 0
+    if args.command == "verify-litellm":
+        verdict = peers.verify_litellm(peers.PEERS / "verify")  # kept for inspection
+        print(verdict)
+        return 0 if verdict.startswith("OK") else 1
+
+    opts = runner.Options(
+        scenarios=args.scenario or tuple(runner.SCENARIOS),
+        seconds=args.seconds,
+        rounds=args.rounds,
+        warmup=args.warmup,
+        only=args.only,
+        extra=args.extra,
+        skip=args.skip,
+    )
+    if args.no_pin:
+        opts.target_cpus, opts.bench_cpus = [], []
+    if args.target_cpus is not None:
+        opts.target_cpus = _cpus(args.target_cpus)
+    if args.bench_cpus is not None:
+        opts.bench_cpus = _cpus(args.bench_cpus)
+    with tempfile.TemporaryDirectory(prefix="keyrail-bench-") as tmp:
+        result = _run(opts, Path(tmp))
+    md = report.write(result, args.out)
+    print(f"\nwrote {md}", file=sys.stderr)
+    print(md.read_text())
+    return 0
+
+
+def _run(opts: runner.Options, workdir: Path) -> runner.RunResult:
+    try:
+        import uvloop
+
+        return uvloop.run(runner.run(opts, workdir))
+    except ImportError:  # pragma: no cover
+        return asyncio.run(runner.run(opts, workdir))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

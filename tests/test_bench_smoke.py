@@ -1,0 +1,54 @@
+"""The bench machinery runs end to end: fake upstream, floor, loader, /proc accounting, report.
+
+No speed is asserted: only that every part produced its numbers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bench import report, runner
+from bench.peers import strace_problems
+from bench.stats import percentile
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 50) == 50.0
+    assert percentile(values, 99) == 99.0
+    assert percentile(values, 100) == 100.0
+    assert percentile([], 50) is None
+
+
+def test_strace_check_flags_only_off_machine_addresses() -> None:
+    local = 'connect(5, {sa_family=AF_INET, sin_port=htons(80), sin_addr=inet_addr("127.0.0.1")}'
+    unix = 'connect(6, {sa_family=AF_UNIX, sun_path="/run/x"}, 110) = 0'
+    remote = 'connect(7, {sa_family=AF_INET, sin_port=htons(443), sin_addr=inet_addr("1.2.3.4")}'
+    assert strace_problems("\n".join([local, unix])) == ([], 2)
+    assert strace_problems(remote)[0] == [remote]
+
+
+async def test_tiny_run_writes_tables(tmp_path: Path) -> None:
+    opts = runner.Options(
+        scenarios=("json-c1", "sse-50"),
+        seconds=0.4,
+        rounds=2,
+        warmup=0.1,
+        only=("floor",),
+        target_cpus=[],
+        bench_cpus=[],
+    )
+    result = await runner.run(opts, tmp_path / "work", log=False)
+    assert {(r.scenario, r.target) for r in result.rows} == {
+        (s, t) for s in ("json-c1", "sse-50") for t in ("direct", "floor")
+    }
+    for row in result.rows:
+        assert row.requests > 0 and row.errors == 0
+        assert row.cpu_us_per_req is not None and row.cpu_us_per_req > 0
+    stream = next(r for r in result.rows if r.scenario == "sse-50" and r.target == "floor")
+    assert stream.events == 51 * stream.requests  # 50 content events + the usage one
+    assert stream.ttft_p50 is not None
+    md = report.write(result, tmp_path / "out")
+    text = md.read_text()
+    assert "| floor |" in text and "## sse-50" in text
+    assert (tmp_path / "out" / "latency-json-c1.svg").read_text().startswith("<svg")
