@@ -11,8 +11,11 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[dev]'
+# The example driver plugin is installed too: its entry point is what `keyrail plugins` lists.
+EXAMPLE := examples/keyrail-driver-echo
+
+$(STAMP): pyproject.toml $(EXAMPLE)/pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[dev]' -e $(EXAMPLE)
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -25,6 +28,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check $(LINT_PATHS)
 	$(BIN)/ruff format --check $(LINT_PATHS)
 	$(BIN)/mypy
+	$(BIN)/mypy --strict $(EXAMPLE)/src
 
 fmt: $(STAMP)
 	$(BIN)/ruff format $(LINT_PATHS)

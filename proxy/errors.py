@@ -159,10 +159,15 @@ class UpstreamError(ProxyError):
         self.retry_after = retry_after
 
     def body(self) -> bytes:
-        # A JSON object from the upstream is passed through as is: SDKs read its fields.
-        if self.upstream_body[:1] == b"{" and _is_json_object(self.upstream_body):
-            return self.upstream_body
-        return super().body()
+        """The client's error body, secrets masked: upstreams may quote the key they got, and
+        this body also leaves as an in-band event once a stream has started."""
+        from proxy.redact import REDACTOR  # here: redact.py imports config.py, which imports us
+
+        # An OpenAI error object from the upstream is passed through as is: SDKs read its
+        # fields. Any other shape (Kiro's `{"message": ...}`) is wrapped: the message has it.
+        if self.upstream_body[:1] == b"{" and _is_openai_error(self.upstream_body):
+            return REDACTOR.redact_bytes(self.upstream_body)
+        return REDACTOR.redact_bytes(super().body())
 
 
 class RateLimited(UpstreamError):
@@ -199,11 +204,12 @@ def _code_for(status: int) -> str:
     return "invalid_request_error"
 
 
-def _is_json_object(data: bytes) -> bool:
+def _is_openai_error(data: bytes) -> bool:
     try:
-        return isinstance(orjson.loads(data), dict)
+        parsed = orjson.loads(data)
     except orjson.JSONDecodeError:
         return False
+    return isinstance(parsed, dict) and isinstance(parsed.get("error"), dict)
 
 
 def classify_upstream(

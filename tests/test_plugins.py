@@ -17,7 +17,8 @@ PUBLIC_API = {
     "Call", "Credential", "CredentialRejected", "Driver", "DriverError", "ModelEntry",
     "ProviderBlock", "ProxyError", "RateLimited", "Reply", "ResponseStream", "SSEParser",
     "StreamInterrupted", "UpstreamError", "UpstreamRejected", "UpstreamUnavailable",
-    "__version__", "classify_upstream", "data_event", "event_data", "retry_after_seconds",
+    "__version__", "classify_upstream", "data_event", "describe_failure", "event_data",
+    "read_error_body", "retry_after_seconds",
 }  # fmt: skip
 
 
