@@ -28,7 +28,10 @@ from aiohttp import web
 from proxy.metrics import Attempt
 from proxy.redact import REDACTOR
 
-access_logger = logging.getLogger("keyrail.access")
+redact = REDACTOR.redact
+
+ACCESS_LOGGER = "keyrail.access"
+access_logger = logging.getLogger(ACCESS_LOGGER)
 #: Set by `configure`: JSON lines want each record's fields as a dict, text lines do not.
 _json_lines = False
 upstream_logger = logging.getLogger("keyrail.upstream")
@@ -81,17 +84,20 @@ def log_request(rec: RequestRecord) -> None:
     total = rec.prompt_tokens + rec.completion_tokens
     ttft = "-" if rec.ttft_ms is None else f"{rec.ttft_ms:.1f}"
     # Ids, numbers and provider names are keyrail's own: formatted directly. What a client or
-    # an upstream chose (path, model, error) goes through _value, which quotes it if needed.
+    # an upstream chose (path, model, error) is redacted here (the record factory leaves the
+    # access line alone, to redact three short strings instead of the whole line) and quoted
+    # by _value if needed.
     line = (
-        f"request_id={rec.request_id} method={rec.method} path={_value(rec.path)} "
-        f"model={_value(rec.model)} provider={rec.provider or '-'} "
+        f"request_id={rec.request_id} method={rec.method} path={_value(redact(rec.path))} "
+        f"model={_value(redact(rec.model))} provider={rec.provider or '-'} "
         f"credential={rec.credential_id or '-'} status={rec.status} "
         f"upstream_status={rec.upstream_status} retries={rec.retries} "
         f"latency_ms={rec.latency_ms:.1f} ttft_ms={ttft} prompt_tokens={rec.prompt_tokens} "
         f"completion_tokens={rec.completion_tokens} total_tokens={total}"
     )
-    if rec.error:
-        line += f" error={_value(rec.error)}"
+    error = redact(rec.error) if rec.error else ""
+    if error:
+        line += f" error={_value(error)}"
     fields = None
     if _json_lines:
         fields = {
@@ -103,8 +109,9 @@ def log_request(rec: RequestRecord) -> None:
             "prompt_tokens": rec.prompt_tokens, "completion_tokens": rec.completion_tokens,
             "total_tokens": total,
         }  # fmt: skip
-        if rec.error:
-            fields["error"] = rec.error
+        if error:
+            fields["error"] = error
+        fields["path"], fields["model"] = redact(rec.path), redact(rec.model)
     access_logger.info(line, extra={"fields": fields})
 
 
@@ -152,6 +159,8 @@ class _RedactingFactory:
 
     def __call__(self, *args: Any, **kwargs: Any) -> logging.LogRecord:
         record: logging.LogRecord = self.inner(*args, **kwargs)
+        if record.name == ACCESS_LOGGER:
+            return record  # log_request redacted the fields that can hold a secret
         try:
             message = record.getMessage()
         except Exception:
