@@ -27,7 +27,6 @@ from proxy.driver import (
     Driver,
     Reply,
     ResponseStream,
-    describe_failure,
     read_error_body,
 )
 from proxy.errors import StreamInterrupted, UpstreamUnavailable, classify_upstream
@@ -97,7 +96,11 @@ class OpenAICompatibleDriver(Driver):
         url = self._urls.get(call.endpoint) or f"{self.base_url}/{call.endpoint}"
         data, headers = orjson.dumps(body), self._headers(call.headers, credential)
         if call.stream:
-            response = await self._post_stream(url, data, headers, credential)
+            # Read without aiohttp's per-chunk sock_read timer: the relay's watchdog covers it.
+            response = await self.post(
+                url, data=data, headers=headers, credential=credential,
+                client_timeout=self._stream_timeout,
+            )  # fmt: skip
         else:
             response = await self.post(url, data=data, headers=headers, credential=credential)
         if response.status >= 300:
@@ -112,27 +115,6 @@ class OpenAICompatibleDriver(Driver):
             )
         stream = ResponseStream(response, self.block.name)
         return _Reply(response.status, response.headers, stream, response, self.block.name)
-
-    async def _post_stream(
-        self, url: str, data: bytes, headers: Mapping[str, str], credential: Credential
-    ) -> aiohttp.ClientResponse:
-        """`Driver.post` for a stream, read without aiohttp's per-chunk `sock_read` timer (the
-        relay's idle watchdog covers it); `Driver.post` takes no timeout, hence this copy."""
-        try:
-            return await self.session.post(
-                url,
-                data=data,
-                headers=headers,
-                proxy=credential.proxy_url,
-                allow_redirects=False,
-                timeout=self._stream_timeout,
-            )
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise UpstreamUnavailable(
-                f"upstream {self.block.name} unreachable: {describe_failure(exc)}",
-                status=502,
-                provider=self.block.name,
-            ) from exc
 
     async def list_models(self, credential: Credential) -> Sequence[str]:
         endpoint = str(self.block.options.get("models-endpoint") or "models").lstrip("/")

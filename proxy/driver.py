@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import aiohttp
 
+from proxy.errors import StreamInterrupted, UpstreamUnavailable
+
 if TYPE_CHECKING:
     from proxy.config import ProviderBlock
 
@@ -117,8 +119,6 @@ class ResponseStream:
         return self._iterate()
 
     async def _iterate(self) -> AsyncIterator[bytes]:
-        from proxy.errors import StreamInterrupted
-
         content = self._response.content
         try:
             while True:
@@ -199,15 +199,25 @@ class Driver(abc.ABC):
         """Make one upstream attempt. Return a 2xx `Reply`, or raise an `UpstreamError`."""
 
     async def post(
-        self, url: str, *, data: bytes, headers: Mapping[str, str], credential: Credential
+        self,
+        url: str,
+        *,
+        data: bytes,
+        headers: Mapping[str, str],
+        credential: Credential,
+        client_timeout: aiohttp.ClientTimeout | None = None,
     ) -> aiohttp.ClientResponse:
         """POST through the block's pooled session and the credential's proxy, redirects not
-        followed. A connection failure or timeout becomes `UpstreamUnavailable` (502)."""
-        from proxy.errors import UpstreamUnavailable
-
+        followed; `client_timeout` replaces the session's. A connection failure or timeout becomes
+        `UpstreamUnavailable` (502)."""
         try:
             return await self.session.post(
-                url, data=data, headers=headers, proxy=credential.proxy_url, allow_redirects=False
+                url,
+                data=data,
+                headers=headers,
+                proxy=credential.proxy_url,
+                allow_redirects=False,
+                timeout=client_timeout if client_timeout is not None else self.session.timeout,
             )
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise UpstreamUnavailable(
