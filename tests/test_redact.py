@@ -71,3 +71,18 @@ openai-compatibility:
     assert {"client-key-1", "mgmt-secret-1", "provider-key-1", "header-secret-1"} <= found
     assert {"Bearer hdr-tok-1", "hdr-tok-1"} <= found
     assert not {"visible-title", "http://127.0.0.1:3129", "http://127.0.0.1:9/v1"} & found
+
+
+def test_many_secrets_with_shared_heads_are_all_found():
+    from proxy.redact import Redactor
+
+    # not credential-shaped (no `sk-`, no `key=`): only the registered values can find them
+    many = [f"live_{i:04d}_abcdef" for i in range(200)] + ["prod_zzzz_last"]
+    redactor = Redactor()
+    redactor.add(many)
+    for secret in (many[0], many[137], many[-1]):
+        assert (
+            redactor.redact(f"upstream said: bad key {secret}!")
+            == "upstream said: bad key [REDACTED]!"
+        )
+    assert redactor.redact("bench-model") == "bench-model"
