@@ -91,6 +91,14 @@ def litellm_verified() -> bool:
     return VERIFIED.exists() and VERIFIED.read_text().startswith("OK")
 
 
+def litellm_argv(exe: Path, config: Path, port: int) -> list[str]:
+    """LiteLLM's proxy on 127.0.0.1, one worker, telemetry off: as verified and as benched."""
+    return [
+        str(exe), "--config", str(config), "--host", "127.0.0.1", "--port", str(port),
+        "--num_workers", "1", "--telemetry", "False",
+    ]  # fmt: skip
+
+
 def litellm_config(upstream: str) -> str:
     config = {
         "model_list": [
@@ -179,28 +187,8 @@ def verify_litellm(workdir: Path) -> str:
     config = workdir / "litellm-verify.yaml"
     config.write_text(litellm_config(f"http://127.0.0.1:{up_port}"))
     trace_file = workdir / "litellm.strace"
-    argv = [
-        strace,
-        "-f",
-        "-qq",
-        "-s",
-        "200",
-        "-e",
-        "trace=connect,sendto,sendmsg",
-        "-o",
-        str(trace_file),
-        str(exe),
-        "--config",
-        str(config),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--num_workers",
-        "1",
-        "--telemetry",
-        "False",
-    ]
+    trace = [strace, "-f", "-qq", "-s", "200", "-e", "trace=connect,sendto,sendmsg"]
+    argv = [*trace, "-o", str(trace_file), *litellm_argv(exe, config, port)]
     log = (workdir / "litellm-verify.log").open("wb")
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=litellm_env())
     statuses: list[int] = []

@@ -180,19 +180,7 @@ class Fleet:
         port = free_port()
         config = self.workdir / "litellm.yaml"
         config.write_text(peers.litellm_config(self.upstream_url))
-        argv = [
-            str(exe),
-            "--config",
-            str(config),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--num_workers",
-            "1",
-            "--telemetry",
-            "False",  # as verify_litellm ran it
-        ]
+        argv = peers.litellm_argv(exe, config, port)  # as verify_litellm ran it
         target = self._spawn(
             "litellm", argv, port, self.target_cpus, env=peers.litellm_env(), wait=120.0
         )
