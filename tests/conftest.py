@@ -7,9 +7,10 @@ authors use (proxy/testing/plugin.py); this file adds what only keyrail's own te
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
+from aiohttp.test_utils import TestServer
 
 from proxy.testing import Keyrail, LogGuard
 from proxy.testing.plugin import StartApp
@@ -39,3 +40,12 @@ def log_text(keyrail_logs: LogGuard) -> Callable[[], str]:
     """Everything logged during the test, as rendered text."""
     keyrail_logs.caplog.set_level(logging.DEBUG)
     return keyrail_logs.text
+
+
+@pytest.fixture
+async def servers() -> AsyncIterator[list[TestServer]]:
+    """Test servers a test started itself; closed when it ends."""
+    started: list[TestServer] = []
+    yield started
+    for server in started:
+        await server.close()

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import hmac
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from drivers.openai import OpenAICompatibleDriver
-from proxy import management
+from proxy import auth, management
 from proxy.driver import Credential
 from proxy.errors import CredentialRejected
 from proxy.keys import SCHEDULER
@@ -69,14 +68,6 @@ class RefreshingDriver(OpenAICompatibleDriver):
             )
         self.refreshed.append(credential.id)
         return credential
-
-
-@pytest.fixture
-async def servers() -> AsyncIterator[list[TestServer]]:
-    started: list[TestServer] = []
-    yield started
-    for server in started:
-        await server.close()
 
 
 def peer_from_header(app: web.Application) -> None:
@@ -183,8 +174,10 @@ def test_key_compared_in_constant_time(monkeypatch):
         seen.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr(management.hmac, "compare_digest", spy)
-    assert management._same(SECRET, SECRET) and not management._same("x", SECRET)
+    # management compares its key with auth.ClientKeys, the client keys' constant-time check
+    monkeypatch.setattr(auth.hmac, "compare_digest", spy)
+    keys = auth.ClientKeys((SECRET,))
+    assert keys.allows(SECRET) and not keys.allows("x")
     assert len(seen) == 2 and all(len(a) == len(b) == 32 for a, b in seen)
 
 

@@ -6,12 +6,9 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
-import pytest
-from aiohttp.test_utils import TestServer
 
 from proxy.keys import LIVE, SCHEDULER
 from proxy.reload import RELOADER
@@ -32,14 +29,6 @@ openai-compatibility:
         alias: {alias}
 """
 WORDS = " ".join(f"w{i}" for i in range(20))
-
-
-@pytest.fixture
-async def servers() -> AsyncIterator[list[TestServer]]:
-    started: list[TestServer] = []
-    yield started
-    for server in started:
-        await server.close()
 
 
 async def chat_status(session: aiohttp.ClientSession, url: str, model: str, key: str = KEY) -> int:
