@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -42,7 +43,7 @@ class Success:
     reply: Reply
     head: StreamHead | None
     body: bytes | None  # the whole body, for non-streamed calls
-    started: float  # loop time the attempt began
+    started: float  # time.perf_counter() when the attempt began
     retries: int
 
 
@@ -74,8 +75,7 @@ async def serve(
     without sleeping. Only after a whole pass fails does the loop wait, and only for a
     recovery within `max-retry-interval` while `request-retry` passes remain.
     """
-    loop = asyncio.get_running_loop()
-    now = clock or loop.time
+    now = clock or time.perf_counter  # uvloop's loop.time() counts whole milliseconds
     pools = [
         (r, targets)
         for r in (route, *resolve_fallbacks(route.model))

@@ -13,6 +13,7 @@ Lines are `key=value` pairs, so a burst is one grep away:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
 import re
@@ -77,6 +78,28 @@ def _line(pairs: Iterable[tuple[str, object]]) -> str:
     return " ".join(f"{k}={_value(v)}" for k, v in pairs)
 
 
+#: `keyrail serve`'s stderr handler (set by `configure`): the access line goes straight to it.
+_sink: _BufferedHandler | None = None
+
+
+def _direct_sink() -> _BufferedHandler | None:
+    """`_sink`, when it is the only place the access line would reach through `logging`
+    (nobody added a handler or a filter on the way), so writing to it directly is the same.
+    A `LogRecord` through `Logger.info` costs more than the rest of the line put together."""
+    sink = _sink
+    if sink is None or sink.filters or sink.level > logging.INFO:
+        return None
+    logger: logging.Logger | None = access_logger
+    while logger is not None and logger.parent is not None:  # up to the root, exclusive
+        if logger.handlers or logger.filters or not logger.propagate:
+            return None
+        logger = logger.parent
+    root = logging.getLogger()
+    if root.filters or len(root.handlers) != 1 or root.handlers[0] is not sink:
+        return None
+    return sink
+
+
 def log_request(rec: RequestRecord) -> None:
     """The access line: one per client request."""
     if not access_logger.isEnabledFor(logging.INFO):
@@ -112,7 +135,11 @@ def log_request(rec: RequestRecord) -> None:
         if error:
             fields["error"] = error
         fields["path"], fields["model"] = redact(rec.path), redact(rec.model)
-    access_logger.info(line, extra={"fields": fields})
+    sink = _direct_sink()
+    if sink is not None:
+        sink.write_info(ACCESS_LOGGER, line, fields)
+    else:
+        access_logger.info(line, extra={"fields": fields})
 
 
 def log_failed_attempt(request_id: str, a: Attempt) -> None:
@@ -130,22 +157,35 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, then the record's fields or message."""
 
     def format(self, record: logging.LogRecord) -> str:
-        out: dict[str, Any] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
-            "level": record.levelname,
-            "logger": record.name,
-        }
         extra = getattr(record, "fields", None)
-        if isinstance(extra, dict):
-            for key, value in extra.items():
+        fields = extra if isinstance(extra, dict) else None
+        return self.render(record.created, record.levelname, record.name, fields, record)
+
+    def render(
+        self,
+        created: float,
+        level: str,
+        name: str,
+        fields: dict[str, Any] | None,
+        record: logging.LogRecord | None = None,
+    ) -> str:
+        """The line for these parts; `record` (when there is one) gives message and traceback."""
+        out: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created))
+            + f".{int(created * 1000) % 1000:03d}Z",
+            "level": level,
+            "logger": name,
+        }
+        if fields is not None:
+            for key, value in fields.items():
                 out[key] = REDACTOR.redact(value) if isinstance(value, str) else value
         else:
-            out["message"] = record.getMessage()
-        if record.exc_info and not record.exc_text:
-            record.exc_text = REDACTOR.redact(self.formatException(record.exc_info))
-        if record.exc_text:
-            out["exception"] = record.exc_text
+            out["message"] = record.getMessage() if record is not None else ""
+        if record is not None:
+            if record.exc_info and not record.exc_text:
+                record.exc_text = REDACTOR.redact(self.formatException(record.exc_info))
+            if record.exc_text:
+                out["exception"] = record.exc_text
         return orjson.dumps(out).decode()
 
 
@@ -189,13 +229,16 @@ class _TextFormatter(logging.Formatter):
         self._stamp = ""
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
-        second = int(record.created)
+        return self.stamp(record.created)
+
+    def stamp(self, created: float) -> str:
+        second = int(created)
         if second != self._second:
             self._second, self._stamp = (
                 second,
                 time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second)),
             )
-        return f"{self._stamp},{int(record.msecs):03d}"
+        return f"{self._stamp},{int(created * 1000) % 1000:03d}"
 
 
 class _BufferedHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -220,6 +263,18 @@ class _BufferedHandler(logging.StreamHandler):  # type: ignore[type-arg]
                 self.flush()
         except Exception:
             self.handleError(record)
+
+    def write_info(self, name: str, message: str, fields: dict[str, Any] | None) -> None:
+        """An INFO line written as `emit` would write it, without building a `LogRecord`."""
+        formatter = self.formatter
+        if isinstance(formatter, _TextFormatter):
+            line = f"{formatter.stamp(time.time())} INFO {name} {message}\n"
+        elif isinstance(formatter, JsonFormatter):
+            line = formatter.render(time.time(), "INFO", name, fields) + "\n"
+        else:
+            line = message + "\n"
+        with contextlib.suppress(OSError, ValueError):  # a log line never fails a request
+            self.stream.write(line)
 
 
 async def flush_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -246,7 +301,7 @@ def configure(log_format: str, debug: bool, secrets: Iterable[str] = ()) -> None
 
     Tuned for a line per request: no thread/process lookups or caller search per record, the
     time rendered once a second, and a buffered stream (see `_BufferedHandler`)."""
-    global _json_lines
+    global _json_lines, _sink
     _json_lines = log_format == "json"
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     logging._srcfile = None  # documented switch: skip finding the caller of every record
@@ -254,6 +309,7 @@ def configure(log_format: str, debug: bool, secrets: Iterable[str] = ()) -> None
     handler.setFormatter(JsonFormatter() if _json_lines else _TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
+    _sink = handler
     root.setLevel(logging.DEBUG if debug else logging.INFO)
     if not debug:
         logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

@@ -20,6 +20,7 @@ import aiohttp
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from proxy import __version__
 from proxy import catalog as catalog_mod
 from proxy.auth import ClientKeys
 from proxy.catalog import Catalog
@@ -30,6 +31,7 @@ from proxy.redact import REDACTOR, secrets_of
 from proxy.registry import Registry
 
 log = logging.getLogger("keyrail.runtime")
+USER_AGENT = f"keyrail/{__version__}"
 DISCOVERY_TIMEOUT = 10.0
 
 
@@ -142,7 +144,9 @@ def _session(settings: Settings) -> aiohttp.ClientSession:
         auto_decompress=True,
         trust_env=False,
         json_serialize=None,  # type: ignore[arg-type]
-        skip_auto_headers=("User-Agent",),
+        # Named, not aiohttp's default; a driver may send its own. (A default header is also
+        # cheaper per request than aiohttp's `skip_auto_headers`.)
+        headers={"User-Agent": USER_AGENT},
     )
 
 

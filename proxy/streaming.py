@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -226,7 +227,7 @@ async def relay(
 ) -> tuple[web.StreamResponse, RelayResult]:
     """Send the stream to the client: head first, then events as they come."""
     loop = asyncio.get_running_loop()
-    result = RelayResult(ttft=loop.time() - started)
+    result = RelayResult(ttft=time.perf_counter() - started)  # `started`: perf_counter
     response = web.StreamResponse(status=200, headers={**SSE_HEADERS, **options.extra_headers})
     await response.prepare(request)
     rename = model_renamer(options.rename_model)

@@ -15,7 +15,8 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestServer
 
-from proxy.logs import JsonFormatter, configure
+from proxy import logs
+from proxy.logs import JsonFormatter, RequestRecord, configure, log_request
 from proxy.reload import RELOADER
 from tests.fake_kiro import Answer, FakeKiro
 from tests.fakes import Script, Seen
@@ -132,6 +133,39 @@ def test_json_lines(capsys):
     assert lines[0]["time"].endswith("Z") and "message" not in lines[0]
     assert lines[1] == {**lines[1], "level": "WARNING", "message": "leaked [REDACTED]"}
     assert "RuntimeError" in lines[2]["exception"] and "sk-json" not in err
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_access_line_skips_logging_only_when_nothing_else_would_see_it(capsys, log_format):
+    """`keyrail serve` writes the access line straight to its stderr handler; the line is
+    the one `logging` would have written, and a handler someone adds still gets it."""
+    root, aiohttp_access = logging.getLogger(), logging.getLogger("aiohttp.access")
+    handlers, level, access_level = root.handlers[:], root.level, aiohttp_access.level
+    seen: list[logging.LogRecord] = []
+    extra = logging.Handler()
+    extra.emit = seen.append  # type: ignore[method-assign]
+    rec = RequestRecord("r1", "POST", "/v1/chat/completions", model="m 1", status=200)
+    try:
+        configure(log_format, debug=False)
+        log_request(rec)  # nobody else listens: written directly
+        logging.getLogger("keyrail").addHandler(extra)
+        log_request(rec)  # through logging, so that the added handler sees it
+        logs._flush_all()
+    finally:
+        logging.getLogger("keyrail").removeHandler(extra)
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        aiohttp_access.setLevel(access_level)
+    direct, logged = capsys.readouterr().err.splitlines()
+    assert len(seen) == 1 and seen[0].name == "keyrail.access"
+    if log_format == "text":
+        assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO keyrail.access ", direct)
+        assert direct.split(" ", 2)[2] == logged.split(" ", 2)[2]
+        assert 'request_id=r1 method=POST path=/v1/chat/completions model="m 1"' in direct
+    else:
+        first, second = orjson.loads(direct), orjson.loads(logged)
+        assert first.pop("time").endswith("Z") and second.pop("time").endswith("Z")
+        assert first == second and first["model"] == "m 1" and first["level"] == "INFO"
 
 
 # --- canaries: planted secrets that must appear in no output --------------------------------
