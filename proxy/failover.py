@@ -112,7 +112,7 @@ async def serve(
                 )
                 started, scheduled = now(), scheduler.clock()
                 try:
-                    success = await _attempt_with_refresh(driver, call, target, stream, settings)
+                    success = await _attempt(driver, call, target, stream, settings)
                 except UpstreamRejected as exc:
                     # About the request itself: another credential would get the same answer.
                     _record(metrics, target, exc, now() - started)
@@ -172,56 +172,51 @@ def _whole_seconds(seconds: float) -> int:
     return max(1, math.ceil(seconds))
 
 
-async def _attempt_with_refresh(
-    driver: Driver, call: Call, target: Target, stream: bool, settings: LoopSettings
-) -> Success:
-    """An attempt; on a rejected credential, one refresh (OAuth drivers) and one retry."""
-    try:
-        return await _attempt(driver, call, target, target.credential, stream, settings)
-    except CredentialRejected:
-        refreshed = await _refresh(driver, target.credential)
-        if refreshed is None:
-            raise
-    return await _attempt(driver, call, target, refreshed, stream, settings)
-
-
 async def _attempt(
     driver: Driver,
     call: Call,
     target: Target,
-    credential: Credential,
     stream: bool,
     settings: LoopSettings,
+    refreshed: Credential | None = None,
 ) -> Success:
-    """One attempt, up to its first data event (stream) or its whole body (not streamed)."""
+    """One attempt, up to its first data event (stream) or its whole body (not streamed).
+
+    On a rejected credential: one refresh (OAuth drivers) and one retry with the new one.
+    (One coroutine, not three: every level of `await` costs on every resumption.)
+    """
+    credential = refreshed or target.credential
     try:
         async with asyncio.timeout(settings.first_byte_timeout):
-            return await _attempt_unbounded(driver, call, target, credential, stream)
+            reply = await driver.send(call, credential)
+            if stream:
+                head = StreamHead(reply, target.provider)
+                try:
+                    await head.open()
+                except BaseException:
+                    await reply.body.aclose()
+                    raise
+                return Success(target, reply, head, None, 0.0, 0)
+            try:
+                data = await reply.read()
+            except UpstreamError as exc:
+                raise UpstreamUnavailable(
+                    exc.message, status=502, provider=target.provider
+                ) from exc
+            return Success(target, reply, None, data, 0.0, 0)
     except TimeoutError:
         raise UpstreamUnavailable(
             f"upstream {target.provider} sent nothing for {settings.first_byte_timeout:g} s",
             status=502,
             provider=target.provider,
         ) from None
-
-
-async def _attempt_unbounded(
-    driver: Driver, call: Call, target: Target, credential: Credential, stream: bool
-) -> Success:
-    reply = await driver.send(call, credential)
-    if stream:
-        head = StreamHead(reply, target.provider)
-        try:
-            await head.open()
-        except BaseException:
-            await reply.body.aclose()
+    except CredentialRejected:
+        if refreshed is not None:
+            raise  # this was the retry
+        refreshed = await _refresh(driver, credential)
+        if refreshed is None:
             raise
-        return Success(target, reply, head, None, 0.0, 0)
-    try:
-        data = await reply.read()
-    except UpstreamError as exc:
-        raise UpstreamUnavailable(exc.message, status=502, provider=target.provider) from exc
-    return Success(target, reply, None, data, 0.0, 0)
+    return await _attempt(driver, call, target, stream, settings, refreshed)
 
 
 async def _refresh(driver: Driver, credential: Credential) -> Credential | None:

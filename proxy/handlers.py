@@ -152,16 +152,10 @@ def _model_of(body: dict[str, Any]) -> str:
     return model.strip()
 
 
-def endpoint_handler(endpoint: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
-    async def handle(request: web.Request) -> web.StreamResponse:
-        return await proxy_request(request, endpoint)
-
-    handle.__name__ = f"post_{endpoint.replace('/', '_')}"
-    return handle
-
-
-async def proxy_request(request: web.Request, endpoint: str) -> web.StreamResponse:
+async def proxy_request(request: web.Request) -> web.StreamResponse:
     """Serve one POST: route by model, fail over before the first byte, relay the answer."""
+    path = request.path  # one of the routes in `setup`: /v1/{endpoint} or /{endpoint}
+    endpoint = path[4:] if path.startswith("/v1/") else path[1:]
     app = request.app
     rec = request[ACCESS]
     runtime = request[RUNTIME]  # one config for the whole request, even across a reload
@@ -346,5 +340,5 @@ def setup(app: web.Application) -> None:
     router.add_get("/models", list_models)
     router.add_get("/v1/models/{model:.+}", get_model)
     for endpoint in (CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES):
-        router.add_post(f"/v1/{endpoint}", endpoint_handler(endpoint))
-        router.add_post(f"/{endpoint}", endpoint_handler(endpoint))
+        router.add_post(f"/v1/{endpoint}", proxy_request)
+        router.add_post(f"/{endpoint}", proxy_request)
