@@ -143,6 +143,9 @@ def _session(settings: Settings) -> aiohttp.ClientSession:
         connector=connector,
         auto_decompress=True,
         trust_env=False,
+        # No cookies: one session serves every client and credential of a block, and an
+        # upstream's Set-Cookie must not follow one client's requests into another's.
+        cookie_jar=aiohttp.DummyCookieJar(),
         json_serialize=None,  # type: ignore[arg-type]
         # Named, not aiohttp's default; a driver may send its own. (A default header is also
         # cheaper per request than aiohttp's `skip_auto_headers`.)

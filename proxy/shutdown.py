@@ -64,7 +64,7 @@ class Drain:
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if self.closing:
             return _unavailable()
-        task = asyncio.current_task()
+        task = asyncio.current_task()  # the handler's task (not `request.task`, the connection's)
         assert task is not None
         self._tasks.add(task)
         self._idle.clear()
