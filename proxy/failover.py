@@ -66,7 +66,7 @@ async def serve(
     scheduler: Scheduler,
     metrics: ProviderMetrics,
     settings: LoopSettings,
-    resolve_fallbacks: Callable[[str], Sequence[Route]] = lambda _model: (),
+    resolve_fallbacks: Callable[[str], Sequence[Route]] | None = None,
     clock: Callable[[], float] | None = None,
 ) -> Success:
     """Run the failover loop for one request; return the first success or raise.
@@ -78,11 +78,11 @@ async def serve(
     now = clock or time.perf_counter  # uvloop's loop.time() counts whole milliseconds
     task = asyncio.current_task()
     assert task is not None, "serve() runs in a task"
-    pools = [
-        (r, targets)
-        for r in (route, *resolve_fallbacks(route.model))
-        if (targets := _servable(r, endpoint, drivers))
-    ]
+    targets = _servable(route, endpoint, drivers)
+    pools = [(route, targets)] if targets else []
+    for fallback in resolve_fallbacks(route.model) if resolve_fallbacks else ():
+        if fallback_targets := _servable(fallback, endpoint, drivers):
+            pools.append((fallback, fallback_targets))
     if not pools:
         raise DriverError(
             f"model '{route.model}' is served by a driver that does not support /v1/{endpoint}"
@@ -151,7 +151,10 @@ async def serve(
 def _servable(route: Route, endpoint: str, drivers: dict[str, Driver]) -> Sequence[Target]:
     """The route's targets whose driver serves `endpoint`; the route's own tuple when all do,
     so that the scheduler's per-pool layout stays cached."""
-    if all(endpoint in drivers[p].endpoints for p in route.providers):
+    providers = route.providers
+    if len(providers) == 1:  # the usual case: no generator, no list
+        return route.targets if endpoint in drivers[providers[0]].endpoints else ()
+    if all(endpoint in drivers[p].endpoints for p in providers):
         return route.targets
     return [t for t in route.targets if endpoint in drivers[t.provider].endpoints]
 

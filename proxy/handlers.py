@@ -178,7 +178,11 @@ async def proxy_request(request: web.Request) -> web.StreamResponse:
             scheduler=app[SCHEDULER],
             metrics=app[METRICS],
             settings=runtime.loop_settings,
-            resolve_fallbacks=lambda model: _fallback_routes(runtime, model),
+            resolve_fallbacks=(
+                (lambda model: _fallback_routes(runtime, model))
+                if runtime.settings.fallbacks
+                else None
+            ),
         )
         target = success.target
         rec.provider, rec.credential_id = target.provider, target.credential.id
@@ -265,11 +269,8 @@ async def _relay(
 
 
 def _fallback_routes(runtime: Any, model: str) -> list[Any]:
-    fallbacks = runtime.settings.fallbacks
-    if not fallbacks:
-        return []  # the usual case, on every request: no import, no list
     routes = []
-    for pattern, targets in fallbacks.items():
+    for pattern, targets in runtime.settings.fallbacks.items():
         if excluded_by(model, [pattern]):
             for fallback in targets:
                 if fallback == model:

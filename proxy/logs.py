@@ -13,7 +13,6 @@ Lines are `key=value` pairs, so a burst is one grep away:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
 import logging
 import re
@@ -74,6 +73,25 @@ def _value(v: object) -> str:
     return text if _PLAIN.fullmatch(text) else orjson.dumps(text).decode()
 
 
+_tokens: dict[str, str] = {}
+_tokens_generation = -1
+
+
+def _token(text: str) -> str:
+    """`_value(redact(text))`, remembered: an access line's path and model repeat, and each
+    costs a redaction and a regex. Forgotten when the redactor learns new secrets."""
+    global _tokens_generation
+    if _tokens_generation != REDACTOR.generation:
+        _tokens.clear()
+        _tokens_generation = REDACTOR.generation
+    token = _tokens.get(text)
+    if token is None:
+        token = _value(redact(text))
+        if len(_tokens) < 1024 and len(text) <= 256:  # bounded, whatever clients send
+            _tokens[text] = token
+    return token
+
+
 def _line(pairs: Iterable[tuple[str, object]]) -> str:
     return " ".join(f"{k}={_value(v)}" for k, v in pairs)
 
@@ -111,8 +129,8 @@ def log_request(rec: RequestRecord) -> None:
     # access line alone, to redact three short strings instead of the whole line) and quoted
     # by _value if needed.
     line = (
-        f"request_id={rec.request_id} method={rec.method} path={_value(redact(rec.path))} "
-        f"model={_value(redact(rec.model))} provider={rec.provider or '-'} "
+        f"request_id={rec.request_id} method={rec.method} path={_token(rec.path)} "
+        f"model={_token(rec.model)} provider={rec.provider or '-'} "
         f"credential={rec.credential_id or '-'} status={rec.status} "
         f"upstream_status={rec.upstream_status} retries={rec.retries} "
         f"latency_ms={rec.latency_ms:.1f} ttft_ms={ttft} prompt_tokens={rec.prompt_tokens} "
@@ -273,8 +291,10 @@ class _BufferedHandler(logging.StreamHandler):  # type: ignore[type-arg]
             line = formatter.render(time.time(), "INFO", name, fields) + "\n"
         else:
             line = message + "\n"
-        with contextlib.suppress(OSError, ValueError):  # a log line never fails a request
+        try:  # not contextlib.suppress: this runs once per request, and try costs nothing
             self.stream.write(line)
+        except (OSError, ValueError):  # stderr closed or gone: a log line never fails a request
+            return
 
 
 async def flush_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -66,7 +66,7 @@ class Redactor:
     so the set stays bounded however long keyrail runs.
     """
 
-    __slots__ = ("_exact", "_kept", "_owned", "_prefix", "_secrets")
+    __slots__ = ("_exact", "_kept", "_owned", "_prefix", "_secrets", "generation")
 
     def __init__(self) -> None:
         self._kept: set[str] = set()
@@ -74,6 +74,8 @@ class Redactor:
         self._secrets: tuple[str, ...] = ()
         self._prefix: re.Pattern[str] | None = None
         self._exact: re.Pattern[str] = re.compile("(?!)")
+        #: bumped whenever the secrets change: what was redacted before may need it again
+        self.generation = 0
 
     def add(self, secrets: Iterable[str], *, owner: str = "") -> None:
         """Register secrets; values shorter than MIN_SECRET_LENGTH are ignored."""
@@ -89,6 +91,7 @@ class Redactor:
             self._kept |= new
         every = self._kept.union(*(s for pair in self._owned.values() for s in pair))
         self._secrets = tuple(sorted(every, key=len, reverse=True))
+        self.generation += 1
         self._exact = re.compile("|".join(map(re.escape, self._secrets)) or "(?!)")
         # Many secrets sharing a few heads ("sk-proj-…", "sk-or-…"): the text is first searched
         # (in C) for those heads, and only a hit pays one substring search per secret.
