@@ -15,6 +15,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+from yarl import URL
 
 from proxy.config import ProviderBlock
 from proxy.driver import (
@@ -61,7 +62,7 @@ class OpenAICompatibleDriver(Driver):
     def __init__(self, block: ProviderBlock, session: aiohttp.ClientSession) -> None:
         super().__init__(block, session)
         # Built once, not per request: the URL of each endpoint, the headers of each credential.
-        self._urls = {endpoint: f"{self.base_url}/{endpoint}" for endpoint in self.endpoints}
+        self._urls = {endpoint: URL(f"{self.base_url}/{endpoint}") for endpoint in self.endpoints}
         self._cached_headers: dict[tuple[str, str], dict[str, str]] = {}
         # Streams are read without aiohttp's per-chunk socket timer: before the first event
         # the core's first-byte timeout bounds the wait, after it the relay's idle watchdog.
@@ -93,7 +94,7 @@ class OpenAICompatibleDriver(Driver):
             options = body.get("stream_options")
             if not (isinstance(options, dict) and options.get("include_usage")):
                 body = {**body, "stream_options": {**(options or {}), "include_usage": True}}
-        url = self._urls.get(call.endpoint) or f"{self.base_url}/{call.endpoint}"
+        url = self._urls.get(call.endpoint) or URL(f"{self.base_url}/{call.endpoint}")
         data, headers = orjson.dumps(body), self._headers(call.headers, credential)
         if call.stream:
             # Read without aiohttp's per-chunk sock_read timer: the relay's watchdog covers it.

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import aiohttp
+from yarl import URL
 
 from proxy.errors import StreamInterrupted, UpstreamUnavailable
 
@@ -200,7 +201,7 @@ class Driver(abc.ABC):
 
     async def post(
         self,
-        url: str,
+        url: str | URL,
         *,
         data: bytes,
         headers: Mapping[str, str],

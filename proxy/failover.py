@@ -92,7 +92,9 @@ async def serve(
     recovery: Recovery | None = None
     for pass_no in range(settings.request_retry + 1):
         attempts_before = attempts
-        tried: set[Target] = set()  # shared by the pools: a fallback may reuse a target
+        # Shared by the pools (a fallback may reuse a target). A list: it holds one or two
+        # targets, and a set would hash a Target (and its Credential) on every request.
+        tried: list[Target] = []
         for current, targets in pools:
             tried_here = 0
             while not (
@@ -101,7 +103,7 @@ async def serve(
                 target = scheduler.pick(current.model, targets, tried)
                 if target is None:
                     break
-                tried.add(target)
+                tried.append(target)
                 tried_here += 1
                 driver = drivers[target.provider]
                 call = Call(

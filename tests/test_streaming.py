@@ -11,7 +11,7 @@ import openai
 import orjson
 import pytest
 
-from proxy.streaming import SSEParser, event_data
+from proxy.streaming import SSEParser, event_data, usage_in
 from tests.fakes import Script, chunk
 
 CONFIG = """
@@ -167,3 +167,33 @@ async def test_client_disconnect_cancels_upstream_fast(setup, phase):
     gone = loop.time()
     await asyncio.wait_for(fake.disconnected.wait(), 1.0)
     assert loop.time() - gone < 0.1
+
+
+@pytest.mark.parametrize(
+    ("payload", "usage"),
+    [
+        (
+            b'{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4}}',
+            {"prompt_tokens": 3, "completion_tokens": 4},
+        ),
+        (
+            b'{"usage": {"prompt_tokens": 1, "prompt_tokens_details": {"cached_tokens": 0}}, "x": 1}',
+            {"prompt_tokens": 1, "prompt_tokens_details": {"cached_tokens": 0}},
+        ),
+        (b'{"choices":[{"delta":{"content":"say \\"usage\\": {}"}}],"usage":null}', None),
+        (b'{"choices":[{"delta":{"content":"\\"usage\\": {\\"prompt_tokens\\": 9}"}}]}', None),
+        (
+            b'{"type":"response.completed","response":{"usage":{"input_tokens":5,"output_tokens":6}}}',
+            {"input_tokens": 5, "output_tokens": 6},
+        ),
+        (
+            b'{"usage":{"note":"a } inside","prompt_tokens":2}}',
+            {"note": "a } inside", "prompt_tokens": 2},
+        ),
+        (b'{"usage":{"a":{"b":{"prompt_tokens":7}}}}', {"a": {"b": {"prompt_tokens": 7}}}),
+        (b'not json "usage"', None),
+    ],
+)
+def test_usage_is_found_wherever_it_is_and_only_there(payload, usage):
+    """The fast cut of the usage object agrees with parsing the whole payload."""
+    assert usage_in(payload) == usage
