@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
@@ -114,27 +113,10 @@ class Usage:
             )
 
 
-#: After a `"usage"` key: its value, when it is an object with at most one level of nested
-#: objects (OpenAI's `prompt_tokens_details`); `null` otherwise.
-_USAGE_VALUE = re.compile(rb"\s*:\s*(\{[^{}]*(?:\{[^{}]*\}[^{}]*)*\}|null)")
-
-
 def usage_in(payload: bytes) -> Any:
-    """The `usage` object of a JSON payload (chat chunk, response, responses event), or None.
-
-    Parses only the usage object when it can be cut out (the `"usage"` key cannot occur
-    inside a JSON string, where its quotes would be escaped), else the whole payload."""
-    at = payload.rfind(b'"usage"')
-    if at < 0:
+    """The `usage` object of a JSON payload (chat chunk, response, responses event), or None."""
+    if b'"usage"' not in payload:
         return None
-    value = _USAGE_VALUE.match(payload, at + 7)
-    if value is not None:
-        if value.group(1) == b"null":
-            return None
-        try:
-            return orjson.loads(value.group(1))
-        except orjson.JSONDecodeError:
-            pass  # e.g. a brace inside a string value: parse the whole payload
     try:
         data = orjson.loads(payload)
     except orjson.JSONDecodeError:

@@ -195,5 +195,5 @@ async def test_client_disconnect_cancels_upstream_fast(setup, phase):
     ],
 )
 def test_usage_is_found_wherever_it_is_and_only_there(payload, usage):
-    """The fast cut of the usage object agrees with parsing the whole payload."""
+    """Top-level or inside a responses-API `response`; never a quoted "usage" in content."""
     assert usage_in(payload) == usage
