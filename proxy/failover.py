@@ -156,7 +156,10 @@ def _servable(route: Route, endpoint: str, drivers: dict[str, Driver]) -> Sequen
     providers = route.providers
     if len(providers) == 1:  # the usual case: no generator, no list
         return route.targets if endpoint in drivers[providers[0]].endpoints else ()
-    if all(endpoint in drivers[p].endpoints for p in providers):
+    for provider in providers:
+        if endpoint not in drivers[provider].endpoints:
+            break
+    else:
         return route.targets
     return [t for t in route.targets if endpoint in drivers[t.provider].endpoints]
 

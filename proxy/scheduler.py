@@ -129,7 +129,10 @@ class Scheduler:
         # pool -> (the candidates sequence it was built from, its tiers)
         self._layouts: dict[str, tuple[Sequence[Candidate], tuple[_Tier, ...]]] = {}
         self._cursors: dict[tuple[str, str], int] = {}  # (pool, provider) -> next index
-        self._credits: dict[tuple[str, str], float] = {}  # (pool, provider) -> weighted credit
+        # (pool, priority) -> (the tier, its blocks' weighted credits); and the next block's
+        # turn while the weights are equal
+        self._credits: dict[tuple[str, int], tuple[_Tier, list[float]]] = {}
+        self._block_turns: dict[tuple[str, int], int] = {}
         # Ready counts of a multi-block tier, reused until a state changes (`_version`) or a
         # counted cooldown ends: (pool, priority) -> (tier, version, valid until, counts).
         self._version = 0
@@ -201,20 +204,37 @@ class Scheduler:
             return None
         if len(tier.blocks) == 1:
             return self._rotate(pool, tier.blocks[0], tried, now)
-        # Smooth weighted rotation over blocks (weights: ready, untried credentials).
+        # Smooth weighted rotation over blocks (weights: ready, untried credentials): each
+        # block earns its weight, the richest is picked and pays the total. Plain lists, as
+        # this loop runs over every block of the pool on every request.
         weights = self._weights(pool, tier, tried, now)
-        total = sum(weights)
-        best: _Block | None = None
-        for block, weight in zip(tier.blocks, weights, strict=True):
+        key = (pool, tier.priority)
+        if weights[0] and weights.count(weights[0]) == len(weights):
+            # Equal weights (the usual case: blocks of one size, all ready): the weighted
+            # rotation is a plain one over the blocks, with no loop over them.
+            turn = self._block_turns.get(key, 0)
+            self._block_turns[key] = turn + 1
+            return self._rotate(pool, tier.blocks[turn % len(weights)], tried, now)
+        credits = self._tier_credits(pool, tier)
+        best, best_credit, total = -1, 0.0, 0
+        for i, weight in enumerate(weights):
             if weight:
-                key = (pool, block.provider)
-                self._credits[key] = self._credits.get(key, 0.0) + weight
-                if best is None or self._credits[key] > self._credits[(pool, best.provider)]:
-                    best = block
-        if best is None:
+                total += weight
+                credit = credits[i] = credits[i] + weight
+                if best < 0 or credit > best_credit:
+                    best, best_credit = i, credit
+        if best < 0:
             return None
-        self._credits[(pool, best.provider)] -= total
-        return self._rotate(pool, best, tried, now)
+        credits[best] -= total
+        return self._rotate(pool, tier.blocks[best], tried, now)
+
+    def _tier_credits(self, pool: str, tier: _Tier) -> list[float]:
+        """The blocks' credits, in `tier.blocks` order (restarting when the layout changes)."""
+        key = (pool, tier.priority)
+        held = self._credits.get(key)
+        if held is None or held[0] is not tier:
+            held = self._credits[key] = (tier, [0.0] * len(tier.blocks))
+        return held[1]
 
     def _rotate(
         self, pool: str, block: _Block, tried: Container[Candidate], now: float

@@ -143,6 +143,23 @@ def test_blocks_rotate_weighted_by_ready_credentials(clock: FakeClock) -> None:
     assert "small/0" in picks(sched, pool, 4)
 
 
+def test_equal_blocks_take_turns_and_unequal_ones_go_back_to_weights(clock: FakeClock) -> None:
+    """Blocks of one size, all ready, rotate one by one (no weighing of every block); as
+    soon as one block has fewer ready credentials, turns follow the weights again."""
+    pool = [t for name in ("a", "b", "c", "d") for t in targets(name, 2)]
+    sched = make(pool, clock)
+    sequence = picks(sched, pool, 80)
+    assert Counter(sequence) == {t.credential.id: 10 for t in pool}
+    for i in range(0, 80, 4):  # every block once in each round of four
+        assert sorted(x.split("/")[0] for x in sequence[i : i + 4]) == ["a", "b", "c", "d"]
+    sched.rate_limited(pool[0], 60.0)  # a/0 cools: a has 1 ready, the others 2
+    blocks = Counter(x.split("/")[0] for x in picks(sched, pool, 70))
+    assert blocks == {"a": 10, "b": 20, "c": 20, "d": 20}
+    clock.advance(60.0)  # equal again: plain turns
+    blocks = Counter(x.split("/")[0] for x in picks(sched, pool, 40))
+    assert blocks == {"a": 10, "b": 10, "c": 10, "d": 10}
+
+
 def test_pools_keep_separate_cursors(clock: FakeClock) -> None:
     pool = targets("a", 2)
     sched = make(pool, clock)
