@@ -177,7 +177,7 @@ async def test_client_disconnect_cancels_upstream_fast(setup, phase):
             {"prompt_tokens": 3, "completion_tokens": 4},
         ),
         (
-            b'{"usage": {"prompt_tokens": 1, "prompt_tokens_details": {"cached_tokens": 0}}, "x": 1}',
+            b'{"usage": {"prompt_tokens": 1, "prompt_tokens_details": {"cached_tokens": 0}}}',
             {"prompt_tokens": 1, "prompt_tokens_details": {"cached_tokens": 0}},
         ),
         (b'{"choices":[{"delta":{"content":"say \\"usage\\": {}"}}],"usage":null}', None),
