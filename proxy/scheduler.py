@@ -284,6 +284,8 @@ class Scheduler:
         return not (tried and c in tried) and self._ready_at(c) <= now
 
     def _ready_at(self, c: Candidate) -> float:
+        if not self._cooling and not self._disabled:
+            return 0.0  # nothing cools and nothing is disabled: the usual, healthy state
         cid = c.credential.id
         cooling = self._cooling.get((cid, c.upstream_model))
         disabled = self._disabled.get(cid)
@@ -297,6 +299,8 @@ class Scheduler:
         `started` (this scheduler's clock when the attempt began) keeps a slow success from
         clearing a failure that other requests recorded while it was in flight.
         """
+        if not self._cooling and not self._disabled:
+            return  # nothing to forget (the usual case)
         cid = c.credential.id
         key = (cid, c.upstream_model)
         cooling = self._cooling.get(key)
