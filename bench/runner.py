@@ -218,6 +218,7 @@ async def _scenario(
     clients = {t.name: Client(t.url, t.headers, scenario.concurrency) for t in targets}
     acc = {t.name: Samples() for t in targets}
     cpu = dict.fromkeys(clients, 0)
+    per_round: dict[str, list[float]] = {name: [] for name in clients}
     try:
         for t in targets:  # warm-up: connections, caches, first-request costs; not recorded
             await clients[t.name].run(body, scenario.stream, opts.warmup)
@@ -228,8 +229,12 @@ async def _scenario(
                 t.refresh_pids()
                 before = procstat.cpu_ns(t.pids)
                 samples = await clients[t.name].run(body, scenario.stream, slice_s)
-                cpu[t.name] += procstat.cpu_ns(t.pids) - before
+                spent = procstat.cpu_ns(t.pids) - before
+                cpu[t.name] += spent
                 acc[t.name].extend(samples)
+                units = samples.events if scenario.stream else samples.requests
+                if units:
+                    per_round[t.name].append(spent / 1000 / units)
     finally:
         for c in clients.values():
             await c.close()
@@ -248,6 +253,7 @@ async def _scenario(
             cpu[t.name],
             procstat.peak_rss_kib(t.pids),
             s.error_kinds,
+            per_round[t.name],
         )
         rows.append(row)
         if log:

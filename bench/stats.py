@@ -46,6 +46,9 @@ class Row:
     added_ttft_p50: float | None = None
     error_kinds: dict[str, int] = field(default_factory=dict)
     latencies_ms: list[float] = field(default_factory=list, repr=False)
+    #: CPU µs per request (per event for streams) of each round's slice, in round order:
+    #: targets load one after the other in a round, so round i of two targets is a fair pair
+    cpu_per_round: list[float] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -69,6 +72,7 @@ def summarize(
     cpu_ns: int,
     rss_kib: int,
     error_kinds: dict[str, int],
+    cpu_per_round: list[float] | None = None,
 ) -> Row:
     lat, tt, gp = sorted(latency), sorted(ttft), sorted(gaps)
     n = len(lat)
@@ -93,6 +97,7 @@ def summarize(
         peak_rss_mib=rss_kib / 1024,
         error_kinds=error_kinds,
         latencies_ms=[x * 1000 for x in lat],
+        cpu_per_round=cpu_per_round or [],
     )
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench import report, runner
+from bench import report, runner, stats
 from bench.peers import strace_problems
 from bench.stats import percentile
 
@@ -52,3 +52,18 @@ async def test_tiny_run_writes_tables(tmp_path: Path) -> None:
     text = md.read_text()
     assert "| floor |" in text and "## sse-50" in text
     assert (tmp_path / "out" / "latency-json-c1.svg").read_text().startswith("<svg")
+
+
+def test_cpu_ratios_are_paired_round_by_round() -> None:
+    """A noisy round moves both targets: the check is the median of per-round ratios."""
+
+    def row(target: str, per_round: list[float]) -> stats.Row:
+        return stats.Row(
+            "json-c32", target, 100, 0, 1.0, *[None] * 7, 0,
+            sum(per_round) / len(per_round), None, None, 1.0, cpu_per_round=per_round,
+        )  # fmt: skip
+
+    floor = row("floor", [100.0, 200.0, 100.0])  # the machine was busy in round 2
+    keyrail = row("keyrail", [125.0, 250.0, 130.0])
+    (check,) = [c for c in report.checks([floor, keyrail]) if c[0].startswith("CPU/request at")]
+    assert check[1] == "1.25x (rounds 1.25x-1.30x)" and check[3] == "met"
