@@ -26,7 +26,7 @@ from proxy.catalog import excluded_by
 from proxy.config import Settings
 from proxy.driver import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES
 from proxy.errors import InvalidRequest, ProxyError, RequestError, UpstreamError, error_body
-from proxy.keys import LIVE, METRICS, REQUEST_ID, SCHEDULER
+from proxy.keys import LIVE, METRICS, SCHEDULER
 from proxy.logs import RequestRecord, log_failed_attempt, log_request
 from proxy.metrics import Attempt, AttemptTrail
 from proxy.redact import REDACTOR
@@ -308,7 +308,7 @@ async def access_middleware(
     that failed while serving it gets a line too (even when failover then succeeded)."""
     # Unique enough to find a line, and no system call (os.urandom is one per request).
     rec = RequestRecord(f"{random.getrandbits(48):012x}", request.method, request.path)
-    request[REQUEST_ID], request[ACCESS] = rec.request_id, rec
+    request[ACCESS] = rec
     started = time.perf_counter()
     try:
         with AttemptTrail() as trail:

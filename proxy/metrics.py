@@ -130,11 +130,13 @@ _NEVER = _Counts(epoch=-(1 << 62))
 
 
 class _Provider:
-    __slots__ = ("last_error", "last_seen", "lifetime", "retries", "slices")
+    __slots__ = ("folded", "last_error", "last_seen", "retries", "slices")
 
     def __init__(self) -> None:
         self.slices = [_NEVER] * SLICES
-        self.lifetime = _Counts()
+        # Lifetime totals are the slices in the ring plus the ones it has recycled, folded
+        # in here when they were: one count per attempt instead of two.
+        self.folded = _Counts()
         self.retries = 0  # attempts that were not the first of their client request
         self.last_seen: float | None = None
         self.last_error: tuple[float, int, str] | None = None
@@ -161,13 +163,13 @@ class ProviderMetrics:
         epoch = int(now // self._slice_seconds)
         window = p.slices[epoch % SLICES]
         if window.epoch != epoch:
+            p.folded.merge(window)
             window = p.slices[epoch % SLICES] = _Counts(epoch)
         status_class = _status_class(attempt.status)
         latency_bucket = bisect_left(BOUNDS_MS, attempt.latency * 1000.0)
         ttft = attempt.ttft
         ttft_bucket = -1 if ttft is None else bisect_left(BOUNDS_MS, ttft * 1000.0)
         window.add(status_class, latency_bucket, attempt, ttft_bucket)
-        p.lifetime.add(status_class, latency_bucket, attempt, ttft_bucket)
         p.last_seen = now
         if status_class:
             p.last_error = (now, attempt.status, attempt.error)
@@ -223,14 +225,22 @@ class ProviderMetrics:
                 "last_seen": _iso(p.last_seen),
                 "last_error": _last_error(p.last_error),
                 "credentials": creds.get(provider, dict.fromkeys(("total", *CREDENTIAL_STATES), 0)),
-                "lifetime": {**_totals(p.lifetime), "retries": p.retries},
+                "lifetime": {**_totals(_lifetime(p)), "retries": p.retries},
             }
         return out
 
     def lifetime(self, provider: str) -> tuple[_Counts, int]:
         """A provider's lifetime counts and retries (zeros when it has had no traffic)."""
         p = self._providers.get(provider)
-        return (p.lifetime, p.retries) if p is not None else (_Counts(), 0)
+        return (_lifetime(p), p.retries) if p is not None else (_Counts(), 0)
+
+
+def _lifetime(p: _Provider) -> _Counts:
+    total = _Counts()
+    total.merge(p.folded)
+    for s in p.slices:
+        total.merge(s)
+    return total
 
 
 def _totals(c: _Counts) -> dict[str, Any]:

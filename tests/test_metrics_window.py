@@ -130,3 +130,16 @@ def test_retries_count_attempts_after_the_first_of_a_request() -> None:
     m.record(attempt(200))  # outside any request: not a retry, not in a trail
     assert [a.status for a in trail] == [429, 200]
     assert m.snapshot([], DRIVERS)["alpha"]["lifetime"]["retries"] == 1
+
+
+def test_lifetime_survives_the_ring_going_round_many_times() -> None:
+    """Lifetime totals count each attempt once, however often its slice was reused."""
+    clock = Clock(1_800_000_000.0)
+    m = ProviderMetrics(window_seconds=600, clock=clock)
+    for i in range(250):  # 2,500 s: the 60-slice ring goes round four times
+        m.record(attempt(429 if i % 5 == 0 else 200, 0.05))
+        clock.now += 10.0
+    life = m.snapshot([], DRIVERS)["alpha"]["lifetime"]
+    assert life["request_count"] == 250 and life["status_counts"]["429"] == 50
+    counts, _retries = m.lifetime("alpha")
+    assert sum(counts.statuses) == 250 and sum(counts.latency) == 250
