@@ -219,14 +219,21 @@ async def _scenario(
     acc = {t.name: Samples() for t in targets}
     cpu = dict.fromkeys(clients, 0)
     per_round: dict[str, list[float]] = {name: [] for name in clients}
+
+    def only(loaded: Target) -> None:  # the others sleep: nothing of theirs runs meanwhile
+        for t in targets:
+            t.refresh_pids()
+            t.pause(t is not loaded)
+
     try:
         for t in targets:  # warm-up: connections, caches, first-request costs; not recorded
+            only(t)
             await clients[t.name].run(body, scenario.stream, opts.warmup)
         slice_s = opts.seconds / max(1, opts.rounds)
         for r in range(max(1, opts.rounds)):
             k = r % len(targets)
             for t in targets[k:] + targets[:k]:
-                t.refresh_pids()
+                only(t)
                 before = procstat.cpu_ns(t.pids)
                 samples = await clients[t.name].run(body, scenario.stream, slice_s)
                 spent = procstat.cpu_ns(t.pids) - before
@@ -236,6 +243,8 @@ async def _scenario(
                 if units:
                     per_round[t.name].append(spent / 1000 / units)
     finally:
+        for t in targets:
+            t.pause(False)
         for c in clients.values():
             await c.close()
     rows = []

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -49,9 +50,23 @@ class Target:
         if self.proc is not None:
             self.pids = procstat.children_of(self.proc.pid)
 
+    def pause(self, paused: bool) -> None:
+        """Stop (SIGSTOP) or continue the target's processes. A target is paused while
+        another one is loaded: the proxies share one pinned CPU, and an idle proxy's own
+        timers (LiteLLM has many) would otherwise run on the core being measured. `direct`
+        (the upstream itself) is never paused."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        for pid in self.pids:
+            try:
+                os.kill(pid, signal.SIGSTOP if paused else signal.SIGCONT)
+            except ProcessLookupError:
+                continue
+
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
+        self.pause(False)  # a stopped process would hold its SIGTERM until continued
         self.proc.terminate()
         try:
             self.proc.wait(timeout=10)
