@@ -96,6 +96,10 @@ def litellm_argv(exe: Path, config: Path, port: int) -> list[str]:
     return [
         str(exe), "--config", str(config), "--host", "127.0.0.1", "--port", str(port),
         "--num_workers", "1", "--telemetry", "False",
+        # uvicorn closes idle connections after 5 s (keyrail, the floor and nginx: 75 s);
+        # between its slices LiteLLM idles longer than that, and the client's next requests
+        # would race those closes
+        "--keepalive_timeout", "300",
     ]  # fmt: skip
 
 
