@@ -18,6 +18,7 @@ import logging
 import re
 import sys
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -119,9 +120,21 @@ def _direct_sink() -> _BufferedHandler | None:
 
 
 def log_request(rec: RequestRecord) -> None:
-    """The access line: one per client request."""
+    """The access line: one per client request. Under `keyrail serve` it is formatted when
+    the buffer is next written (every quarter second, or before any other line), off the
+    request's path; elsewhere (tests, embedding) through `logging` at once."""
     if not access_logger.isEnabledFor(logging.INFO):
         return
+    sink = _direct_sink()
+    if sink is not None:
+        sink.defer_access(rec)
+        return
+    line, fields = access_line(rec)
+    access_logger.info(line, extra={"fields": fields})
+
+
+def access_line(rec: RequestRecord) -> tuple[str, dict[str, Any] | None]:
+    """The access line's text, and its fields when lines are JSON."""
     total = rec.prompt_tokens + rec.completion_tokens
     ttft = "-" if rec.ttft_ms is None else f"{rec.ttft_ms:.1f}"
     # Ids, numbers and provider names are keyrail's own: formatted directly. What a client or
@@ -153,11 +166,7 @@ def log_request(rec: RequestRecord) -> None:
         if error:
             fields["error"] = error
         fields["path"], fields["model"] = redact(rec.path), redact(rec.model)
-    sink = _direct_sink()
-    if sink is not None:
-        sink.write_info(ACCESS_LOGGER, line, fields)
-    else:
-        access_logger.info(line, extra={"fields": fields})
+    return line, fields
 
 
 def log_failed_attempt(request_id: str, a: Attempt) -> None:
@@ -273,8 +282,29 @@ class _BufferedHandler(logging.StreamHandler):  # type: ignore[type-arg]
             buffered = io.BufferedWriter(raw, 64 * 1024)
             stream = io.TextIOWrapper(buffered, encoding="utf-8", errors="backslashreplace")
         super().__init__(stream)
+        #: access records waiting to be formatted, with the time they were logged (a deque:
+        #: appends and pops stay whole if another thread logs meanwhile)
+        self._access: deque[tuple[float, RequestRecord]] = deque()
+
+    def defer_access(self, rec: RequestRecord) -> None:
+        """Take an access record now, write its line with the next ones (order is kept)."""
+        self._access.append((time.time(), rec))
+        if len(self._access) >= 64:  # a batch: warm caches, and no long pause at a flush
+            self._write_access()
+
+    def _write_access(self) -> None:
+        access = self._access
+        while access:
+            created, rec = access.popleft()
+            line, fields = access_line(rec)
+            self.write_info(ACCESS_LOGGER, line, fields, created)
+
+    def flush(self) -> None:
+        self._write_access()
+        super().flush()
 
     def emit(self, record: logging.LogRecord) -> None:
+        self._write_access()  # earlier access lines first: lines stay in time order
         try:
             self.stream.write(self.format(record) + "\n")
             if record.levelno >= logging.WARNING:
@@ -282,13 +312,15 @@ class _BufferedHandler(logging.StreamHandler):  # type: ignore[type-arg]
         except Exception:
             self.handleError(record)
 
-    def write_info(self, name: str, message: str, fields: dict[str, Any] | None) -> None:
+    def write_info(
+        self, name: str, message: str, fields: dict[str, Any] | None, created: float
+    ) -> None:
         """An INFO line written as `emit` would write it, without building a `LogRecord`."""
         formatter = self.formatter
         if isinstance(formatter, _TextFormatter):
-            line = f"{formatter.stamp(time.time())} INFO {name} {message}\n"
+            line = f"{formatter.stamp(created)} INFO {name} {message}\n"
         elif isinstance(formatter, JsonFormatter):
-            line = formatter.render(time.time(), "INFO", name, fields) + "\n"
+            line = formatter.render(created, "INFO", name, fields) + "\n"
         else:
             line = message + "\n"
         try:  # not contextlib.suppress: this runs once per request, and try costs nothing

@@ -168,6 +168,27 @@ def test_access_line_skips_logging_only_when_nothing_else_would_see_it(capsys, l
         assert first == second and first["model"] == "m 1" and first["level"] == "INFO"
 
 
+def test_deferred_access_lines_keep_their_place_before_later_lines(capsys):
+    """Access lines are formatted later, in batches, but never after a line logged later."""
+    root, aiohttp_access = logging.getLogger(), logging.getLogger("aiohttp.access")
+    handlers, level, access_level = root.handlers[:], root.level, aiohttp_access.level
+    try:
+        configure("text", debug=False)
+        for i in range(3):
+            log_request(RequestRecord(f"r{i}", "POST", "/v1/chat/completions", status=200))
+        logging.getLogger("keyrail.test").warning("after the three requests")
+        log_request(RequestRecord("r3", "POST", "/v1/chat/completions", status=200))
+        logs._flush_all()
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        aiohttp_access.setLevel(access_level)
+    lines = capsys.readouterr().err.splitlines()
+    order = [re.search(r"request_id=(r\d)|(after)", line).group(0) for line in lines]
+    assert order == ["request_id=r0", "request_id=r1", "request_id=r2", "after",
+                     "request_id=r3"]  # fmt: skip
+
+
 # --- canaries: planted secrets that must appear in no output --------------------------------
 
 CANARY_CONFIG = """
