@@ -36,10 +36,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--seconds",
         type=float,
-        default=3.0,
-        help="seconds of load per target per scenario (default 3)",
+        default=4.0,
+        help="seconds of load per target per scenario (default 4)",
     )
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=8,
+        help="interleaved rounds (default 8: CPU ratios are the median of per-round pairs)",
+    )
     parser.add_argument("--warmup", type=float, default=0.4)
     parser.add_argument(
         "--only", action="append", default=[], help="only these targets (direct is always kept)"

@@ -102,8 +102,8 @@ SCENARIOS: dict[str, Scenario] = {
 @dataclass
 class Options:
     scenarios: Sequence[str] = tuple(SCENARIOS)
-    seconds: float = 3.0  # of load per target per scenario, split over the rounds
-    rounds: int = 3
+    seconds: float = 4.0  # of load per target per scenario, split over the rounds
+    rounds: int = 8
     warmup: float = 0.4
     only: Sequence[str] = ()  # restrict to these targets (empty: each scenario's own)
     extra: Sequence[str] = ()  # more targets for every scenario, e.g. keyrail-1x100
