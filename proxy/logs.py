@@ -120,9 +120,9 @@ def _direct_sink() -> _BufferedHandler | None:
 
 
 def log_request(rec: RequestRecord) -> None:
-    """The access line: one per client request. Under `keyrail serve` it is formatted when
-    the buffer is next written (every quarter second, or before any other line), off the
-    request's path; elsewhere (tests, embedding) through `logging` at once."""
+    """The access line: one per client request. Under `keyrail serve` it is formatted off the
+    request's path, with the next ones (64 at a time, at the quarter-second flush, or before
+    any other line); elsewhere (tests, embedding) through `logging` at once."""
     if not access_logger.isEnabledFor(logging.INFO):
         return
     sink = _direct_sink()
