@@ -89,7 +89,7 @@ class FakeOpenAI:
                 return web.json_response(_embedding(body))
             if body.get("stream"):
                 return await self._stream(request, body, script)
-            return web.json_response(_completion(body, script))
+            return web.json_response(_completion(body, script), headers=script.headers)
         except asyncio.CancelledError:
             self.disconnected.set()
             raise

@@ -126,3 +126,26 @@ openai-compatibility:
     seen = fake.seen[-1].headers
     assert seen["X-Title"] == "keyrail-test"
     assert "client-secret" not in " ".join(seen.values())
+
+
+async def test_upstreams_see_keyrails_user_agent_and_never_a_cookie(start_upstream, start_keyrail):
+    """One session serves every client of a block: an upstream's Set-Cookie must not come
+    back on another client's request. Upstreams see who calls them."""
+    fake, url = await start_upstream()
+    fake.script = lambda seen: Script(headers={"Set-Cookie": "session=client-one; Path=/"})
+    # by name: a cookie jar takes no cookies from a bare IP address
+    named = url.replace("127.0.0.1", "localhost")
+    kr = await start_keyrail(
+        f"""
+openai-compatibility:
+  - name: p
+    base-url: {named}
+    models: [{{name: gpt-4o-mini}}]
+"""
+    )
+    async with openai.AsyncOpenAI(base_url=kr.v1, api_key="x", max_retries=0) as c:
+        for _ in range(3):
+            await c.chat.completions.create(model="gpt-4o-mini", messages=[])
+    assert len(fake.seen) == 3
+    assert all("Cookie" not in s.headers for s in fake.seen)
+    assert all(s.headers["User-Agent"].startswith("keyrail/") for s in fake.seen)
