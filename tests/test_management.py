@@ -179,6 +179,9 @@ def test_key_compared_in_constant_time(monkeypatch):
     keys = auth.ClientKeys((SECRET,))
     assert keys.allows(SECRET) and not keys.allows("x")
     assert len(seen) == 2 and all(len(a) == len(b) == 32 for a, b in seen)
+    # a key that passed is remembered (no second hash); a wrong one is still hashed and refused
+    assert keys.allows(SECRET) and len(seen) == 2
+    assert not keys.allows(SECRET + "x") and not keys.allows(SECRET[:-1]) and len(seen) == 4
 
 
 async def chat(kr: Keyrail, model: str = "fast") -> int:
