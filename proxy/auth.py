@@ -1,7 +1,8 @@
 """Client authentication: who may use the proxy.
 
 Owns: reading the client key from `Authorization: Bearer`, `x-api-key` or `x-goog-api-key`,
-comparing it in constant time against every configured key, and the middleware that guards
+comparing it in constant time against every configured key (once per key: one that passed is
+remembered), and the middleware that guards
 `/v1/*`. With no `api-keys`, everyone on the (loopback-only) address is let in. Does not own:
 management keys (management.py), or keys sent upstream (drivers).
 """
