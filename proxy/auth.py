@@ -2,9 +2,9 @@
 
 Owns: reading the client key from `Authorization: Bearer`, `x-api-key` or `x-goog-api-key`,
 comparing it in constant time against every configured key (once per key: one that passed is
-remembered), and the middleware that guards
-`/v1/*`. With no `api-keys`, everyone on the (loopback-only) address is let in. Does not own:
-management keys (management.py), or keys sent upstream (drivers).
+remembered), and the middleware that guards `/v1/*`. With no `api-keys`, everyone on the
+(loopback-only) address is let in. Does not own: management keys (management.py), or keys
+sent upstream (drivers).
 """
 
 from __future__ import annotations
