@@ -107,10 +107,13 @@ def checks(rows: Sequence[Row]) -> list[tuple[str, str, str, str]]:
     def pair(s: str, a: str, b: str) -> tuple[Row | None, Row | None]:
         return _get(rows, s, a), _get(rows, s, b)
 
-    def add_paired(what: str, a: Row | None, b: Row | None, limit: float, fmt: str) -> None:
-        """A CPU ratio as the median of its per-round ratios, with their range."""
+    def add_paired(
+        what: str, a: Row | None, b: Row | None, limit: float, fmt: str, below: bool = True
+    ) -> None:
+        """A CPU ratio (a's CPU per unit ÷ b's) as the median of its per-round ratios, with
+        their range."""
         paired = _paired(a, b)
-        add(what, paired[0] if paired else None, limit, fmt)
+        add(what, paired[0] if paired else None, limit, fmt, below)
         if paired and len(a.cpu_per_round if a else ()) > 1:
             what, value, target, verdict = out[-1]
             spread = f" (rounds {fmt.format(paired[1])}-{fmt.format(paired[2])})"
@@ -133,22 +136,11 @@ def checks(rows: Sequence[Row]) -> list[tuple[str, str, str, str]]:
         add(f"added TTFT p50 {s}, keyrail (ms)", k and k.added_ttft_p50, 1.0, "{:.3f}")
         if f is not None and f.added_ttft_p50 is not None:
             out[-1] = (*out[-1][:3], out[-1][3] + f" (floor: {f.added_ttft_p50:.3f})")
-    k, lite = pair("json-c32", "keyrail", "litellm")
-    add(
-        "requests per CPU-second at c=32, keyrail ÷ LiteLLM",
-        _ratio(k and k.req_per_cpu_s, lite and lite.req_per_cpu_s),
-        25.0,
-        "{:.1f}x",
-        below=False,
-    )
-    k, lite = pair("sse-50", "keyrail", "litellm")
-    add(
-        "events per CPU-second sse-50, keyrail ÷ LiteLLM",
-        _ratio(lite and lite.cpu_us_per_event, k and k.cpu_us_per_event),
-        25.0,
-        "{:.1f}x",
-        below=False,
-    )
+    for s, what in (("json-c32", "requests per CPU-second at c=32"),
+                    ("sse-50", "events per CPU-second sse-50")):  # fmt: skip
+        k, lite = pair(s, "keyrail", "litellm")
+        # keyrail's units per CPU-second ÷ LiteLLM's = LiteLLM's CPU per unit ÷ keyrail's
+        add_paired(f"{what}, keyrail ÷ LiteLLM", lite, k, 25.0, "{:.1f}x", below=False)
     one, many = pair("routing", "keyrail", "keyrail-20x5")
     add_paired(
         "CPU/request, 100 credentials over 20 providers ÷ 1 credential", many, one, 1.05, "{:.3f}x"
