@@ -43,8 +43,8 @@ bench: $(STAMP)
 PEERS   := bench/.peers
 LITELLM ?= litellm[proxy]==1.81.13
 bench-peers: $(STAMP)
-	command -v nginx >/dev/null && command -v strace >/dev/null || \
-	  { apt-get update && apt-get install -y --no-install-recommends nginx-light strace; }
+	command -v nginx >/dev/null && command -v strace >/dev/null && command -v valgrind >/dev/null || \
+	  { apt-get update && apt-get install -y --no-install-recommends nginx-light strace valgrind; }
 	test -x $(PEERS)/bin/python || $(PYTHON) -m venv $(PEERS)
 	$(PEERS)/bin/pip install --quiet '$(LITELLM)'
 	$(BIN)/python -m bench verify-litellm

@@ -1,7 +1,8 @@
 """`python -m bench`: run scenarios and write the results; or verify LiteLLM's isolation.
 
 Owns: the command line. `python -m bench` runs every scenario (what `make bench` does);
-`--scenario NAME` (repeatable) runs some; `verify-litellm` runs the strace check.
+`--scenario NAME` (repeatable) runs some; `verify-litellm` runs the strace check;
+`instructions` counts instructions per request under callgrind (needs valgrind).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench import peers, report, runner
+from bench import instructions, peers, report, runner
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -24,7 +25,10 @@ def _cpus(text: str) -> list[int]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument(
-        "command", nargs="?", default="run", choices=("run", "verify-litellm", "list")
+        "command",
+        nargs="?",
+        default="run",
+        choices=("run", "verify-litellm", "list", "instructions"),
     )
     parser.add_argument(
         "--scenario",
@@ -66,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         for s in runner.SCENARIOS.values():
             print(f"{s.name:12} {s.title}  targets: {', '.join(s.targets)}")
         return 0
+    if args.command == "instructions":
+        return _instructions()
     if args.command == "verify-litellm":
         verdict = peers.verify_litellm(peers.PEERS / "verify")  # kept for inspection
         print(verdict)
@@ -91,6 +97,17 @@ def main(argv: list[str] | None = None) -> int:
     md = report.write(result, args.out)
     print(f"\nwrote {md}", file=sys.stderr)
     print(md.read_text())
+    return 0
+
+
+def _instructions() -> int:
+    missing = instructions.missing_tools()
+    if missing:
+        print(f"needs {', '.join(missing)} (apt install valgrind)", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="keyrail-bench-") as tmp:
+        counts = asyncio.run(instructions.count(Path(tmp)))
+    print(instructions.table(counts))
     return 0
 
 

@@ -105,7 +105,11 @@ class Fleet:
         cpus: list[int],
         env: dict[str, str] | None = None,
         wait: float = 30.0,
+        wrap: list[str] | None = None,
     ) -> Target:
+        """Start `argv` (after `wrap`, e.g. valgrind, which is slow to start) and wait for it."""
+        if wrap:
+            argv, wait = [*wrap, *argv], max(wait, 300.0)
         log = self.workdir / f"{name}.log"
         with log.open("wb") as out:
             proc = subprocess.Popen(
@@ -148,7 +152,7 @@ class Fleet:
             note="the upstream itself",
         )
 
-    def floor(self) -> Target:
+    def floor(self, wrap: list[str] | None = None) -> Target:
         port = free_port()
         argv = [
             sys.executable,
@@ -159,14 +163,21 @@ class Fleet:
             "--upstream",
             self.upstream_url,
         ]
-        return self._spawn("floor", argv, port, self.target_cpus, self._py_env())
+        return self._spawn("floor", argv, port, self.target_cpus, self._py_env(), wrap=wrap)
 
-    def keyrail(self, name: str = "keyrail", providers: int = 1, keys_each: int = 1) -> Target:
+    def keyrail(
+        self,
+        name: str = "keyrail",
+        providers: int = 1,
+        keys_each: int = 1,
+        wrap: list[str] | None = None,
+    ) -> Target:
         port = free_port()
         config = self.workdir / f"{name}.yaml"
         config.write_text(keyrail_config(port, self.upstream_url, providers, keys_each))
         exe = shutil.which("keyrail", path=str(Path(sys.executable).parent)) or "keyrail"
-        target = self._spawn(name, [exe, "serve", "-c", str(config)], port, self.target_cpus)
+        argv = [exe, "serve", "-c", str(config)]
+        target = self._spawn(name, argv, port, self.target_cpus, wrap=wrap)
         target.headers = {"Authorization": f"Bearer {CLIENT_KEY}"}
         target.note = (
             f"{providers} provider(s) x {keys_each} key(s); access log to {name}.log (a file)"

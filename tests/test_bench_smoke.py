@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench import report, runner, stats
+from bench import instructions, report, runner, stats
 from bench.peers import strace_problems
 from bench.stats import percentile
 
@@ -67,3 +67,17 @@ def test_cpu_ratios_are_paired_round_by_round() -> None:
     keyrail = row("keyrail", [125.0, 250.0, 130.0])
     (check,) = [c for c in report.checks([floor, keyrail]) if c[0].startswith("CPU/request at")]
     assert check[1] == "1.25x (rounds 1.25x-1.30x)" and check[3] == "met"
+
+
+def test_instruction_counts_are_read_and_compared() -> None:
+    """`python -m bench instructions` sums callgrind's totals and divides by requests."""
+    dump = b"events: Ir\nsummary: 0\nfn=x\n1 5\ntotals: 1200000\n"  # as `callgrind_control -d`
+    assert instructions.totals(dump) == 1200000
+    counts = [
+        instructions.Count("floor", 1000, 500_000_000),
+        instructions.Count("keyrail", 1000, 650_000_000),
+        instructions.Count("keyrail-20x5", 1000, 669_500_000),
+    ]
+    text = instructions.table(counts)
+    assert "| keyrail | 1000 | 650,000 | 1.300x | 1.000x |" in text
+    assert "| keyrail-20x5 | 1000 | 669,500 | 1.339x | 1.030x |" in text
