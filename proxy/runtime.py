@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -67,6 +68,9 @@ class Runtime:
         if self.users:
             await self._idle.wait()
         await self.aclose()
+        # `keyrail serve` froze what start-up built, the first runtime included (__main__'s
+        # _settle_gc): give it back to the collector, or its reference cycles stay forever.
+        gc.unfreeze()
 
     async def aclose(self) -> None:
         await _close(self.drivers, self.sessions)

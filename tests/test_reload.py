@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import re
 import time
@@ -10,7 +11,9 @@ from pathlib import Path
 
 import aiohttp
 
+from proxy import config, runtime
 from proxy.keys import LIVE, SCHEDULER
+from proxy.registry import Registry, options_lookup
 from proxy.reload import RELOADER
 from tests.fakes import Script
 from tests.ops_helpers import StreamResult, serve_file, stream_chat, wait_for, write_by_rename
@@ -139,3 +142,20 @@ async def test_reload_logs_every_problem_with_position(start_upstream, servers, 
     assert [r.getMessage() for r in caplog.records] == [
         f"config reload failed, keeping the running config: {outcome.problems[0]}"
     ]
+
+
+async def test_a_retired_runtime_goes_back_to_the_collector() -> None:
+    """`keyrail serve` freezes what start-up built, its first runtime included; once a reload
+    retires that runtime, the collector must see it again, or its reference cycles leak."""
+    settings = config.parse(
+        "openai-compatibility:\n  - {name: p, base-url: 'http://127.0.0.1:9/v1', models: [m]}\n",
+        options_lookup(Registry.discover()),
+    )
+    built = await runtime.build(settings, Registry.discover())
+    gc.freeze()  # as __main__._settle_gc does once serving
+    try:
+        assert gc.get_freeze_count() > 0
+        await built.retire()
+        assert gc.get_freeze_count() == 0
+    finally:
+        gc.unfreeze()
