@@ -114,7 +114,8 @@ async def _settle_gc(app: object) -> None:
     cyclic collector's sight, and collect young objects every 10,000 allocations instead of
     700. A request allocates a few hundred containers, nearly all freed by reference
     counting; with the defaults a young-generation pass ran every other request and cost
-    ~5 % of the CPU per request (bench/README.md)."""
+    ~5 % of the CPU per request (bench/README.md). A runtime that a reload retires is given
+    back to the collector (`Runtime.retire`)."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(10_000, 10, 10)
