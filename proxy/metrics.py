@@ -154,6 +154,18 @@ class ProviderMetrics:
         self._slice_seconds = window_seconds / SLICES
         self._providers: dict[str, _Provider] = {}
 
+    def set_window(self, window_seconds: int) -> None:
+        """A new window length (a reload): the window starts empty, lifetime totals keep
+        everything."""
+        if window_seconds == self.window_seconds:
+            return
+        for p in self._providers.values():
+            for s in p.slices:
+                p.folded.merge(s)
+            p.slices = [_NEVER] * SLICES
+        self.window_seconds = window_seconds
+        self._slice_seconds = window_seconds / SLICES
+
     def record(self, attempt: Attempt) -> None:
         """Count one finished attempt. Called on the hot path: no locks, no sorting."""
         now = self.clock()

@@ -143,3 +143,23 @@ def test_lifetime_survives_the_ring_going_round_many_times() -> None:
     assert life["request_count"] == 250 and life["status_counts"]["429"] == 50
     counts, _retries = m.lifetime("alpha")
     assert sum(counts.statuses) == 250 and sum(counts.latency) == 250
+
+
+def test_a_new_window_length_starts_the_window_afresh_and_keeps_lifetime() -> None:
+    """`metrics.window-seconds` changed by a reload: the old slices (of the old length) leave
+    the window, and lifetime totals still count them."""
+    clock = Clock(1_800_000_000.0)
+    m = ProviderMetrics(window_seconds=600, clock=clock)
+    for _ in range(3):
+        m.record(attempt(200, 0.05))
+    m.set_window(60)
+    a = m.snapshot([], DRIVERS)["alpha"]
+    assert m.window_seconds == 60 and a["request_count"] == 0
+    assert a["lifetime"]["request_count"] == 3
+    m.record(attempt(429, 0.05))
+    clock.now += 59.0  # inside the new, 60 s window
+    a = m.snapshot([], DRIVERS)["alpha"]
+    assert a["request_count"] == 1 and a["status_counts"]["429"] == 1
+    clock.now += 2.0  # out of it
+    assert m.snapshot([], DRIVERS)["alpha"]["request_count"] == 0
+    assert m.snapshot([], DRIVERS)["alpha"]["lifetime"]["request_count"] == 4

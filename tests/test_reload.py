@@ -12,7 +12,7 @@ from pathlib import Path
 import aiohttp
 
 from proxy import config, runtime
-from proxy.keys import LIVE, SCHEDULER
+from proxy.keys import LIVE, METRICS, SCHEDULER
 from proxy.registry import Registry, options_lookup
 from proxy.reload import RELOADER
 from tests.fakes import Script
@@ -101,10 +101,11 @@ async def test_state_keys_and_bind_across_reloads(start_upstream, servers, tmp_p
 
         assert states()[cooled[0].id] == "cooling_down"
 
-        # Same credentials, new alias, new client key, new port: cooldown kept, keys live,
-        # the port reported as needing a restart.
+        # Same credentials, new alias, new client key, new port, new metrics window: cooldown
+        # kept, keys and window live, the port reported as needing a restart.
         new_key = "client-key-bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"
         text = CONFIG.format(key=new_key, url=url, alias="fast2") + "port: 9\n"
+        text += "metrics: {window-seconds: 60}\n"
         path.write_text(text)
         outcome = await reloader.reload(reason="test")
         assert outcome.status == "reloaded"
@@ -112,6 +113,7 @@ async def test_state_keys_and_bind_across_reloads(start_upstream, servers, tmp_p
         assert any("'port' changed" in r for r in outcome.restart_required)
         assert "restart keyrail" in log_text()
         assert kr.app[LIVE].current.settings.port == kr.settings.port  # where it listens
+        assert kr.app[METRICS].window_seconds == 60
         assert states()[cooled[0].id] == "cooling_down"
         assert await chat_status(session, kr.url, "fast2", key=KEY) == 401
         assert await chat_status(session, kr.url, "fast2", key=new_key) == 200
