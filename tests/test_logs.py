@@ -8,6 +8,7 @@ import re
 import signal
 import socket
 import sys
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import aiohttp
@@ -109,23 +110,29 @@ async def test_unknown_model_line_names_no_provider(start_upstream, start_keyrai
     assert 'model="no\\nsuch model=x" provider=- credential=- status=404 upstream_status=0' in line
 
 
-def test_json_lines(capsys):
+@pytest.fixture
+def serve_logging() -> Iterator[Callable[..., None]]:
+    """`configure` as `keyrail serve` calls it; the process's logging set back afterwards."""
     root, aiohttp_access = logging.getLogger(), logging.getLogger("aiohttp.access")
     handlers, level, access_level = root.handlers[:], root.level, aiohttp_access.level
+    sink, json_lines = logs._sink, logs._json_lines
+    yield configure  # (the tests flush what they wrote: capsys's stream is gone by teardown)
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    aiohttp_access.setLevel(access_level)
+    logs._sink, logs._json_lines = sink, json_lines
+
+
+def test_json_lines(capsys, serve_logging):
+    serve_logging("json", debug=False, secrets=["sk-json-secret-123"])
+    logging.getLogger("keyrail.access").info(
+        "ignored", extra={"fields": {"request_id": "r1", "status": 429, "ttft_ms": None}}
+    )
+    logging.getLogger("keyrail.test").warning("leaked %s", "sk-json-secret-123")
     try:
-        configure("json", debug=False, secrets=["sk-json-secret-123"])
-        logging.getLogger("keyrail.access").info(
-            "ignored", extra={"fields": {"request_id": "r1", "status": 429, "ttft_ms": None}}
-        )
-        logging.getLogger("keyrail.test").warning("leaked %s", "sk-json-secret-123")
-        try:
-            raise RuntimeError("Authorization: Bearer sk-json-secret-123")
-        except RuntimeError:
-            logging.getLogger("keyrail.test").exception("boom")
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
-        aiohttp_access.setLevel(access_level)
+        raise RuntimeError("Authorization: Bearer sk-json-secret-123")
+    except RuntimeError:
+        logging.getLogger("keyrail.test").exception("boom")
     err = capsys.readouterr().err
     lines = [orjson.loads(line) for line in err.splitlines()]
     assert lines[0]["logger"] == "keyrail.access" and lines[0]["status"] == 429
@@ -136,26 +143,23 @@ def test_json_lines(capsys):
 
 
 @pytest.mark.parametrize("log_format", ["text", "json"])
-def test_access_line_skips_logging_only_when_nothing_else_would_see_it(capsys, log_format):
+def test_access_line_skips_logging_only_when_nothing_else_would_see_it(
+    capsys, serve_logging, log_format
+):
     """`keyrail serve` writes the access line straight to its stderr handler; the line is
     the one `logging` would have written, and a handler someone adds still gets it."""
-    root, aiohttp_access = logging.getLogger(), logging.getLogger("aiohttp.access")
-    handlers, level, access_level = root.handlers[:], root.level, aiohttp_access.level
     seen: list[logging.LogRecord] = []
     extra = logging.Handler()
     extra.emit = seen.append  # type: ignore[method-assign]
     rec = RequestRecord("r1", "POST", "/v1/chat/completions", model="m 1", status=200)
+    serve_logging(log_format, debug=False)
     try:
-        configure(log_format, debug=False)
         log_request(rec)  # nobody else listens: written directly
         logging.getLogger("keyrail").addHandler(extra)
         log_request(rec)  # through logging, so that the added handler sees it
         logs._flush_all()
     finally:
         logging.getLogger("keyrail").removeHandler(extra)
-        root.handlers[:] = handlers
-        root.setLevel(level)
-        aiohttp_access.setLevel(access_level)
     direct, logged = capsys.readouterr().err.splitlines()
     assert len(seen) == 1 and seen[0].name == "keyrail.access"
     if log_format == "text":
@@ -168,21 +172,14 @@ def test_access_line_skips_logging_only_when_nothing_else_would_see_it(capsys, l
         assert first == second and first["model"] == "m 1" and first["level"] == "INFO"
 
 
-def test_deferred_access_lines_keep_their_place_before_later_lines(capsys):
+def test_deferred_access_lines_keep_their_place_before_later_lines(capsys, serve_logging):
     """Access lines are formatted later, in batches, but never after a line logged later."""
-    root, aiohttp_access = logging.getLogger(), logging.getLogger("aiohttp.access")
-    handlers, level, access_level = root.handlers[:], root.level, aiohttp_access.level
-    try:
-        configure("text", debug=False)
-        for i in range(3):
-            log_request(RequestRecord(f"r{i}", "POST", "/v1/chat/completions", status=200))
-        logging.getLogger("keyrail.test").warning("after the three requests")
-        log_request(RequestRecord("r3", "POST", "/v1/chat/completions", status=200))
-        logs._flush_all()
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
-        aiohttp_access.setLevel(access_level)
+    serve_logging("text", debug=False)
+    for i in range(3):
+        log_request(RequestRecord(f"r{i}", "POST", "/v1/chat/completions", status=200))
+    logging.getLogger("keyrail.test").warning("after the three requests")
+    log_request(RequestRecord("r3", "POST", "/v1/chat/completions", status=200))
+    logs._flush_all()
     lines = capsys.readouterr().err.splitlines()
     order = [re.search(r"request_id=(r\d)|(after)", line).group(0) for line in lines]
     assert order == ["request_id=r0", "request_id=r1", "request_id=r2", "after",
