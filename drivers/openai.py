@@ -64,9 +64,11 @@ class OpenAICompatibleDriver(Driver):
         # Built once, not per request: the URL of each endpoint, the headers of each credential.
         self._urls = {endpoint: URL(f"{self.base_url}/{endpoint}") for endpoint in self.endpoints}
         self._cached_headers: dict[tuple[str, str], dict[str, str]] = {}
-        # Streams are read without aiohttp's per-chunk socket timer: before the first event
-        # the core's first-byte timeout bounds the wait, after it the relay's idle watchdog.
-        self._stream_timeout = aiohttp.ClientTimeout(
+        # Answers are read without aiohttp's per-chunk socket timer (`sock_read`), which is
+        # re-armed on every chunk: the core's first-byte timeout bounds a stream's wait for its
+        # first event and a non-streamed answer as a whole (it arrives when it is complete, so
+        # the upstream is silent until then), and the relay's idle watchdog a stream after it.
+        self._timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=session.timeout.sock_connect, sock_read=None
         )
 
@@ -96,14 +98,9 @@ class OpenAICompatibleDriver(Driver):
                 body = {**body, "stream_options": {**(options or {}), "include_usage": True}}
         url = self._urls.get(call.endpoint) or URL(f"{self.base_url}/{call.endpoint}")
         data, headers = orjson.dumps(body), self._headers(call.headers, credential)
-        if call.stream:
-            # Read without aiohttp's per-chunk sock_read timer: the relay's watchdog covers it.
-            response = await self.post(
-                url, data=data, headers=headers, credential=credential,
-                client_timeout=self._stream_timeout,
-            )  # fmt: skip
-        else:
-            response = await self.post(url, data=data, headers=headers, credential=credential)
+        response = await self.post(
+            url, data=data, headers=headers, credential=credential, client_timeout=self._timeout
+        )
         if response.status >= 300:
             data = await read_error_body(response)
             headers = dict(response.headers)

@@ -429,6 +429,18 @@ async def test_first_byte_timeout_moves_on_and_cools_transiently(start_upstream,
     assert resp.status == 502 and "slow" in error["message"]
 
 
+async def test_non_streamed_answer_is_bounded_by_first_byte_not_idle(start_upstream, start_keyrail):
+    # A non-streamed answer arrives when it is complete: the upstream is silent until then,
+    # and `first-byte-seconds` is the bound that says how long that may take. `idle-seconds`
+    # (silence between bytes of a stream) must not cut it first.
+    fake, url = await start_upstream()
+    fake.script = lambda seen: Script(delay=0.6)
+    top = "timeouts:\n  first-byte-seconds: 30\n  idle-seconds: 0.2"
+    kr = await start_keyrail(config(block("main", url, ["key-1"]), top=top))
+    assert (await post(kr)).status == 200
+    assert keys_seen(fake) == {"key-1": 1}
+
+
 async def test_disable_cooling_on_one_api_key_entry(start_upstream, start_keyrail):
     fake, url = await start_upstream()
     fake.script = throttle({"key-1", "key-2"}, {"Retry-After": "60"})
