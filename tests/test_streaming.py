@@ -192,6 +192,8 @@ async def test_client_disconnect_cancels_upstream_fast(setup, phase):
         ),
         (b'{"usage":{"a":{"b":{"prompt_tokens":7}}}}', {"a": {"b": {"prompt_tokens": 7}}}),
         (b'not json "usage"', None),
+        (b'{"usage" : {"prompt_tokens": 3}, "choices": [{"text": "}{"}]}', {"prompt_tokens": 3}),
+        (b'{"meta":{"usage":{"x":1}},"usage":{"prompt_tokens":4}}', {"prompt_tokens": 4}),
     ],
 )
 def test_usage_is_found_wherever_it_is_and_only_there(payload, usage):
