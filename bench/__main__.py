@@ -1,8 +1,9 @@
 """`python -m bench`: run scenarios and write the results; or verify LiteLLM's isolation.
 
-Owns: the command line. `python -m bench` runs every scenario (what `make bench` does);
-`--scenario NAME` (repeatable) runs some; `verify-litellm` runs the strace check;
-`instructions` counts instructions per request under callgrind (needs valgrind).
+Owns: the command line. `python -m bench` runs every scenario (what `make bench` does) and,
+when valgrind is installed, counts instructions per request too; `--scenario NAME`
+(repeatable) runs some; `verify-litellm` runs the strace check; `instructions` counts
+instructions per request under callgrind alone.
 """
 
 from __future__ import annotations
@@ -63,6 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target-cpus", help="CPUs for the proxies, e.g. 1 (default: last)")
     parser.add_argument("--bench-cpus", help="CPUs for load generator and upstream")
     parser.add_argument("--no-pin", action="store_true", help="do not pin anything")
+    parser.add_argument(
+        "--no-instructions",
+        action="store_true",
+        help="skip the instruction count (~40 s; runs when valgrind is installed and the "
+        "json-c32 or routing scenario is in the run)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="where results go")
     args = parser.parse_args(argv)
 
@@ -94,6 +101,13 @@ def main(argv: list[str] | None = None) -> int:
         opts.bench_cpus = _cpus(args.bench_cpus)
     with tempfile.TemporaryDirectory(prefix="keyrail-bench-") as tmp:
         result = _run(opts, Path(tmp))
+    if not args.no_instructions and {"json-c32", "routing"} & set(opts.scenarios):
+        if instructions.missing_tools():
+            result.notes.append("instructions per request: not counted (needs valgrind)")
+        else:
+            print("counting instructions per request under callgrind (~40 s)", file=sys.stderr)
+            with tempfile.TemporaryDirectory(prefix="keyrail-bench-") as tmp:
+                result.instructions = asyncio.run(instructions.count(Path(tmp)))
     md = report.write(result, args.out)
     print(f"\nwrote {md}", file=sys.stderr)
     print(md.read_text())

@@ -25,6 +25,8 @@ from bench.targets import Fleet, Target
 #: line near the top is written before the counting, as 0 in a dump.)
 _TOTALS = re.compile(rb"^totals:\s+(\d+)", re.MULTILINE)
 WARMUP_REQUESTS = 200
+REQUESTS = 1000
+CONCURRENCY = 8
 
 
 @dataclass
@@ -42,7 +44,9 @@ def missing_tools() -> list[str]:
     return [tool for tool in ("valgrind", "callgrind_control") if shutil.which(tool) is None]
 
 
-async def count(workdir: Path, requests: int = 1000, concurrency: int = 8) -> list[Count]:
+async def count(
+    workdir: Path, requests: int = REQUESTS, concurrency: int = CONCURRENCY
+) -> list[Count]:
     """Instructions per request of each target, one after the other."""
     fleet = Fleet(workdir, [], [])
     body = request_body(False, 0)

@@ -20,6 +20,7 @@ from pathlib import Path
 import aiohttp
 
 from bench import peers, procstat
+from bench.instructions import Count
 from bench.loadgen import Client, Samples, request_body
 from bench.stats import Row, add_baseline, summarize
 from bench.targets import Fleet, Target
@@ -127,6 +128,8 @@ class RunResult:
     options: Options
     started: float
     notes: list[str]
+    #: instructions per request under callgrind (`bench.instructions`), when it ran
+    instructions: list[Count] = field(default_factory=list)
 
     def meta(self) -> dict[str, object]:
         return {"options": asdict(self.options), "notes": self.notes}

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import orjson
+
 from bench import instructions, report, runner, stats
 from bench.peers import strace_problems
 from bench.stats import percentile
@@ -52,6 +54,15 @@ async def test_tiny_run_writes_tables(tmp_path: Path) -> None:
     text = md.read_text()
     assert "| floor |" in text and "## sse-50" in text
     assert (tmp_path / "out" / "latency-json-c1.svg").read_text().startswith("<svg")
+    assert "Instructions per request" not in text
+    result.instructions = [instructions.Count("floor", 1000, 580_000_000)]
+    text = report.write(result, tmp_path / "out").read_text()
+    assert "## Instructions per request (callgrind)" in text
+    assert "| floor | 1000 | 580,000 |" in text
+    saved = orjson.loads((tmp_path / "out" / "results.json").read_bytes())
+    assert saved["instructions"] == [
+        {"target": "floor", "requests": 1000, "instructions": 580_000_000, "per_request": 580000.0}
+    ]
 
 
 def test_cpu_ratios_are_paired_round_by_round() -> None:
@@ -81,3 +92,42 @@ def test_instruction_counts_are_read_and_compared() -> None:
     text = instructions.table(counts)
     assert "| keyrail | 1000 | 650,000 | 1.300x | 1.000x |" in text
     assert "| keyrail-20x5 | 1000 | 669,500 | 1.339x | 1.030x |" in text
+
+
+def test_instruction_counts_decide_the_targets_cpu_time_cannot_resolve() -> None:
+    """With counts, the routing check is decided by instructions (CPU time moved more than
+    its 5 % between rounds), and the c=32 check gets the instruction ratio beside it."""
+
+    def row(scenario: str, target: str, per_round: list[float]) -> stats.Row:
+        return stats.Row(
+            scenario, target, 100, 0, 1.0, *[None] * 7, 0,
+            sum(per_round) / len(per_round), None, None, 1.0, cpu_per_round=per_round,
+        )  # fmt: skip
+
+    rows = [
+        row("routing", "keyrail", [100.0, 100.0]),
+        row("routing", "keyrail-20x5", [112.0, 96.0]),
+    ]
+    counts = [
+        instructions.Count("floor", 1000, 580_000_000),
+        instructions.Count("keyrail", 1000, 730_000_000),
+        instructions.Count("keyrail-20x5", 1000, 752_000_000),
+    ]
+    without = {c[0]: c for c in report.checks(rows)}
+    cpu = "CPU/request, 100 credentials over 20 providers ÷ 1 credential"
+    assert without[cpu][3] == "met"  # median 1.04x: CPU time alone decides
+    found = {c[0]: c for c in report.checks(rows, counts)}
+    assert found[cpu][3] == "for comparison (instructions decide)"
+    routing = found[
+        "instructions/request (callgrind), 100 credentials over 20 providers ÷ 1 credential"
+    ]
+    assert routing[1:] == ("1.030x", "1.050x", "met")
+    overhead = found["instructions/request (callgrind), keyrail ÷ floor"]
+    assert overhead[1:] == ("1.259x", "1.300x", "met")
+    slower = [*counts[:2], instructions.Count("keyrail-20x5", 1000, 770_000_000)]
+    (routing,) = [
+        c
+        for c in report.checks(rows, slower)
+        if c[0].startswith("instructions/request (callgrind), 100")
+    ]
+    assert routing[1:] == ("1.055x", "1.050x", "MISSED")
