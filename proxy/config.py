@@ -117,6 +117,7 @@ class Settings:
     connect_timeout: float = 10.0
     first_byte_timeout: float = 600.0
     idle_timeout: float = 300.0
+    request_read_timeout: float = 60.0
     shutdown_drain_seconds: float = 30.0
     fallbacks: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     providers: tuple[ProviderBlock, ...] = ()
@@ -167,6 +168,7 @@ _SCALARS: dict[str, tuple[str, type | tuple[type, ...], _Check | None]] = {
     "timeouts.connect-seconds": ("connect_timeout", _NUM, _at_least(0.001)),
     "timeouts.first-byte-seconds": ("first_byte_timeout", _NUM, _at_least(0.001)),
     "timeouts.idle-seconds": ("idle_timeout", _NUM, _at_least(0.001)),
+    "timeouts.request-read-seconds": ("request_read_timeout", _NUM, _at_least(0.001)),
     "shutdown.drain-seconds": ("shutdown_drain_seconds", _NUM, _at_least(0)),
 }
 _SECTIONS = {"routing", "streaming", "remote-management", "logging", "metrics", "limits",

@@ -127,9 +127,13 @@ async def get_model(request: web.Request) -> web.Response:
     )
 
 
-async def read_json_object(request: web.Request) -> dict[str, Any]:
-    """The request body as a JSON object, or a clear 400 (413 when over the size limit)."""
-    raw = await request.read()  # aiohttp raises 413 past client_max_size
+async def read_json_object(request: web.Request, read_seconds: float = 60.0) -> dict[str, Any]:
+    """The request body as a JSON object, or a clear 400 (413 when over the size limit, 408
+    when it has not all arrived `read_seconds` after the headers)."""
+    if request.content.is_eof():  # the usual case: the body came with the headers
+        raw = await request.read()  # aiohttp raises 413 past client_max_size
+    else:
+        raw = await _read_within(request, read_seconds)
     if not raw:
         raise InvalidRequest("The request body is empty; send a JSON object.")
     try:
@@ -141,6 +145,22 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
     return body
+
+
+async def _read_within(request: web.Request, seconds: float) -> bytes:
+    # aiohttp bounds how long a client may take over its headers (keep-alive timeout) but not
+    # over its body: one byte a second would hold a handler and a connection for as long as
+    # the client likes.
+    try:
+        async with asyncio.timeout(seconds):
+            return await request.read()  # aiohttp raises 413 past client_max_size
+    except TimeoutError:
+        raise InvalidRequest(
+            f"The request body did not arrive within {seconds:g} s "
+            "(timeouts.request-read-seconds).",
+            status=408,
+            code="request_timeout",
+        ) from None
 
 
 def _model_of(body: dict[str, Any]) -> str:
@@ -162,7 +182,7 @@ async def proxy_request(request: web.Request) -> web.StreamResponse:
     success: failover.Success | None = None
     attempt: Attempt | None = None  # the successful one, until it is recorded
     try:
-        body = await read_json_object(request)
+        body = await read_json_object(request, runtime.settings.request_read_timeout)
         rec.model = _model_of(body)
         stream = body.get("stream") is True
         if "stream" in body and not isinstance(body["stream"], bool) and body["stream"] is not None:

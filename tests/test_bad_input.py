@@ -150,3 +150,70 @@ async def test_unreachable_upstream_is_502_naming_provider(start_keyrail):
     status, body = await _post(kr, b'{"model": "gpt-4o-mini", "messages": []}')
     assert status == 502
     assert "fakeco" in _error(body)["message"]
+
+
+SLOW_CONFIG = CONFIG + "timeouts:\n  request-read-seconds: 0.3\n"
+BODY = b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}'
+
+
+def _head(length: int) -> bytes:
+    return (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer client-key-1\r\n"
+        b"Content-Type: application/json\r\nContent-Length: " + str(length).encode() + b"\r\n\r\n"
+    )
+
+
+async def _response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """One HTTP response off a raw connection: its status and its body."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    status = int(head.split(b" ", 2)[1])
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    return status, await asyncio.wait_for(reader.readexactly(length), 5)
+
+
+async def test_a_body_that_stops_arriving_is_408_and_the_server_keeps_serving(
+    start_upstream, start_keyrail
+):
+    """One byte a second, or none: the client gets a 408 at `request-read-seconds`, not a
+    handler held for as long as it likes."""
+    fake, url = await start_upstream()
+    kr = await start_keyrail(SLOW_CONFIG.format(url=url))
+    reader, writer = await asyncio.open_connection(kr.server.host, kr.server.port)
+    try:
+        writer.write(_head(len(BODY)) + BODY[:20])  # the rest never comes
+        await writer.drain()
+        status, body = await _response(reader)
+    finally:
+        writer.close()
+    assert status == 408
+    error = _error(body)
+    assert error["code"] == "request_timeout" and "request-read-seconds" in error["message"]
+    assert not fake.seen  # nothing went upstream
+    assert (await _post(kr, BODY))[0] == 200
+
+
+async def test_a_body_sent_in_pieces_within_the_deadline_is_served(start_upstream, start_keyrail):
+    fake, url = await start_upstream()
+    kr = await start_keyrail(SLOW_CONFIG.replace("0.3", "30").format(url=url))
+    reader, writer = await asyncio.open_connection(kr.server.host, kr.server.port)
+    try:
+        # With `Expect: 100-continue` the server routes the request and says "continue"
+        # before any body byte exists: keyrail's handler is sure to wait for the body.
+        head = _head(len(BODY)).replace(b"\r\n\r\n", b"\r\nExpect: 100-continue\r\n\r\n")
+        writer.write(head)
+        await writer.drain()
+        assert await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5) == (
+            b"HTTP/1.1 100 Continue\r\n\r\n"
+        )
+        for piece in (BODY[:20], BODY[20:]):
+            writer.write(piece)
+            await writer.drain()
+        status, body = await _response(reader)
+    finally:
+        writer.close()
+    assert status == 200 and orjson.loads(body)["object"] == "chat.completion"
+    assert len(fake.seen) == 1
