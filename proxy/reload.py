@@ -5,9 +5,9 @@ inode, so it is seen like an in-place write), debouncing, comparing the content 
 validating the new file (an invalid one leaves the old config serving and logs each
 `FILE:LINE:COL` problem), building the new runtime while the old one keeps serving, carrying
 scheduler state over for credentials that still exist, swapping, and closing the old runtime
-once the requests and streams that started on it have finished. `host`/`port` changes are
-logged as needing a restart. `Reloader.reload` is also what SIGHUP and
-`POST /v0/management/reload` call. Does not own: parsing (config.py), building (runtime.py),
+once the requests and streams that started on it have finished. `host`, `port` and
+`limits.request-body-mb` changes are logged as needing a restart. `Reloader.reload` is also
+what SIGHUP and `POST /v0/management/reload` call. Does not own: parsing (config.py), building (runtime.py),
 token files named by provider blocks (their drivers' token store re-reads them).
 """
 
@@ -55,7 +55,8 @@ class Reloader:
     poll_seconds: float = POLL_SECONDS
     last: Outcome | None = None
     _digest: bytes = b""
-    _file_bind: tuple[str, int] | None = None  # host/port as the file last said them
+    #: what only a restart applies (host, port, body limit), as the file last said them
+    _file_bind: tuple[str, int, float] | None = None
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -69,10 +70,7 @@ class Reloader:
             return
         self._digest = hashlib.sha256(data).digest()
         settings = self.app[LIVE].current.settings
-        self._file_bind = _file_bind_of(data, self.path, self.app) or (
-            settings.host,
-            settings.port,
-        )
+        self._file_bind = _file_bind_of(data, self.path, self.app) or _fixed_at_start(settings)
 
     async def reload(self, *, force: bool = False, reason: str = "file changed") -> Outcome:
         """Re-read the file; swap in a new runtime if it is valid and (unless `force`) new."""
@@ -109,11 +107,17 @@ class Reloader:
         live = self.app[LIVE]
         running = live.current.settings
         restart = _bind_changes(self._file_bind, new)
-        self._file_bind = (new.host, new.port)
+        self._file_bind = _fixed_at_start(new)
         for warning in new.warnings:
             log.warning("%s", warning)
-        # Where keyrail listens cannot change without a restart: keep saying where it does.
-        new = dataclasses.replace(new, host=running.host, port=running.port)
+        # What is fixed when the server starts cannot change without a restart: keep saying
+        # what applies.
+        new = dataclasses.replace(
+            new,
+            host=running.host,
+            port=running.port,
+            request_body_limit_mb=running.request_body_limit_mb,
+        )
         try:
             fresh = await runtime.build(new, registry)
         except Exception as exc:  # a driver refused its block: keep serving the old config
@@ -207,7 +211,13 @@ def _signature(path: Path) -> tuple[int, int, int, int] | None:
     return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-def _bind_changes(previous: tuple[str, int] | None, new: config.Settings) -> tuple[str, ...]:
+def _fixed_at_start(settings: config.Settings) -> tuple[str, int, float]:
+    """What the server is built with: where it listens, and the request body limit (aiohttp
+    sets it on the application)."""
+    return (settings.host, settings.port, settings.request_body_limit_mb)
+
+
+def _bind_changes(previous: tuple[str, int, float] | None, new: config.Settings) -> tuple[str, ...]:
     if previous is None:
         return ()
     changes = []
@@ -215,17 +225,22 @@ def _bind_changes(previous: tuple[str, int] | None, new: config.Settings) -> tup
         changes.append(f"'host' changed to {new.host!r}: restart keyrail to listen there")
     if new.port != previous[1]:
         changes.append(f"'port' changed to {new.port}: restart keyrail to listen there")
+    if new.request_body_limit_mb != previous[2]:
+        changes.append(
+            f"'limits.request-body-mb' changed to {new.request_body_limit_mb:g}: restart "
+            "keyrail to apply it"
+        )
     return tuple(changes)
 
 
-def _file_bind_of(data: bytes, path: Path, app: web.Application) -> tuple[str, int] | None:
+def _file_bind_of(data: bytes, path: Path, app: web.Application) -> tuple[str, int, float] | None:
     try:
         settings = config.parse(
             data.decode("utf-8"), options_lookup(app[REGISTRY]), source=str(path)
         )
     except (ConfigError, UnicodeDecodeError):
         return None
-    return (settings.host, settings.port)
+    return _fixed_at_start(settings)
 
 
 RELOADER = web.AppKey("reloader", Reloader)

@@ -105,12 +105,16 @@ async def test_state_keys_and_bind_across_reloads(start_upstream, servers, tmp_p
         # kept, keys and window live, the port reported as needing a restart.
         new_key = "client-key-bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"
         text = CONFIG.format(key=new_key, url=url, alias="fast2") + "port: 9\n"
-        text += "metrics: {window-seconds: 60}\n"
+        text += "metrics: {window-seconds: 60}\nlimits: {request-body-mb: 0.001}\n"
         path.write_text(text)
         outcome = await reloader.reload(reason="test")
         assert outcome.status == "reloaded"
         assert outcome.models_added == ("fast2",) and outcome.models_removed == ("fast",)
         assert any("'port' changed" in r for r in outcome.restart_required)
+        assert any("'limits.request-body-mb' changed" in r for r in outcome.restart_required)
+        assert (
+            kr.app[LIVE].current.settings.request_body_limit_mb == kr.settings.request_body_limit_mb
+        )
         assert "restart keyrail" in log_text()
         assert kr.app[LIVE].current.settings.port == kr.settings.port  # where it listens
         assert kr.app[METRICS].window_seconds == 60
