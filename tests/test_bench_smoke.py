@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import orjson
+import pytest
 
 from bench import instructions, report, runner, stats
 from bench.peers import strace_problems
@@ -131,3 +132,16 @@ def test_instruction_counts_decide_the_targets_cpu_time_cannot_resolve() -> None
         if c[0].startswith("instructions/request (callgrind), 100")
     ]
     assert routing[1:] == ("1.055x", "1.050x", "MISSED")
+
+
+@pytest.mark.skipif(
+    bool(instructions.missing_tools()), reason="needs valgrind (.ci/run installs it)"
+)
+async def test_instruction_count_runs_end_to_end(tmp_path: Path) -> None:
+    """`python -m bench instructions` as a user runs it: each target under callgrind, counted
+    over exactly the requests asked for (the numbers themselves are bench/'s business)."""
+    counts = await instructions.count(tmp_path, requests=30, concurrency=4)
+    assert [c.target for c in counts] == ["floor", "keyrail", "keyrail-20x5"]
+    for c in counts:
+        assert c.requests == 30
+        assert c.per_request > 10_000  # a request is hundreds of thousands of instructions
