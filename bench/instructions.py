@@ -4,7 +4,7 @@ Owns: running the floor and keyrail (one credential, and 20 blocks of 5 keys) on
 under `valgrind --tool=callgrind` with instrumentation off, warming each up, switching
 instrumentation on (`callgrind_control -i on`) for exactly `requests` non-streamed requests,
 and dividing the instructions counted by them. Unlike CPU time this does not move with the
-machine's load (repeat runs agree within ~0.5 %), so it resolves a change of 1-2 %; it sees
+machine's load (repeat runs agree within about 1 %), so it resolves a change of 2 %; it sees
 neither cache misses nor the kernel, which CPU time does.
 Does not own: the load (loadgen.Client), the processes (targets.Fleet).
 """

@@ -163,7 +163,7 @@ def checks(rows: Sequence[Row], counts: Sequence[Count] = ()) -> list[tuple[str,
     )
     if "keyrail-20x5" in per_request and out[-1][3] != "-":
         # CPU time moves more than 5 % between rounds on a shared machine: it cannot resolve
-        # this target, the instruction count (repeat runs within 0.5 %) can.
+        # this target, the instruction count (repeat runs within about 1 %) can.
         out[-1] = (*out[-1][:3], "for comparison (instructions decide)")
     add_instructions(
         "instructions/request (callgrind), 100 credentials over 20 providers ÷ 1 credential",

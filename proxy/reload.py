@@ -56,7 +56,7 @@ class Reloader:
     last: Outcome | None = None
     _digest: bytes = b""
     #: what only a restart applies (host, port, body limit), as the file last said them
-    _file_bind: tuple[str, int, float] | None = None
+    _file_fixed: tuple[str, int, float] | None = None
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -70,7 +70,7 @@ class Reloader:
             return
         self._digest = hashlib.sha256(data).digest()
         settings = self.app[LIVE].current.settings
-        self._file_bind = _file_bind_of(data, self.path, self.app) or _fixed_at_start(settings)
+        self._file_fixed = _fixed_in_file(data, self.path, self.app) or _fixed_at_start(settings)
 
     async def reload(self, *, force: bool = False, reason: str = "file changed") -> Outcome:
         """Re-read the file; swap in a new runtime if it is valid and (unless `force`) new."""
@@ -106,8 +106,8 @@ class Reloader:
             return _failed(*exc.problems)
         live = self.app[LIVE]
         running = live.current.settings
-        restart = _bind_changes(self._file_bind, new)
-        self._file_bind = _fixed_at_start(new)
+        restart = _restart_changes(self._file_fixed, new)
+        self._file_fixed = _fixed_at_start(new)
         for warning in new.warnings:
             log.warning("%s", warning)
         # What is fixed when the server starts cannot change without a restart: keep saying
@@ -217,7 +217,9 @@ def _fixed_at_start(settings: config.Settings) -> tuple[str, int, float]:
     return (settings.host, settings.port, settings.request_body_limit_mb)
 
 
-def _bind_changes(previous: tuple[str, int, float] | None, new: config.Settings) -> tuple[str, ...]:
+def _restart_changes(
+    previous: tuple[str, int, float] | None, new: config.Settings
+) -> tuple[str, ...]:
     if previous is None:
         return ()
     changes = []
@@ -233,7 +235,7 @@ def _bind_changes(previous: tuple[str, int, float] | None, new: config.Settings)
     return tuple(changes)
 
 
-def _file_bind_of(data: bytes, path: Path, app: web.Application) -> tuple[str, int, float] | None:
+def _fixed_in_file(data: bytes, path: Path, app: web.Application) -> tuple[str, int, float] | None:
     try:
         settings = config.parse(
             data.decode("utf-8"), options_lookup(app[REGISTRY]), source=str(path)
