@@ -127,7 +127,7 @@ async def get_model(request: web.Request) -> web.Response:
     )
 
 
-async def read_json_object(request: web.Request, read_seconds: float = 60.0) -> dict[str, Any]:
+async def read_json_object(request: web.Request, read_seconds: float) -> dict[str, Any]:
     """The request body as a JSON object, or a clear 400 (413 when over the size limit, 408
     when it has not all arrived `read_seconds` after the headers)."""
     if request.content.is_eof():  # the usual case: the body came with the headers
