@@ -32,15 +32,13 @@ class ClientKeys:
     at most the configured keys, and goes with this object when the config is reloaded.
     """
 
-    __slots__ = ("_accepted", "_digests")
+    __slots__ = ("_accepted", "_digests", "required")
 
     def __init__(self, keys: Iterable[str]) -> None:
         self._digests = tuple(hashlib.sha256(k.encode()).digest() for k in keys)
         self._accepted: set[str] = set()
-
-    @property
-    def required(self) -> bool:
-        return bool(self._digests)
+        #: whether any key is configured (else everyone is let in)
+        self.required = bool(self._digests)
 
     def allows(self, presented: str | None) -> bool:
         """True when `presented` is one of the keys. Time does not depend on which one."""

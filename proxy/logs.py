@@ -265,7 +265,11 @@ class _TextFormatter(logging.Formatter):
                 second,
                 time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second)),
             )
-        return f"{self._stamp},{int(created * 1000) % 1000:03d}"
+        return self._stamp + _MILLISECONDS[int(created * 1000) % 1000]
+
+
+#: ",000" to ",999": a lookup costs less than formatting the milliseconds of every line
+_MILLISECONDS = tuple(f",{ms:03d}" for ms in range(1000))
 
 
 class _BufferedHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -294,10 +298,13 @@ class _BufferedHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def _write_access(self) -> None:
         access = self._access
+        lines = []
         while access:
             created, rec = access.popleft()
             line, fields = access_line(rec)
-            self.write_info(ACCESS_LOGGER, line, fields, created)
+            lines.append(self.format_info(ACCESS_LOGGER, line, fields, created))
+        if lines:
+            self._write("".join(lines))  # one write for the batch
 
     def flush(self) -> None:
         self._write_access()
@@ -316,15 +323,21 @@ class _BufferedHandler(logging.StreamHandler):  # type: ignore[type-arg]
         self, name: str, message: str, fields: dict[str, Any] | None, created: float
     ) -> None:
         """An INFO line written as `emit` would write it, without building a `LogRecord`."""
+        self._write(self.format_info(name, message, fields, created))
+
+    def format_info(
+        self, name: str, message: str, fields: dict[str, Any] | None, created: float
+    ) -> str:
         formatter = self.formatter
         if isinstance(formatter, _TextFormatter):
-            line = f"{formatter.stamp(created)} INFO {name} {message}\n"
-        elif isinstance(formatter, JsonFormatter):
-            line = formatter.render(created, "INFO", name, fields) + "\n"
-        else:
-            line = message + "\n"
-        try:  # not contextlib.suppress: this runs once per request, and try costs nothing
-            self.stream.write(line)
+            return f"{formatter.stamp(created)} INFO {name} {message}\n"
+        if isinstance(formatter, JsonFormatter):
+            return formatter.render(created, "INFO", name, fields) + "\n"
+        return message + "\n"
+
+    def _write(self, text: str) -> None:
+        try:
+            self.stream.write(text)
         except (OSError, ValueError):  # stderr closed or gone: a log line never fails a request
             return
 

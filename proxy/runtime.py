@@ -47,7 +47,8 @@ class Runtime:
     sessions: list[aiohttp.ClientSession] = field(default_factory=list)
     #: requests that started on this runtime and have not finished (see `middleware`)
     users: int = 0
-    _idle: asyncio.Event = field(default_factory=asyncio.Event)
+    #: set when the last user leaves, once the runtime is retiring (not per request)
+    _unused: asyncio.Event | None = None
 
     @property
     def driver_names(self) -> dict[str, str]:
@@ -56,17 +57,17 @@ class Runtime:
 
     def enter(self) -> None:
         self.users += 1
-        self._idle.clear()
 
     def leave(self) -> None:
         self.users -= 1
-        if self.users == 0:
-            self._idle.set()
+        if self.users == 0 and self._unused is not None:
+            self._unused.set()
 
     async def retire(self) -> None:
         """Close once every request that started on this runtime has finished (after a swap)."""
         if self.users:
-            await self._idle.wait()
+            self._unused = asyncio.Event()
+            await self._unused.wait()
         await self.aclose()
         # `keyrail serve` froze what start-up built, the first runtime included (__main__'s
         # _settle_gc): give it back to the collector, or its reference cycles stay forever.

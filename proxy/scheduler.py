@@ -244,6 +244,9 @@ class Scheduler:
         n = len(members)
         key = (pool, block.provider)
         start = self._cursors.get(key, 0) % n
+        if not tried and not self._cooling and not self._disabled:  # healthy: the next one
+            self._cursors[key] = start + 1
+            return members[start]
         for step in range(n):
             i = (start + step) % n
             c = members[i]

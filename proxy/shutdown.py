@@ -53,8 +53,9 @@ class Drain:
     def __init__(self) -> None:
         self.closing = False
         self._tasks: set[asyncio.Task[object]] = set()
-        self._idle = asyncio.Event()
-        self._idle.set()
+        #: set when the last request in flight ends, once a drain has begun (not before: it
+        #: would be cleared and set on every request)
+        self._drained: asyncio.Event | None = None
 
     @property
     def in_flight(self) -> int:
@@ -67,7 +68,6 @@ class Drain:
         task = asyncio.current_task()  # the handler's task (not `request.task`, the connection's)
         assert task is not None
         self._tasks.add(task)
-        self._idle.clear()
         try:
             return await handler(request)
         except asyncio.CancelledError:
@@ -76,21 +76,22 @@ class Drain:
             raise
         finally:
             self._tasks.discard(task)
-            if not self._tasks:
-                self._idle.set()
+            if not self._tasks and self._drained is not None:
+                self._drained.set()
 
     async def drain(self, seconds: float) -> None:
         """Wait up to `seconds` for requests in flight; then cut the rest and let them end."""
         self.closing = True
+        drained = self._drained = asyncio.Event()
         if self._tasks:
             log.info("draining %d requests (up to %g s)", len(self._tasks), seconds)
-            await _wait(self._idle, seconds)
+            await _wait(drained, seconds)
         if self._tasks:
             log.warning("ending %d requests still in flight after the drain", len(self._tasks))
             for task in list(self._tasks):
                 _cut.add(task)
                 task.cancel()
-            await _wait(self._idle, GRACE_SECONDS)
+            await _wait(drained, GRACE_SECONDS)
 
 
 async def _wait(event: asyncio.Event, seconds: float) -> None:
