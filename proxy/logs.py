@@ -303,8 +303,12 @@ class _BufferedHandler(logging.StreamHandler):  # type: ignore[type-arg]
             created, rec = access.popleft()
             line, fields = access_line(rec)
             lines.append(self.format_info(ACCESS_LOGGER, line, fields, created))
-        if lines:
-            self._write("".join(lines))  # one write for the batch
+        if not lines:
+            return
+        try:
+            self.stream.write("".join(lines))  # one write for the batch
+        except (OSError, ValueError):  # stderr closed or gone: a log line never fails a request
+            return
 
     def flush(self) -> None:
         self._write_access()
@@ -319,27 +323,16 @@ class _BufferedHandler(logging.StreamHandler):  # type: ignore[type-arg]
         except Exception:
             self.handleError(record)
 
-    def write_info(
-        self, name: str, message: str, fields: dict[str, Any] | None, created: float
-    ) -> None:
-        """An INFO line written as `emit` would write it, without building a `LogRecord`."""
-        self._write(self.format_info(name, message, fields, created))
-
     def format_info(
         self, name: str, message: str, fields: dict[str, Any] | None, created: float
     ) -> str:
+        """An INFO line as `emit` would write it, without building a `LogRecord`."""
         formatter = self.formatter
         if isinstance(formatter, _TextFormatter):
             return f"{formatter.stamp(created)} INFO {name} {message}\n"
         if isinstance(formatter, JsonFormatter):
             return formatter.render(created, "INFO", name, fields) + "\n"
         return message + "\n"
-
-    def _write(self, text: str) -> None:
-        try:
-            self.stream.write(text)
-        except (OSError, ValueError):  # stderr closed or gone: a log line never fails a request
-            return
 
 
 async def flush_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -15,11 +15,13 @@ USAGE = b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2}}
 DONE = b"data: [DONE]\n\n"
 
 
-async def _relay(chunks: list[bytes], options: RelayOptions) -> tuple[bytes, object]:
+async def _relay(upstream: list[bytes] | object, options: RelayOptions) -> tuple[bytes, object]:
+    """Relay `upstream` (chunks, or a body stream) to a real client: its bytes and the result."""
     seen: list[object] = []
+    body = BytesStream(*upstream) if isinstance(upstream, list) else upstream
 
     async def handler(request: web.Request) -> web.StreamResponse:
-        head = StreamHead(Reply(200, {}, BytesStream(*chunks)), "p")
+        head = StreamHead(Reply(200, {}, body), "p")  # type: ignore[arg-type]
         await head.open()
         response, result = await relay(request, head, options, 0.0)
         seen.append(result)
@@ -87,24 +89,12 @@ class _Stalling:
 
 async def test_idle_upstream_ends_the_stream_with_an_error_event() -> None:
     stalling = _Stalling()
-    seen: list[object] = []
-
-    async def handler(request: web.Request) -> web.StreamResponse:
-        head = StreamHead(Reply(200, {}, stalling), "p")
-        await head.open()
-        options = RelayOptions(keepalive_seconds=0.05, idle_seconds=0.3)
-        response, result = await relay(request, head, options, 0.0)
-        seen.append(result)
-        return response
-
-    app = web.Application()
-    app.router.add_post("/", handler)
-    async with TestClient(TestServer(app)) as client:
-        started = asyncio.get_running_loop().time()
-        body = await (await client.post("/")).read()
-        took = asyncio.get_running_loop().time() - started
+    options = RelayOptions(keepalive_seconds=0.05, idle_seconds=0.3)
+    started = asyncio.get_running_loop().time()
+    body, result = await _relay(stalling, options)
+    took = asyncio.get_running_loop().time() - started
     assert body.startswith(CONTENT)
     assert b": keepalive" in body  # keepalives went out while waiting
     assert body.rstrip().endswith(b"}") and b"sent nothing for 0.3 s" in body
-    assert seen[0].error.status == 504  # type: ignore[attr-defined]
+    assert result.error.status == 504  # type: ignore[attr-defined]
     assert stalling.closed and 0.25 < took < 3
