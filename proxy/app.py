@@ -11,14 +11,13 @@ from pathlib import Path
 
 from aiohttp import web
 
-from proxy import auth, handlers, logs, management, metrics, reload, runtime, shutdown
+from proxy import handlers, logs, management, metrics, pipeline, reload, runtime, shutdown
 from proxy.config import Settings
 from proxy.keys import LIVE, METRICS, REGISTRY, SCHEDULER
 from proxy.logs import install_redaction
 from proxy.metrics import ProviderMetrics
 from proxy.redact import secrets_of
 from proxy.registry import Registry
-from proxy.runtime import RUNTIME
 from proxy.scheduler import Scheduler
 
 
@@ -34,19 +33,11 @@ def create_app(
     live = runtime.Live()  # the current config's drivers and catalog, swapped on reload
     drain = shutdown.Drain()  # requests in flight, drained on shutdown
     app = web.Application(
-        middlewares=[
-            drain.middleware,  # first, so that it sees every request
-            handlers.access_middleware,  # every request gets an id and (probes aside) a log line
-            handlers.errors_middleware,  # every failure leaves as an OpenAI error body
-            runtime.middleware(live),  # each request keeps the config it started with
-            auth.middleware(  # client keys guard /v1/* (and the metrics, if configured)
-                lambda request: request[RUNTIME].client_keys,
-                metrics_need_key=lambda request: request[RUNTIME].settings.metrics_require_key,
-            ),
-        ],
         client_max_size=int(settings.request_body_limit_mb * 1024 * 1024),
         handler_args={"max_field_size": 16 * 1024},
     )
+    # Every route's handler runs inside it: drain, access line, error bodies, runtime, client keys.
+    wrap = pipeline.Pipeline(drain, live).wrap
     app[REGISTRY] = registry
     app[SCHEDULER] = Scheduler(  # credential state; outlives config reloads
         strategy=settings.routing_strategy,
@@ -68,7 +59,8 @@ def create_app(
     app.cleanup_ctx.append(logs.flush_ctx)  # buffered log lines reach stderr promptly
     app.cleanup_ctx.append(runtime_ctx)
     reload.setup(app, config_path)  # watch config.yaml; swap the runtime when it changes
-    handlers.setup(app)  # /health, /v1/models, POST /v1/* endpoints
-    management.setup(app)  # /v0/management/*, behind remote-management.secret-key
-    metrics.setup(app)  # /v1/metrics/providers, /metrics (Prometheus)
+    handlers.setup(app, wrap)  # /health, /v1/models, POST /v1/* endpoints
+    management.setup(app, wrap)  # /v0/management/*, behind remote-management.secret-key
+    metrics.setup(app, wrap)  # /v1/metrics/providers, /metrics (Prometheus)
+    pipeline.add_unrouted(app.router, wrap)  # last: 404 and 405 as OpenAI errors
     return app

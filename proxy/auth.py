@@ -2,16 +2,16 @@
 
 Owns: reading the client key from `Authorization: Bearer`, `x-api-key` or `x-goog-api-key`,
 comparing it in constant time against every configured key (once per key: one that passed is
-remembered), and the middleware that guards `/v1/*`. With no `api-keys`, everyone on the
-(loopback-only) address is let in. Does not own: management keys (management.py), or keys
-sent upstream (drivers).
+remembered), and which paths need one (`check`, called by the pipeline). With no `api-keys`,
+everyone on the (loopback-only) address is let in. Does not own: management keys
+(management.py), or keys sent upstream (drivers).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 
 from aiohttp import web
 
@@ -66,33 +66,21 @@ def presented_key(request: web.Request) -> str | None:
     return request.headers.get("x-api-key") or request.headers.get("x-goog-api-key")
 
 
-def middleware(
-    keys_of: Callable[[web.Request], ClientKeys],
-    open_paths: frozenset[str] = OPEN_PATHS,
-    metrics_need_key: Callable[[web.Request], bool] = lambda _request: False,
-) -> Callable[..., Awaitable[web.StreamResponse]]:
-    """Guard every path except the open ones; `keys_of` gives the live keys (reloadable), and
-    `metrics_need_key` whether the metrics paths are guarded too (reloadable)."""
-
-    @web.middleware
-    async def check_client_key(
-        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    ) -> web.StreamResponse:
-        path = request.path
-        if path in open_paths and not (path in METRICS_PATHS and metrics_need_key(request)):
-            return await handler(request)
-        if path.startswith("/v0/management"):
-            return await handler(request)
-        keys = keys_of(request)
-        if keys.required:
-            key = presented_key(request)
-            if not keys.allows(key):
-                message = (
-                    "Missing API key: send it as 'Authorization: Bearer <key>'."
-                    if not key
-                    else "Incorrect API key provided."
-                )
-                raise AuthError(message)
-        return await handler(request)
-
-    return check_client_key
+def check(request: web.Request, keys: ClientKeys, metrics_need_key: bool) -> None:
+    """Raise AuthError unless the request may pass: every path needs a key, except the open
+    ones (the metrics too when `metrics_need_key`) and management's (it has its own guard)."""
+    if not keys.required:
+        return
+    path = request.path
+    if path in OPEN_PATHS and not (metrics_need_key and path in METRICS_PATHS):
+        return
+    if path.startswith("/v0/management"):
+        return
+    key = presented_key(request)
+    if not keys.allows(key):
+        message = (
+            "Missing API key: send it as 'Authorization: Bearer <key>'."
+            if not key
+            else "Incorrect API key provided."
+        )
+        raise AuthError(message)

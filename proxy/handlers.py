@@ -2,20 +2,17 @@
 
 Owns: the routes (`/health`, `/v1/models`, `POST /v1/{chat/completions,completions,
 embeddings,responses}`), reading and checking the client's JSON once, answering a finished
-request (non-streamed bodies, `force-mapping`, usage), the error middleware that turns every
-failure into an OpenAI error body (redacted: upstreams may echo a key), and the access
-middleware: a request id, the access record the handlers fill, and its line at the end.
-Does not own: the failover loop (failover.py), the SSE relay (streaming.py), client keys
-(auth.py), the metrics endpoints (metrics.py), or the line formats (logs.py).
+request (non-streamed bodies, `force-mapping`, usage) and filling in its access record.
+Does not own: what every request goes through around its handler (pipeline.py: the access
+line, error bodies, client keys), the failover loop (failover.py), the SSE relay
+(streaming.py), or the metrics endpoints (metrics.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -25,11 +22,10 @@ from proxy import failover
 from proxy.catalog import excluded_by
 from proxy.config import Settings
 from proxy.driver import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES
-from proxy.errors import InvalidRequest, ProxyError, RequestError, UpstreamError, error_body
+from proxy.errors import InvalidRequest, ProxyError, RequestError, UpstreamError
 from proxy.keys import LIVE, METRICS, SCHEDULER
-from proxy.logs import RequestRecord, log_failed_attempt, log_request
-from proxy.metrics import Attempt, AttemptTrail
-from proxy.redact import REDACTOR
+from proxy.metrics import Attempt
+from proxy.pipeline import ACCESS, Wrap
 from proxy.runtime import RUNTIME
 from proxy.streaming import RelayOptions, StreamHead, model_renamer, relay, usage_in
 
@@ -47,50 +43,6 @@ def json_response(
     data: Any, status: int = 200, headers: dict[str, str] | None = None
 ) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, content_type=JSON, headers=headers)
-
-
-def _error_response(exc: ProxyError) -> web.Response:
-    # Upstream error bodies are relayed, and some echo the key they were sent: redact.
-    body = REDACTOR.redact_bytes(exc.body())
-    return web.Response(body=body, status=exc.status, content_type=JSON, headers=exc.headers)
-
-
-_STATUS_CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
-
-
-@web.middleware
-async def errors_middleware(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    """Every error leaves as an OpenAI error body; nothing leaves as a traceback."""
-    try:
-        return await handler(request)
-    except ProxyError as exc:
-        rec = request.get(ACCESS)
-        if rec is not None and not rec.error:
-            rec.error = exc.message[:200]
-        return _error_response(exc)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        message = exc.reason
-        if exc.status == 404:
-            message = f"Unknown endpoint: {request.method} {request.path}"
-        elif exc.status == 413:
-            message = "Request body too large"
-        body = error_body(
-            message,
-            type="invalid_request_error",
-            code=_STATUS_CODES.get(exc.status, "invalid_request"),
-        )
-        headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
-        return web.Response(body=body, status=exc.status, content_type=JSON, headers=headers)
-    except (asyncio.CancelledError, ConnectionResetError):
-        raise
-    except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        body = error_body("internal error in keyrail", type="server_error", code="internal_error")
-        return web.Response(body=body, status=500, content_type=JSON)
 
 
 async def health(request: web.Request) -> web.Response:
@@ -314,53 +266,15 @@ def _passthrough(headers: Any) -> dict[str, str]:
     }
 
 
-#: The access record of the request being served: handlers fill it, access_middleware logs it.
-ACCESS = web.RequestKey("access", RequestRecord)
-#: Probes and scrapes are answered but not logged: they would drown the access log.
-QUIET_PATHS = frozenset({"/health", "/healthz", "/metrics"})
-
-
-@web.middleware
-async def access_middleware(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    """Every request gets an id and, probes aside, one access line; every upstream attempt
-    that failed while serving it gets a line too (even when failover then succeeded)."""
-    # Unique enough to find a line, and no system call (os.urandom is one per request).
-    rec = RequestRecord(f"{random.getrandbits(48):012x}", request.method, request.path)
-    request[ACCESS] = rec
-    started = time.perf_counter()
-    try:
-        with AttemptTrail() as trail:
-            response = await handler(request)
-        rec.status = response.status
-        return response
-    except asyncio.CancelledError:
-        rec.status = 499  # the client went away
-        raise
-    except web.HTTPException as exc:  # < 400: errors_middleware answered the others
-        rec.status = exc.status
-        raise
-    finally:
-        for failed in trail:
-            if not 200 <= failed.status < 300:
-                log_failed_attempt(rec.request_id, failed)
-        if trail and not rec.credential_id:  # no attempt succeeded: name the last one tried
-            rec.provider, rec.credential_id = trail[-1].provider, trail[-1].credential_id
-            rec.upstream_status, rec.retries = trail[-1].status, len(trail) - 1
-        if request.path not in QUIET_PATHS:
-            rec.latency_ms = (time.perf_counter() - started) * 1000
-            log_request(rec)
-
-
-def setup(app: web.Application) -> None:
-    """Register the OpenAI-shaped routes."""
+def setup(app: web.Application, wrap: Wrap) -> None:
+    """Register the OpenAI-shaped routes, each handler as `wrap` gives it (the pipeline)."""
     router = app.router
     for path in ("/health", "/healthz"):
-        router.add_get(path, health)  # add_get also answers HEAD
-    router.add_get("/v1/models", list_models)
-    router.add_get("/models", list_models)
-    router.add_get("/v1/models/{model:.+}", get_model)
+        router.add_get(path, wrap(health))  # add_get also answers HEAD
+    router.add_get("/v1/models", wrap(list_models))
+    router.add_get("/models", wrap(list_models))
+    router.add_get("/v1/models/{model:.+}", wrap(get_model))
+    serve = wrap(proxy_request)
     for endpoint in (CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES):
-        router.add_post(f"/v1/{endpoint}", proxy_request)
-        router.add_post(f"/{endpoint}", proxy_request)
+        router.add_post(f"/v1/{endpoint}", serve)
+        router.add_post(f"/{endpoint}", serve)

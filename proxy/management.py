@@ -26,6 +26,7 @@ from proxy.auth import ClientKeys
 from proxy.driver import Credential, Driver
 from proxy.errors import ProxyError, error_body
 from proxy.keys import LIVE, SCHEDULER
+from proxy.pipeline import Wrap
 from proxy.redact import REDACTOR, is_secret_name
 from proxy.reload import RELOADER, Outcome
 from proxy.runtime import Runtime
@@ -300,8 +301,8 @@ async def unknown(request: web.Request) -> web.Response:
     raise ManagementError(404, f"Unknown endpoint: {request.method} {request.path}", "not_found")
 
 
-def setup(app: web.Application) -> None:
-    """Register the management routes, each behind the guard."""
+def setup(app: web.Application, wrap: Wrap) -> None:
+    """Register the management routes, each behind the guard, inside `wrap` (the pipeline)."""
     guard = Guard()
 
     def guarded(handler: Handler) -> Handler:
@@ -309,7 +310,7 @@ def setup(app: web.Application) -> None:
             guard.check(request, _runtime(request))
             return await handler(request)
 
-        return checked
+        return wrap(checked)
 
     router = app.router
     router.add_get(f"{PREFIX}/providers", guarded(providers))

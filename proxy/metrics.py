@@ -25,7 +25,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
@@ -41,6 +41,9 @@ from prometheus_client.registry import Collector
 from proxy.errors import InvalidRequest
 from proxy.redact import REDACTOR
 from proxy.scheduler import CredentialView
+
+if TYPE_CHECKING:
+    from proxy.pipeline import Wrap  # the pipeline imports this module
 
 
 @dataclass(slots=True)
@@ -389,8 +392,9 @@ def _buckets(counts: list[int]) -> list[tuple[str, float]]:
     return out
 
 
-def setup(app: web.Application) -> None:
-    """`GET /v1/metrics/providers` and `GET /metrics`, each app with its own registry."""
+def setup(app: web.Application, wrap: Wrap) -> None:
+    """`GET /v1/metrics/providers` and `GET /metrics`, each app with its own registry, each
+    handler inside `wrap` (the pipeline)."""
     from proxy.keys import LIVE, METRICS, SCHEDULER  # keys.py imports this module
 
     def configured() -> dict[str, str]:
@@ -414,5 +418,5 @@ def setup(app: web.Application) -> None:
         body = generate_latest(registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    app.router.add_get("/v1/metrics/providers", providers)
-    app.router.add_get("/metrics", prometheus)
+    app.router.add_get("/v1/metrics/providers", wrap(providers))
+    app.router.add_get("/metrics", wrap(prometheus))

@@ -2,10 +2,11 @@
 
 Owns: turning `Settings` into live parts (one driver instance and one pooled `ClientSession`
 per provider block, model discovery for blocks that list none, the catalog, the client keys),
-holding the current `Runtime` in a `Live` box that a reload can swap atomically, the middleware
-that pins each request to the runtime it started on, and closing a runtime's sessions once
-the last request using it has finished. Does not own: what is done with those parts per
-request (handlers.py, failover.py), or watching files and deciding to swap (reload.py).
+holding the current `Runtime` in a `Live` box that a reload can swap atomically, counting the
+requests that run on a runtime (`enter`/`leave`, called by the pipeline), and closing a
+runtime's sessions once the last request using it has finished. Does not own: what is done
+with those parts per request (handlers.py, failover.py), or watching files and deciding to
+swap (reload.py).
 """
 
 from __future__ import annotations
@@ -14,12 +15,11 @@ import asyncio
 import dataclasses
 import gc
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
-from aiohttp.typedefs import Middleware
 
 from proxy import __version__
 from proxy import catalog as catalog_mod
@@ -45,7 +45,7 @@ class Runtime:
     loop_settings: LoopSettings
     client_keys: ClientKeys = field(default_factory=lambda: ClientKeys(()))
     sessions: list[aiohttp.ClientSession] = field(default_factory=list)
-    #: requests that started on this runtime and have not finished (see `middleware`)
+    #: requests that started on this runtime and have not finished (see `enter`)
     users: int = 0
     #: set when the last user leaves, once the runtime is retiring (not per request)
     _unused: asyncio.Event | None = None
@@ -106,23 +106,6 @@ class Live:
 
 #: The runtime a request started on; it keeps that one to its end, even across a reload.
 RUNTIME = web.RequestKey("runtime", Runtime)
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def middleware(live: Live) -> Middleware:
-    """Pin each request to the current runtime, and count it as a user until it ends."""
-
-    @web.middleware
-    async def hold_runtime(request: web.Request, handler: Handler) -> web.StreamResponse:
-        runtime = live.current
-        request[RUNTIME] = runtime
-        runtime.enter()
-        try:
-            return await handler(request)
-        finally:
-            runtime.leave()
-
-    return hold_runtime
 
 
 async def _close(drivers: Mapping[str, Driver], sessions: Sequence[aiohttp.ClientSession]) -> None:

@@ -4,7 +4,8 @@ Owns: tracking the requests in flight, the drain that runs when the server stops
 already stopped accepting connections by then): wait up to `shutdown.drain-seconds` for them,
 then cut the rest (cancel their tasks, marked as cut by the drain). A cut stream ends with an
 SSE error event (streaming.py asks `absorb_cut`); a cut request that has sent nothing yet gets
-a 503 JSON error. Requests that arrive while draining get a 503 too.
+a 503 JSON error (`unavailable`). Requests that arrive while draining get a 503 too: the
+pipeline (pipeline.py) counts every request in and out and answers these 503s.
 Does not own: signals (aiohttp's `run_app` turns SIGTERM/SIGINT into a server stop), the
 relay itself (streaming.py).
 """
@@ -14,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -23,7 +24,6 @@ from proxy.errors import error_body
 log = logging.getLogger("keyrail.shutdown")
 MESSAGE = "keyrail is shutting down; the request was ended before it finished"
 GRACE_SECONDS = 2.0  # for cut requests to write their error and end
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _cut: weakref.WeakSet[asyncio.Task[object]] = weakref.WeakSet()
 
 
@@ -37,7 +37,8 @@ def absorb_cut() -> bool:
     return True
 
 
-def _unavailable() -> web.Response:
+def unavailable() -> web.Response:
+    """The 503 for a request refused while draining, or cut before it sent anything."""
     body = error_body(MESSAGE, type="server_error", code="shutting_down")
     return web.Response(
         body=body,
@@ -61,23 +62,18 @@ class Drain:
     def in_flight(self) -> int:
         return len(self._tasks)
 
-    @web.middleware
-    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if self.closing:
-            return _unavailable()
-        task = asyncio.current_task()  # the handler's task (not `request.task`, the connection's)
+    def enter(self) -> asyncio.Task[object]:
+        """Count the current request in flight (its handler's task, which the drain may cut:
+        not `request.task`, the connection's); `leave` it when it ends."""
+        task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
-        try:
-            return await handler(request)
-        except asyncio.CancelledError:
-            if request.writer.output_size == 0 and absorb_cut():
-                return _unavailable()  # nothing was sent yet: a clean JSON error
-            raise
-        finally:
-            self._tasks.discard(task)
-            if not self._tasks and self._drained is not None:
-                self._drained.set()
+        return task
+
+    def leave(self, task: asyncio.Task[object]) -> None:
+        self._tasks.discard(task)
+        if not self._tasks and self._drained is not None:
+            self._drained.set()
 
     async def drain(self, seconds: float) -> None:
         """Wait up to `seconds` for requests in flight; then cut the rest and let them end."""

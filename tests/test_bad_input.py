@@ -88,7 +88,13 @@ async def test_unknown_endpoint_and_method(kr):
             assert "Unknown endpoint" in _error(await r.read())["message"]
         async with s.get(kr.url + "/v1/chat/completions", headers=AUTH) as r:
             assert r.status == 405
-            _error(await r.read())
+            assert r.headers["Allow"] == "POST"
+            assert _error(await r.read())["code"] == "method_not_allowed"
+        async with s.delete(kr.url + "/", headers=AUTH) as r:
+            assert r.status == 404
+            assert _error(await r.read())["code"] == "not_found"
+        async with s.get(kr.url + "/v1/nothing-here") as r:  # no key: nothing to learn here
+            assert r.status == 401
 
 
 async def test_unknown_model_is_404(kr):

@@ -1,0 +1,160 @@
+"""The pipeline: what every request goes through around its route's handler, in order.
+
+1. admission: refused with a 503 while the server drains; counted in flight until it ends
+   (shutdown.py owns the drain);
+2. access: a request id, the access record the handlers fill, and its line at the end, with
+   a line for every upstream attempt that failed on the way (logs.py owns the formats);
+3. errors: every failure leaves as an OpenAI error body, redacted (upstreams may echo a key),
+   never as a traceback;
+4. runtime: the request keeps the config it started with, even across a reload (runtime.py);
+5. client keys: `/v1/*` needs one of `api-keys` (auth.py owns the check).
+
+Owns: that order, and the route that answers unknown paths (404) and methods (405) the same
+way. Does not own: any route's own work (handlers.py, management.py, metrics.py).
+
+One wrapper, not five aiohttp middlewares: each middleware is a coroutine level that every
+resumption of the handler passes through, and having any at all turns on aiohttp's
+per-request middleware machinery. Together that was about 25,000 instructions a request,
+3.5 % of keyrail's CPU per request (bench/README.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from proxy import auth, shutdown
+from proxy.errors import ProxyError, error_body
+from proxy.logs import RequestRecord, log_failed_attempt, log_request
+from proxy.metrics import Attempt, AttemptTrail
+from proxy.redact import REDACTOR
+from proxy.runtime import RUNTIME, Live
+
+log = logging.getLogger("keyrail.pipeline")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+#: What the routes' `setup`s take: the pipeline's `wrap`, which each handler is registered as.
+Wrap = Callable[[Handler], Handler]
+JSON = "application/json"
+#: The access record of the request being served: handlers fill it, the pipeline logs it.
+ACCESS = web.RequestKey("access", RequestRecord)
+#: Probes and scrapes are answered but not logged: they would drown the access log.
+QUIET_PATHS = frozenset({"/health", "/healthz", "/metrics"})
+_STATUS_CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
+
+
+class Pipeline:
+    """`wrap(handler)` gives the handler every route is registered with."""
+
+    def __init__(self, drain: shutdown.Drain, live: Live) -> None:
+        self._drain = drain
+        self._live = live
+
+    def wrap(self, handler: Handler) -> Handler:
+        drain, live = self._drain, self._live
+
+        # One coroutine around the handler: every level of `await` costs on every resumption.
+        async def through_pipeline(request: web.Request) -> web.StreamResponse:
+            if drain.closing:
+                return shutdown.unavailable()
+            runtime = live.current  # pinned for the whole request, even across a reload
+            task = drain.enter()
+            runtime.enter()
+            # Unique enough to find a line, and no system call (os.urandom is one per request).
+            rec = RequestRecord(f"{random.getrandbits(48):012x}", request.method, request.path)
+            request[ACCESS] = rec
+            request[RUNTIME] = runtime
+            started = time.perf_counter()
+            attempts = AttemptTrail()
+            trail = attempts.trail
+            try:
+                with attempts:
+                    try:
+                        settings = runtime.settings
+                        auth.check(request, runtime.client_keys, settings.metrics_require_key)
+                        response = await handler(request)
+                    except Exception as exc:  # not CancelledError: that one goes on
+                        response = _failure_response(request, rec, exc)
+                rec.status = response.status
+                return response
+            except asyncio.CancelledError:
+                rec.status = 499  # the client went away
+                if request.writer.output_size == 0 and shutdown.absorb_cut():
+                    rec.status = 503  # the drain's cut, before anything was sent
+                    return shutdown.unavailable()
+                raise
+            except (
+                web.HTTPException
+            ) as exc:  # < 400 (a redirect); _failure_response answers the rest
+                rec.status = exc.status
+                raise
+            finally:
+                runtime.leave()
+                drain.leave(task)
+                _log(request, rec, trail, started)
+
+        return through_pipeline
+
+
+def add_unrouted(router: web.UrlDispatcher, wrap: Wrap) -> None:
+    """Answer what no route matched (added last, so that every other route comes first):
+    404, or 405 with `Allow` when the path has routes for other methods."""
+    catch_all = router.add_resource("/{unrouted:.*}")
+
+    async def unrouted(request: web.Request) -> web.StreamResponse:
+        allowed: set[str] = set()
+        for resource in router.resources():
+            if resource is not catch_all:
+                _match, methods = await resource.resolve(request)
+                allowed |= methods
+        if allowed:
+            raise web.HTTPMethodNotAllowed(request.method, allowed)
+        raise web.HTTPNotFound()
+
+    catch_all.add_route("*", wrap(unrouted))
+
+
+def _failure_response(request: web.Request, rec: RequestRecord, exc: Exception) -> web.Response:
+    """The OpenAI error body for a failure; re-raises what is not one (a redirect, a reset)."""
+    if isinstance(exc, ProxyError):
+        if not rec.error:
+            rec.error = exc.message[:200]
+        # Upstream error bodies are relayed, and some echo the key they were sent: redact.
+        body = REDACTOR.redact_bytes(exc.body())
+        return web.Response(body=body, status=exc.status, content_type=JSON, headers=exc.headers)
+    if isinstance(exc, web.HTTPException):
+        if exc.status < 400:
+            raise exc
+        message = exc.reason
+        if exc.status == 404:
+            message = f"Unknown endpoint: {request.method} {request.path}"
+        elif exc.status == 413:
+            message = "Request body too large"
+        body = error_body(
+            message,
+            type="invalid_request_error",
+            code=_STATUS_CODES.get(exc.status, "invalid_request"),
+        )
+        headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+        return web.Response(body=body, status=exc.status, content_type=JSON, headers=headers)
+    if isinstance(exc, ConnectionResetError):
+        raise exc  # the client is gone: nobody to answer
+    log.exception("unhandled error on %s %s", request.method, request.path, exc_info=exc)
+    body = error_body("internal error in keyrail", type="server_error", code="internal_error")
+    return web.Response(body=body, status=500, content_type=JSON)
+
+
+def _log(request: web.Request, rec: RequestRecord, trail: list[Attempt], started: float) -> None:
+    for failed in trail:
+        if not 200 <= failed.status < 300:
+            log_failed_attempt(rec.request_id, failed)
+    if trail and not rec.credential_id:  # no attempt succeeded: name the last one tried
+        rec.provider, rec.credential_id = trail[-1].provider, trail[-1].credential_id
+        rec.upstream_status, rec.retries = trail[-1].status, len(trail) - 1
+    if request.path not in QUIET_PATHS:
+        rec.latency_ms = (time.perf_counter() - started) * 1000
+        log_request(rec)
