@@ -119,9 +119,9 @@ def _model_of(body: dict[str, Any]) -> str:
     model = body.get("model")
     if model is None:
         raise InvalidRequest("You must provide a model parameter.", param="model")
-    if not isinstance(model, str) or not model.strip():
+    if not isinstance(model, str) or not (model := model.strip()):
         raise InvalidRequest("'model' must be a non-empty string.", param="model")
-    return model.strip()
+    return model
 
 
 async def proxy_request(request: web.Request) -> web.StreamResponse:
@@ -176,8 +176,7 @@ async def proxy_request(request: web.Request) -> web.StreamResponse:
             rec.status = 200
         else:
             data = success.body or b""
-            renamer = model_renamer(rename)
-            if renamer is not None:
+            if rename is not None and (renamer := model_renamer(rename)) is not None:
                 data = renamer(data)
             usage = usage_in(data)
             if isinstance(usage, dict):

@@ -113,7 +113,7 @@ def _direct_sink() -> _BufferedHandler | None:
         if logger.handlers or logger.filters or not logger.propagate:
             return None
         logger = logger.parent
-    root = logging.getLogger()
+    root = logging.root  # what getLogger() returns, without the call
     if root.filters or len(root.handlers) != 1 or root.handlers[0] is not sink:
         return None
     return sink

@@ -75,8 +75,10 @@ CREDENTIAL_STATES = ("ready", "cooling_down", "disabled")
 SLICES = 60
 _CLASS_OF = {401: 1, 403: 2, 429: 3}
 
-#: The attempts of the client request being served (see `AttemptTrail`), else None.
-_TRAIL: ContextVar[list[Attempt] | None] = ContextVar("keyrail_attempts", default=None)
+#: The attempts of the client request being served, for its access line and retry count:
+#: whoever serves it sets a list here (`token = ATTEMPTS.set([])`, then `ATTEMPTS.reset(token)`)
+#: and `record` appends each attempt to it. None: nobody is collecting.
+ATTEMPTS: ContextVar[list[Attempt] | None] = ContextVar("keyrail_attempts", default=None)
 
 
 def bucket_of(ms: float) -> int:
@@ -188,7 +190,7 @@ class ProviderMetrics:
         p.last_seen = now
         if status_class:
             p.last_error = (now, attempt.status, attempt.error)
-        trail = _TRAIL.get()
+        trail = ATTEMPTS.get()
         if trail is not None:
             if trail:
                 p.retries += 1
@@ -296,23 +298,6 @@ def _last_error(error: tuple[float, int, str] | None) -> dict[str, Any] | None:
 
 def _iso(t: float | None) -> str | None:
     return None if t is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
-
-
-class AttemptTrail:
-    """`with AttemptTrail() as trail:` collects the attempts recorded while serving one client
-    request (for its access line and the retry count)."""
-
-    __slots__ = ("_token", "trail")
-
-    def __init__(self) -> None:
-        self.trail: list[Attempt] = []
-
-    def __enter__(self) -> list[Attempt]:
-        self._token = _TRAIL.set(self.trail)
-        return self.trail
-
-    def __exit__(self, *exc: object) -> None:
-        _TRAIL.reset(self._token)
 
 
 class _PrometheusView(Collector):

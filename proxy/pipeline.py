@@ -31,7 +31,7 @@ from aiohttp import web
 from proxy import auth, shutdown
 from proxy.errors import ProxyError, error_body
 from proxy.logs import RequestRecord, log_failed_attempt, log_request
-from proxy.metrics import Attempt, AttemptTrail
+from proxy.metrics import ATTEMPTS, Attempt
 from proxy.redact import REDACTOR
 from proxy.runtime import RUNTIME, Live
 
@@ -69,16 +69,15 @@ class Pipeline:
             request[ACCESS] = rec
             request[RUNTIME] = runtime
             started = time.perf_counter()
-            attempts = AttemptTrail()
-            trail = attempts.trail
+            trail: list[Attempt] = []
+            collecting = ATTEMPTS.set(trail)
             try:
-                with attempts:
-                    try:
-                        settings = runtime.settings
-                        auth.check(request, runtime.client_keys, settings.metrics_require_key)
-                        response = await handler(request)
-                    except Exception as exc:  # not CancelledError: that one goes on
-                        response = _failure_response(request, rec, exc)
+                try:
+                    settings = runtime.settings
+                    auth.check(request, runtime.client_keys, settings.metrics_require_key)
+                    response = await handler(request)
+                except Exception as exc:  # not CancelledError: that one goes on
+                    response = _failure_response(request, rec, exc)
                 rec.status = response.status
                 return response
             except asyncio.CancelledError:
@@ -93,6 +92,7 @@ class Pipeline:
                 rec.status = exc.status
                 raise
             finally:
+                ATTEMPTS.reset(collecting)
                 runtime.leave()
                 drain.leave(task)
                 _log(request, rec, trail, started)

@@ -9,10 +9,10 @@ import random
 import pytest
 
 from proxy.metrics import (
+    ATTEMPTS,
     BOUNDS_MS,
     PROMETHEUS_BOUNDS_MS,
     Attempt,
-    AttemptTrail,
     ProviderMetrics,
     bucket_of,
     percentile,
@@ -124,9 +124,11 @@ def test_window_length_follows_the_setting() -> None:
 
 def test_retries_count_attempts_after_the_first_of_a_request() -> None:
     m = ProviderMetrics(clock=Clock())
-    with AttemptTrail() as trail:
-        m.record(attempt(429))
-        m.record(attempt(200))
+    trail: list[Attempt] = []
+    collecting = ATTEMPTS.set(trail)
+    m.record(attempt(429))
+    m.record(attempt(200))
+    ATTEMPTS.reset(collecting)
     m.record(attempt(200))  # outside any request: not a retry, not in a trail
     assert [a.status for a in trail] == [429, 200]
     assert m.snapshot([], DRIVERS)["alpha"]["lifetime"]["retries"] == 1
