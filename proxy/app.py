@@ -13,7 +13,8 @@ from aiohttp import web
 
 from proxy import handlers, logs, management, metrics, pipeline, reload, runtime, shutdown
 from proxy.config import Settings
-from proxy.keys import LIVE, METRICS, REGISTRY, SCHEDULER
+from proxy.deadlines import Deadlines
+from proxy.keys import DEADLINES, LIVE, METRICS, REGISTRY, SCHEDULER
 from proxy.logs import install_redaction
 from proxy.metrics import ProviderMetrics
 from proxy.redact import secrets_of
@@ -46,6 +47,7 @@ def create_app(
         disable_cooling=settings.disable_cooling,
     )
     app[METRICS] = ProviderMetrics(window_seconds=settings.metrics_window_seconds)
+    app[DEADLINES] = Deadlines()  # first-byte limits of the attempts in flight, on one timer
     app[LIVE] = live
     shutdown.setup(app, drain, lambda: live.current.settings.shutdown_drain_seconds)
 
@@ -55,6 +57,7 @@ def create_app(
         reload.apply_to_scheduler(app[SCHEDULER], live.current)
         yield
         await live.current.aclose()
+        app[DEADLINES].close()
 
     app.cleanup_ctx.append(logs.flush_ctx)  # buffered log lines reach stderr promptly
     app.cleanup_ctx.append(runtime_ctx)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxy.catalog import Route, Target
+from proxy.deadlines import Deadlines
 from proxy.driver import Call, Credential, Driver, Reply
 from proxy.errors import (
     CredentialRejected,
@@ -66,6 +67,7 @@ async def serve(
     scheduler: Scheduler,
     metrics: ProviderMetrics,
     settings: LoopSettings,
+    deadlines: Deadlines,
     resolve_fallbacks: Callable[[str], Sequence[Route]] | None = None,
     clock: Callable[[], float] | None = None,
 ) -> Success:
@@ -116,7 +118,9 @@ async def serve(
                 )
                 started, scheduled = now(), scheduler.clock()
                 try:
-                    success = await _attempt(task, driver, call, target, stream, settings)
+                    success = await _attempt(
+                        task, driver, call, target, stream, settings, deadlines
+                    )
                 except UpstreamRejected as exc:
                     # About the request itself: another credential would get the same answer.
                     _record(metrics, target, exc, now() - started)
@@ -189,6 +193,7 @@ async def _attempt(
     target: Target,
     stream: bool,
     settings: LoopSettings,
+    deadlines: Deadlines,
     refreshed: Credential | None = None,
 ) -> Success:
     """One attempt, up to its first data event (stream) or its whole body (not streamed).
@@ -198,7 +203,7 @@ async def _attempt(
     """
     credential = refreshed or target.credential
     try:
-        with _Deadline(task, settings.first_byte_timeout):
+        with deadlines.limit(task, settings.first_byte_timeout):
             reply = await driver.send(call, credential)
             if stream:
                 head = StreamHead(reply, target.provider)
@@ -227,37 +232,7 @@ async def _attempt(
         refreshed = await _refresh(driver, credential)
         if refreshed is None:
             raise
-    return await _attempt(task, driver, call, target, stream, settings, refreshed)
-
-
-class _Deadline:
-    """`with _Deadline(task, seconds):` is `async with asyncio.timeout(seconds):` for a task
-    already at hand: the same cancel, uncancel and TimeoutError, without asyncio.timeout's two
-    lookups of the running loop and task, each a getpid() system call on Python 3.11."""
-
-    __slots__ = ("_cancelling", "_handle", "_task", "expired")
-
-    def __init__(self, task: asyncio.Task[Any], seconds: float) -> None:
-        self._task = task
-        self._cancelling = task.cancelling()
-        self._handle = task.get_loop().call_later(seconds, self._expire)
-        self.expired = False
-
-    def _expire(self) -> None:
-        self.expired = True
-        self._task.cancel()
-
-    def __enter__(self) -> _Deadline:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: object, tb: object) -> None:
-        self._handle.cancel()
-        if (
-            self.expired
-            and exc_type is asyncio.CancelledError
-            and self._task.uncancel() <= self._cancelling
-        ):
-            raise TimeoutError  # ours, not a cancellation from outside (the client left)
+    return await _attempt(task, driver, call, target, stream, settings, deadlines, refreshed)
 
 
 async def _refresh(driver: Driver, credential: Credential) -> Credential | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from proxy.deadlines import Deadlines
 from proxy.metrics import ProviderMetrics
 from proxy.registry import Registry
 from proxy.runtime import Live
@@ -16,3 +17,4 @@ LIVE = web.AppKey("live", Live)
 SCHEDULER = web.AppKey("scheduler", Scheduler)
 METRICS = web.AppKey("metrics", ProviderMetrics)
 REGISTRY = web.AppKey("registry", Registry)
+DEADLINES = web.AppKey("deadlines", Deadlines)
