@@ -1,6 +1,7 @@
 """The app factory: keyrail is this list of components.
 
-`create_app(settings)` wires them in request order; each has its own module and `setup`.
+`create_app(settings)` wires them; each has its own module and `setup`, and what every request
+goes through around its handler, in order, is the pipeline (pipeline.py).
 Does not own anything else: no behaviour lives here.
 """
 
