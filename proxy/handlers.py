@@ -25,12 +25,11 @@ from proxy.driver import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES
 from proxy.errors import InvalidRequest, ProxyError, RequestError, UpstreamError
 from proxy.keys import DEADLINES, LIVE, METRICS, SCHEDULER
 from proxy.metrics import Attempt
-from proxy.pipeline import ACCESS, Wrap
+from proxy.pipeline import ACCESS, JSON, Wrap
 from proxy.runtime import RUNTIME
 from proxy.streaming import RelayOptions, StreamHead, model_renamer, relay, usage_in
 
 log = logging.getLogger("keyrail.handlers")
-JSON = "application/json"
 # Upstream response headers worth passing on when `passthrough-headers` is on.
 _HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
