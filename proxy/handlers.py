@@ -128,6 +128,7 @@ async def proxy_request(request: web.Request) -> web.StreamResponse:
     path = request.path  # one of the routes in `setup`: /v1/{endpoint} or /{endpoint}
     endpoint = path[4:] if path.startswith("/v1/") else path[1:]
     app = request.app
+    metrics = app[METRICS]
     rec = request[ACCESS]
     runtime = request[RUNTIME]  # one config for the whole request, even across a reload
     success: failover.Success | None = None
@@ -147,7 +148,7 @@ async def proxy_request(request: web.Request) -> web.StreamResponse:
             request_id=rec.request_id,
             drivers=runtime.drivers,
             scheduler=app[SCHEDULER],
-            metrics=app[METRICS],
+            metrics=metrics,
             settings=runtime.loop_settings,
             deadlines=app[DEADLINES],
             resolve_fallbacks=(
@@ -190,7 +191,7 @@ async def proxy_request(request: web.Request) -> web.StreamResponse:
             response = web.Response(body=data, status=success.reply.status, headers=extra)
             rec.status = success.reply.status
         attempt.latency = time.perf_counter() - success.started
-        app[METRICS].record(attempt)
+        metrics.record(attempt)
         rec.ttft_ms = None if attempt.ttft is None else attempt.ttft * 1000
         rec.prompt_tokens, rec.completion_tokens = attempt.prompt_tokens, attempt.completion_tokens
         attempt = None
@@ -208,7 +209,7 @@ async def proxy_request(request: web.Request) -> web.StreamResponse:
             await success.head.reply.body.aclose()
         if success is not None and attempt is not None:  # served until the client left
             attempt.latency = time.perf_counter() - success.started
-            app[METRICS].record(attempt)
+            metrics.record(attempt)
         raise
 
 
