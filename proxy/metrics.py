@@ -246,11 +246,9 @@ class ProviderMetrics:
                 "last_seen": _iso(p.last_seen),
                 "last_error": _last_error(p.last_error),
                 "credentials": creds.get(provider, dict.fromkeys(("total", *CREDENTIAL_STATES), 0)),
-                "lifetime": {
-                    **_totals(_lifetime(p)),
-                    "retries": p.retries,
-                    "dialects": dict(p.dialects),
-                },
+                "lifetime": {**_totals(_lifetime(p)), "retries": p.retries},
+                # lifetime attempts by the client's dialect (chat, messages, responses)
+                "dialects": dict(p.dialects),
             }
         return out
 

@@ -141,16 +141,13 @@ def _failure_response(request: web.Request, rec: RequestRecord, exc: Exception) 
             message = f"Unknown endpoint: {request.method} {request.path}"
         elif exc.status == 413:
             message = "Request body too large"
-        codec = codec_for_path(request.path)
-        if codec is not None:
-            status, body = codec.error(InvalidRequest(message, status=exc.status))
-            return web.Response(body=body, status=status, content_type=JSON)
-        body = error_body(
-            message,
-            type="invalid_request_error",
-            code=_STATUS_CODES.get(exc.status, "invalid_request"),
-        )
         headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+        codec = codec_for_path(request.path)
+        code = _STATUS_CODES.get(exc.status, "invalid_request")
+        if codec is not None and codec.name != "chat":  # e.g. a body too large for /v1/messages
+            status, body = codec.error(InvalidRequest(message, status=exc.status, code=code))
+            return web.Response(body=body, status=status, content_type=JSON, headers=headers)
+        body = error_body(message, type="invalid_request_error", code=code)
         return web.Response(body=body, status=exc.status, content_type=JSON, headers=headers)
     if isinstance(exc, ConnectionResetError):
         raise exc  # the client is gone: nobody to answer
