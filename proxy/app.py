@@ -12,10 +12,10 @@ from pathlib import Path
 
 from aiohttp import web
 
-from proxy import handlers, logs, management, metrics, pipeline, reload, runtime, shutdown
+from proxy import handlers, logs, management, metrics, pipeline, quota, reload, runtime, shutdown
 from proxy.config import Settings
 from proxy.deadlines import Deadlines
-from proxy.keys import DEADLINES, LIVE, METRICS, REGISTRY, SCHEDULER
+from proxy.keys import DEADLINES, LIVE, METRICS, QUOTAS, REGISTRY, SCHEDULER
 from proxy.logs import install_redaction
 from proxy.metrics import ProviderMetrics
 from proxy.redact import secrets_of
@@ -50,6 +50,7 @@ def create_app(
     app[METRICS] = ProviderMetrics(window_seconds=settings.metrics_window_seconds)
     app[DEADLINES] = Deadlines()  # first-byte limits of the attempts in flight, on one timer
     app[LIVE] = live
+    app[QUOTAS] = quota.Quotas()  # each credential's last quota reading (drivers that tell)
     shutdown.setup(app, drain, lambda: live.current.settings.shutdown_drain_seconds)
 
     async def runtime_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -62,6 +63,7 @@ def create_app(
 
     app.cleanup_ctx.append(logs.flush_ctx)  # buffered log lines reach stderr promptly
     app.cleanup_ctx.append(runtime_ctx)
+    quota.setup(app, app[QUOTAS])  # read quotas as they fall due; cool the spent
     reload.setup(app, config_path)  # watch config.yaml; swap the runtime when it changes
     handlers.setup(app, wrap)  # /health, /v1/models, POST /v1/* endpoints
     management.setup(app, wrap)  # /v0/management/*, behind remote-management.secret-key

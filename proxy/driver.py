@@ -27,6 +27,7 @@ from proxy.errors import StreamInterrupted, UpstreamUnavailable
 
 if TYPE_CHECKING:
     from proxy.config import ProviderBlock
+    from proxy.quota import Quota
 
 #: Bumped on a breaking change to this module. Drivers declare the major they were written for.
 API_VERSION = "1"
@@ -82,11 +83,18 @@ class ByteStream(Protocol):
 
 @dataclass(slots=True)
 class Reply:
-    """A successful upstream answer: status, headers, and the body as a byte stream."""
+    """A successful upstream answer: status, headers, and the body as a byte stream.
+
+    A driver that can reach its upstream at several addresses names the one that answered in
+    `host`, and those it tried first that did not (each "host (why)") in `hosts_failed`: the
+    access line and `X-Keyrail-Upstream-Host` headers show them.
+    """
 
     status: int
     headers: Mapping[str, str]
     body: ByteStream
+    host: str = ""
+    hosts_failed: tuple[str, ...] = ()
 
     async def read(self, limit: int = 64 * 1024 * 1024) -> bytes:
         """The whole body, then the stream closed. For non-streamed answers."""
@@ -174,6 +182,7 @@ class Driver(abc.ABC):
       options       its own config keys beyond the common ones, with their types
       required      which of `options` (or `base-url`) must be present
       default_base_url   the upstream address when the block gives no `base-url`
+      quota_interval     seconds between two `quota` reads of one credential (default 300)
     """
 
     api_version: ClassVar[str] = API_VERSION
@@ -181,6 +190,7 @@ class Driver(abc.ABC):
     options: ClassVar[Mapping[str, type | tuple[type, ...]]] = {}
     required: ClassVar[frozenset[str]] = frozenset()
     default_base_url: ClassVar[str] = ""
+    quota_interval: ClassVar[float] = 300.0
 
     def __init__(self, block: ProviderBlock, session: aiohttp.ClientSession) -> None:
         self.block = block
@@ -230,6 +240,21 @@ class Driver(abc.ABC):
     async def list_models(self, credential: Credential) -> Sequence[str]:
         """Upstream model names, when the block lists none. Default: none."""
         return []
+
+    def model_source(self, name: str) -> str:
+        """Where a name `list_models` gave came from, for `keyrail models` (e.g. "discovered"
+        or "built-in"). Default: "driver"."""
+        return "driver"
+
+    async def quota(self, credential: Credential) -> Quota | None:
+        """The credential's usage against its allowance, when the upstream tells (optional).
+
+        keyrail calls it beside the requests, at most every `quota_interval` seconds per
+        credential, shows the answer in `/v1/metrics/providers` and `/metrics`, and cools a
+        credential whose quota is spent until `resets_at`. Raise (any exception, one clear
+        message) when the read fails. Default: None, nothing to report.
+        """
+        return None
 
     async def refresh(self, credential: Credential) -> Credential | None:
         """Renew an expired or rejected credential (OAuth drivers). None: cannot refresh."""

@@ -4,8 +4,12 @@ Owns: system prompts (wrapped and put before the current message), user text and
 (`data:` URLs), assistant text and `tool_calls` (→ `toolUses`), `tool` messages (→ the next
 user message's `toolResults`, orphans dropped), merging same-role neighbours so history
 alternates user/assistant, the last message as `currentMessage`, tool definitions,
-`inferenceConfig`, and `profileArn` when the caller passes one.
-Does not own: the model-name table (models.py), the HTTP call (driver.py).
+`inferenceConfig`, thinking (the `<thinking_mode>` prefix on the system prompt, with its
+budget), and `profileArn` when the caller passes one.
+The body is minimal: the runtime host answers `REQUEST_BODY_INVALID` to the optional agent
+fields (`agentMode`, `agentTaskType`, `agentContinuationId`), so `agentTaskType` is sent only
+when the block opts in (`agent-task-type`). Does not own: the model-name table (models.py),
+which host gets `profileArn` (hosts.py), the HTTP call (driver.py).
 """
 
 from __future__ import annotations
@@ -21,6 +25,11 @@ ORIGIN = "AI_EDITOR"
 CONTINUE = "Continue"
 TOOL_RESULTS_ONLY = "Tool results provided."
 _DESCRIPTION_LIMIT = 10237  # bytes; longer tool descriptions get 400 "Improperly formed request."
+#: Thinking budget (tokens) when a client turns thinking on without one ([F] uses 16000).
+THINKING_BUDGET = 16000
+_EFFORT_BUDGETS = {"minimal": 2048, "low": 4096, "medium": 16000, "high": 32000, "xhigh": 32000}
+#: Fields the runtime host refuses; keyrail sends none of them unless told to.
+AGENT_FIELDS = ("agentMode", "agentTaskType", "agentContinuationId")
 
 
 @dataclass(slots=True)
@@ -164,14 +173,49 @@ def _assistant_message(turn: _Turn) -> dict[str, Any]:
     return message
 
 
+def thinking_budget(body: Mapping[str, Any], model: str) -> int | None:
+    """The thinking budget the client asked for, or None (thinking off).
+
+    On: `reasoning_effort` (or `reasoning.effort`) other than none, an Anthropic-style
+    `thinking: {type: enabled, budget_tokens}`, or a model name with `thinking` in it.
+    """
+    thinking = body.get("thinking")
+    if isinstance(thinking, Mapping) and thinking.get("type") in ("enabled", "adaptive"):
+        budget = thinking.get("budget_tokens")
+        if isinstance(budget, int) and not isinstance(budget, bool) and budget > 0:
+            return budget
+        return THINKING_BUDGET
+    reasoning = body.get("reasoning")
+    effort = body.get("reasoning_effort")
+    if effort is None and isinstance(reasoning, Mapping):
+        effort = reasoning.get("effort")
+    if isinstance(effort, str) and effort.lower() not in ("none", ""):
+        return _EFFORT_BUDGETS.get(effort.lower(), THINKING_BUDGET)
+    if "thinking" in model.lower():
+        return THINKING_BUDGET
+    return None
+
+
+def thinking_prefix(budget: int) -> str:
+    """What turns Kiro's thinking on: tags before the system prompt (kiro.md §2.4)."""
+    return (
+        f"<thinking_mode>enabled</thinking_mode><max_thinking_length>{budget}</max_thinking_length>"
+    )
+
+
 def build(
     body: Mapping[str, Any],
     model_id: str,
     *,
     profile_arn: str | None = None,
+    thinking: int | None = None,
+    agent_task_type: str | None = None,
 ) -> dict[str, Any]:
-    """The Kiro request for an OpenAI chat body. `profile_arn` only for social logins."""
+    """The Kiro request for an OpenAI chat body: minimal (no agent fields) unless
+    `agent_task_type` is given; `thinking` is a budget in tokens (None: off)."""
     system, turns = _turns(body.get("messages") or ())
+    if thinking:
+        system = thinking_prefix(thinking) + ("\n" + system if system else "")
     if not turns or turns[0].role != "user":
         turns.insert(0, _Turn("user"))
     if turns[-1].role != "user":
@@ -196,13 +240,14 @@ def build(
         for t in past
     ]
     state: dict[str, Any] = {
-        "agentTaskType": "vibe",
         "chatTriggerType": "MANUAL",
         "conversationId": str(uuid.uuid4()),
         "currentMessage": {"userInputMessage": current},
     }
     if history:
         state["history"] = history
+    if agent_task_type:
+        state["agentTaskType"] = agent_task_type
     request: dict[str, Any] = {"conversationState": state}
     if profile_arn:
         request["profileArn"] = profile_arn

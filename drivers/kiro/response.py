@@ -1,6 +1,7 @@
 """Kiro events → OpenAI `chat.completion.chunk`s, or one `chat.completion`.
 
-Owns: what each event payload means (text, tool-use fragments, reasoning, context usage,
+Owns: what each event payload means (text, tool-use fragments, reasoning events and, with
+thinking on, the inline `<thinking>` text split out as reasoning by thinking.py, context usage,
 token metadata; unknown events ignored), tool calls with one index per tool use (id and name
 on the first fragment, arguments streamed as they come, duplicates dropped), the
 `finish_reason`, usage (Kiro reports no token counts: the input is estimated from
@@ -20,6 +21,7 @@ from typing import Any
 import orjson
 
 from drivers.kiro.eventstream import Message
+from drivers.kiro.thinking import REASONING, Splitter
 
 #: Exception frames that mean "the answer was cut at the output limit", not a failure.
 _TRUNCATED = "ContentLengthExceededException"
@@ -45,7 +47,9 @@ class _ToolCall:
 class Translator:
     """Feed decoded messages; get OpenAI chunks. `completion()` sums them up when it ends."""
 
-    def __init__(self, model: str, *, context_window: int, request_chars: int) -> None:
+    def __init__(
+        self, model: str, *, context_window: int, request_chars: int, thinking: bool = False
+    ) -> None:
         self.model = model
         self.id = "chatcmpl-" + secrets.token_hex(12)
         self.created = int(time.time())
@@ -57,6 +61,7 @@ class Translator:
         self._truncated = False
         self._context_percent: float | None = None
         self._token_usage: Mapping[str, Any] | None = None
+        self._splitter = Splitter() if thinking else None
 
     # -- input ------------------------------------------------------------------------------
 
@@ -92,8 +97,12 @@ class Translator:
             out = []
             content = payload.get("content")
             if isinstance(content, str) and content:
-                self._text.append(content)
-                out.append(self.chunk({"content": content}))
+                if self._splitter is None:
+                    out.append(self._say("text", content))
+                else:
+                    out.extend(
+                        self._say(kind, piece) for kind, piece in self._splitter.feed(content)
+                    )
             for use in payload.get("toolUses") or ():
                 if isinstance(use, dict):
                     out.extend(self._tool_use({**use, "stop": True}))
@@ -114,6 +123,19 @@ class Translator:
             if isinstance(usage, dict):
                 self._token_usage = usage
         return []
+
+    def _say(self, kind: str, piece: str) -> dict[str, Any]:
+        if kind == REASONING:
+            self._reasoning.append(piece)
+            return self.chunk({"reasoning_content": piece})
+        self._text.append(piece)
+        return self.chunk({"content": piece})
+
+    def _flush(self) -> list[dict[str, Any]]:
+        """What the thinking splitter still held (an unclosed tag at the end)."""
+        if self._splitter is None:
+            return []
+        return [self._say(kind, piece) for kind, piece in self._splitter.end()]
 
     def _tool_use(self, payload: Mapping[str, Any]) -> list[dict[str, Any]]:
         use_id = str(payload.get("toolUseId") or "")
@@ -193,12 +215,14 @@ class Translator:
         return usage
 
     def last(self) -> list[dict[str, Any]]:
-        """The finish chunk and the usage chunk (`choices: []`)."""
+        """What was held back, the finish chunk and the usage chunk (`choices: []`)."""
+        held = self._flush()
         finish = self.chunk({}, self.finish_reason)
         usage = {**self.chunk({}), "choices": [], "usage": self.usage()}
-        return [finish, usage]
+        return [*held, finish, usage]
 
     def completion(self) -> dict[str, Any]:
+        self._flush()
         text = "".join(self._text)
         message: dict[str, Any] = {"role": "assistant", "content": text or None}
         if self._reasoning:
