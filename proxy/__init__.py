@@ -32,6 +32,7 @@ from proxy.errors import (
     UpstreamUnavailable,
     classify_upstream,
 )
+from proxy.quota import Quota
 from proxy.retry_hints import retry_after_seconds
 from proxy.streaming import SSEParser, data_event, event_data
 
@@ -53,6 +54,7 @@ __all__ = [
     "ModelEntry",
     "ProviderBlock",
     "ProxyError",
+    "Quota",
     "RateLimited",
     "Reply",
     "ResponseStream",

@@ -2,17 +2,23 @@
 
 Owns: the block's options and its one credential (a token file, default the IDE's
 `~/.aws/sso/cache/kiro-auth-token.json`, or `access-token`/`refresh-token` given inline, which
-then live in memory only), the API host (`base-url`, else `q.{region}.amazonaws.com` with the
-region from `region`, else from the profile ARN, else us-east-1), the request headers, reading
-the event-stream answer up to its first output before returning (so an early error still
-fails over), and mapping Kiro's errors onto the proxy's decisions: 401 and invalid-token 403
-→ `CredentialRejected` with the token marked for renewal; other 403 (suspended) and 402
-(monthly quota) → `CredentialRejected`; 429 and throttling frames → `RateLimited`; 400 →
-`UpstreamRejected`; 5xx, corrupt frames and unknown exception frames → `UpstreamUnavailable`
-before the first byte, `StreamInterrupted` after it.
+then live in memory only), walking the host line (hosts.py) for each request: the profile ARN
+each host gets (resolved once per credential through the management host when a host needs
+one and the token has none), `X-Amz-Target` where the host wants it, moving on when a host is
+unreachable, answers 404/410 or says it is retired, and naming the host that answered (and
+those that broke) on the `Reply`; the request headers; the first-byte deadline
+(`first-byte-seconds`); reading the event-stream answer up to its first output before
+returning (so an early error still fails over); model discovery and the quota reading
+(through management.py); and mapping Kiro's errors onto the proxy's decisions: 401 and
+invalid-token 403 → `CredentialRejected` with the token marked for renewal; other 403
+(suspended) and 402 (monthly quota) → `CredentialRejected`; 429 and throttling frames →
+`RateLimited`; 400 → `UpstreamRejected` (`REQUEST_BODY_INVALID` with the field named); 5xx,
+corrupt frames and unknown exception frames → `UpstreamUnavailable` before the first byte,
+`StreamInterrupted` after it.
 Does not own: token timing, refresh single-flight and persistence (proxy/tokens.py, the
 process's store, which this driver reaches through `self.tokens`), the refresh flows
-(auth.py), the body mapping (request.py, response.py), the framing (eventstream.py).
+(auth.py), the host table and regions (hosts.py), the body mapping (request.py, response.py,
+thinking.py), the framing (eventstream.py).
 """
 
 from __future__ import annotations
