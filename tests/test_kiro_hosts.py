@@ -492,13 +492,13 @@ async def test_thinking_request_and_reasoning_split(
     reply = await client.chat.completions.create(
         model=MODEL,
         messages=HI,
-        extra_body={"thinking": {"type": "enabled", "budget_tokens": 5000}},
+        reasoning_effort="low",
     )
     assert reply.choices[0].message.content == "Hello!"
     assert reply.choices[0].message.model_extra["reasoning_content"] == (
         "I should greet. `</thinking>` is a tag."
     )
-    assert "<max_thinking_length>5000<" in kiro.chats[-1].current["content"]
+    assert "<max_thinking_length>4096<" in kiro.chats[-1].current["content"]
     # without thinking asked for, nothing is split or prefixed
     reply = await client.chat.completions.create(model=MODEL, messages=HI)
     assert (reply.choices[0].message.content or "").startswith("<thinking>")

@@ -40,9 +40,9 @@ from drivers.kiro.eventstream import Decoder, FrameError
 from drivers.kiro.response import KiroException, Translator
 from proxy import tokens
 from proxy.config import ProviderBlock
+from proxy.dialects import neutral
 from proxy.driver import (
-    BytesStream,
-    ByteStream,
+    NEUTRAL,
     Call,
     Credential,
     Driver,
@@ -63,7 +63,6 @@ from proxy.errors import (
 )
 from proxy.quota import Quota
 from proxy.retry_hints import retry_after_seconds
-from proxy.streaming import DONE, SSE_HEADERS, data_event
 
 log = logging.getLogger("keyrail.kiro")
 DEFAULT_TOKEN_FILE = "~/.aws/sso/cache/kiro-auth-token.json"
@@ -81,6 +80,7 @@ _Failure = (FrameError, KiroException, aiohttp.ClientError, TimeoutError)
 
 
 class KiroDriver(Driver):
+    dialects = NEUTRAL  # the neutral request in (`call.request`), neutral events out
     options = {
         "token-file": str,
         "region": str,
@@ -329,9 +329,12 @@ class KiroDriver(Driver):
         slot = self._slot(credential)
         token = await slot.get(self._refresher(credential))
         model_id = self._upstream.get(call.model) or models.upstream_id(call.model)
-        budget = request.thinking_budget(call.body, call.model)
+        assert call.request is not None, "keyrail hands a NEUTRAL driver the neutral request"
+        budget = request.thinking_budget(call.request, call.model)
         agent_task_type = self.block.options.get("agent-task-type") or None
-        built = request.build(call.body, model_id, thinking=budget, agent_task_type=agent_task_type)
+        built = request.build(
+            call.request, model_id, thinking=budget, agent_task_type=agent_task_type
+        )
         region = self.region(credential, token)
         table = self.host_line(region)
         failed: list[str] = []
@@ -427,16 +430,13 @@ class KiroDriver(Driver):
             thinking=budget is not None,
         )
         answer = _Answer(response, translator)
-        head: list[dict[str, Any]] = [translator.first()] if call.stream else []
+        head: list[neutral.Event] = []
         try:
-            got = False
-            while not answer.ended and not got:  # up to the first output: an early error
-                out = await answer.read()  # can still fail over
-                got = bool(out)
-                head.extend(out if call.stream else ())
+            while not answer.ended and not head:  # up to the first output: an early error
+                head.extend(await answer.read())  # can still fail over
             deadline.reschedule(None)
             while not call.stream and not answer.ended:
-                await answer.read()
+                head.extend(await answer.read())
         except _Failure as exc:
             answer.close()
             raise _before_first_byte(exc, self.block.name) from None
@@ -445,12 +445,9 @@ class KiroDriver(Driver):
             raise
         if not call.stream:
             answer.close()
-            data = orjson.dumps(translator.completion())
-            body: ByteStream = BytesStream(data)
-            reply_headers = {"Content-Type": "application/json"}
-        else:
-            body, reply_headers = _SSEBody(answer, head, self.block.name), dict(SSE_HEADERS)
-        return Reply(200, reply_headers, body, host=host.name, hosts_failed=tuple(failed))
+        return Reply.of_events(
+            _Events(answer, head, self.block.name), host=host.name, hosts_failed=tuple(failed)
+        )
 
     def _error(
         self,
@@ -525,7 +522,7 @@ def _describe(exc: BaseException) -> str:
 
 
 class _Answer:
-    """The event-stream body of one answer, read as OpenAI chunks."""
+    """The event-stream body of one answer, read as neutral events."""
 
     def __init__(self, response: aiohttp.ClientResponse, translator: Translator) -> None:
         self.response = response
@@ -533,8 +530,8 @@ class _Answer:
         self.decoder = Decoder()
         self.ended = False
 
-    async def read(self) -> list[dict[str, Any]]:
-        """The chunks the next network read completes (maybe none). Sets `ended` at the end."""
+    async def read(self) -> list[neutral.Event]:
+        """The events the next network read completes (maybe none). Sets `ended` at the end."""
         if self.decoder.error is not None:
             raise self.decoder.error
         data = await self.response.content.readany()
@@ -542,7 +539,7 @@ class _Answer:
             self.ended = True
             self.decoder.end()
             return []
-        out: list[dict[str, Any]] = []
+        out: list[neutral.Event] = []
         for message in self.decoder.feed(data):
             out.extend(self.translator.feed(message))
         return out
@@ -554,36 +551,34 @@ class _Answer:
             self.response.close()
 
 
-def _sse(chunks: list[dict[str, Any]]) -> bytes:
-    return b"".join(data_event(orjson.dumps(c)) for c in chunks)
+class _Events:
+    """The answer's neutral events (`EventStream`): those read so far, then the rest as they
+    arrive, then the closing ones (usage, finish)."""
 
-
-class _SSEBody:
-    """`ByteStream` of OpenAI SSE: the chunks read so far, then the rest as it arrives."""
-
-    def __init__(self, answer: _Answer, head: list[dict[str, Any]], provider: str) -> None:
+    def __init__(self, answer: _Answer, head: list[neutral.Event], provider: str) -> None:
         self._answer = answer
         self._head = head
         self._provider = provider
 
-    def __aiter__(self) -> AsyncIterator[bytes]:
+    def __aiter__(self) -> AsyncIterator[neutral.Event]:
         return self._iterate()
 
-    async def _iterate(self) -> AsyncIterator[bytes]:
+    async def _iterate(self) -> AsyncIterator[neutral.Event]:
         answer = self._answer
-        yield _sse(self._head)
+        for event in self._head:
+            yield event
         try:
             while not answer.ended:
-                chunks = await answer.read()
-                if chunks:
-                    yield _sse(chunks)
+                for event in await answer.read():
+                    yield event
         except _Failure as exc:
             raise StreamInterrupted(
                 f"upstream {self._provider} stream broke: {_describe(exc)}",
                 status=502,
                 provider=self._provider,
             ) from None
-        yield _sse(answer.translator.last()) + DONE
+        for event in answer.translator.last():
+            yield event
 
     async def aclose(self) -> None:
         self._answer.close()
