@@ -7,7 +7,6 @@ back on the same port.
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import socket
 import subprocess
@@ -61,10 +60,6 @@ class RedisServer:
             self.proc.kill()
             self.proc.wait()
         self.proc = None
-
-    async def wait_stopped(self) -> None:
-        while _answers(self.port):
-            await asyncio.sleep(0.01)
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from proxy.keys import METRICS, SCHEDULER, STATE
+from proxy.keys import SCHEDULER, STATE
 from proxy.state.shared import RedisState
 from tests.conftest import Keyrail
 from tests.fakes import Script, Seen
