@@ -7,8 +7,9 @@ validating the new file (an invalid one leaves the old config serving and logs e
 scheduler state over for credentials that still exist, swapping, and closing the old runtime
 once the requests and streams that started on it have finished. `host`, `port`,
 `limits.request-body-mb`, `workers` and `state` changes are logged as needing a restart.
-`Reloader.reload` is also what SIGHUP and `POST /v0/management/reload` call. Does not own: parsing (config.py), building
-(runtime.py), token files named by provider blocks (their drivers' token store re-reads them).
+`Reloader.reload` is also what SIGHUP and `POST /v0/management/reload` call. Does not own:
+parsing (config.py), building (runtime.py), token files named by provider blocks (their
+drivers' token store re-reads them).
 """
 
 from __future__ import annotations

@@ -18,8 +18,11 @@ default) shares nothing and costs nothing. `RedisState` (`state: redis://…`):
 
 Owns: the connection, its health, the key and channel layout (`NAMESPACE:cool:…`,
 `NAMESPACE:disable:…`, `NAMESPACE:metrics:INSTANCE`, channel `NAMESPACE:changes`).
-Does not own: what a cooldown is (scheduler.py), what is counted (metrics.py), client-limit
-counters (the `LimitStore` interface, base.py; its Redis backend is redis_limits.py).
+- Client-limit counters: `limits` is the `LimitStore` (base.py) of the backend: in memory, or
+  in Redis (redis_limits.py) on the same connection.
+
+Does not own: what a cooldown is (scheduler.py), what is counted (metrics.py), the meaning of
+the limit counters (base.py, proxy/clients/).
 """
 
 from __future__ import annotations
@@ -38,6 +41,9 @@ import orjson
 from proxy.metrics import ProviderMetrics
 from proxy.redact import url_label
 from proxy.scheduler import COOL, DISABLE, Change, Scheduler
+from proxy.state.base import LimitStore
+from proxy.state.memory import MemoryLimitStore
+from proxy.state.redis_limits import RedisLimitStore
 
 log = logging.getLogger("keyrail.state")
 NAMESPACE = "keyrail"
@@ -52,6 +58,10 @@ class LocalState:
 
     url = "memory"
     shared = False
+
+    def __init__(self) -> None:
+        #: client-limit counters (proxy/clients/limits.py takes them from here)
+        self.limits: LimitStore = MemoryLimitStore()
 
     @property
     def healthy(self) -> bool:
@@ -89,6 +99,7 @@ class RedisState(LocalState):
         from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
 
+        super().__init__()
         self.url = url
         self.namespace = namespace
         self.instance = instance or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -99,6 +110,9 @@ class RedisState(LocalState):
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
             retry=Retry(NoBackoff(), 0),
+        )
+        self.limits = RedisLimitStore(
+            self.client, namespace=namespace, healthy=lambda: self.healthy
         )
         self._channel = f"{namespace}:changes"
         self._scheduler: Scheduler | None = None
