@@ -82,7 +82,6 @@ class Supervisor:
         self.drain_seconds = drain_seconds
         self.stopping = asyncio.Event()
         self._out = sys.stderr.buffer
-        self._restarts: set[asyncio.Task[None]] = set()
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -93,8 +92,6 @@ class Supervisor:
             await self._spawn(slot)
         watchers = [asyncio.create_task(self._watch(slot)) for slot in self.slots]
         await self.stopping.wait()
-        for task in self._restarts:
-            task.cancel()
         await self._stop_all()
         for task in watchers:
             task.cancel()
@@ -127,6 +124,9 @@ class Supervisor:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             preexec_fn=_die_with_parent,
+            # Its own process group: a Ctrl-C reaches the supervisor only, which then stops
+            # each worker once (a second signal would cut a worker's drain short).
+            start_new_session=True,
         )
         slot.started = time.monotonic()
         assert slot.proc.stdout is not None
