@@ -13,6 +13,7 @@ from proxy.quota import Quotas
 from proxy.registry import Registry
 from proxy.runtime import Live
 from proxy.scheduler import Scheduler
+from proxy.state.shared import LocalState
 from proxy.status.recent import RecentErrors
 
 LIVE = web.AppKey("live", Live)
@@ -21,4 +22,5 @@ METRICS = web.AppKey("metrics", ProviderMetrics)
 REGISTRY = web.AppKey("registry", Registry)
 DEADLINES = web.AppKey("deadlines", Deadlines)
 QUOTAS = web.AppKey("quotas", Quotas)
+STATE = web.AppKey("state", LocalState)
 RECENT_ERRORS = web.AppKey("recent_errors", RecentErrors)
