@@ -58,6 +58,8 @@ class RequestRecord:
     completion_tokens: int = 0
     error: str = ""
     dialect: str = ""  # the client's chat dialect (chat, messages, responses), if any
+    host: str = ""  # the upstream address that answered, when the driver has several
+    hosts_failed: str = ""  # the addresses tried before it that did not answer
 
 
 _PLAIN = re.compile(r"[\w./:@+-]+")
@@ -152,6 +154,10 @@ def access_line(rec: RequestRecord) -> tuple[str, dict[str, Any] | None]:
     )
     if rec.dialect:
         line += f" dialect={rec.dialect}"
+    if rec.host:
+        line += f" upstream_host={_value(rec.host)}"
+    if rec.hosts_failed:
+        line += f" hosts_failed={_value(rec.hosts_failed)}"
     error = redact(rec.error) if rec.error else ""
     if error:
         line += f" error={_value(error)}"
@@ -166,6 +172,10 @@ def access_line(rec: RequestRecord) -> tuple[str, dict[str, Any] | None]:
             "prompt_tokens": rec.prompt_tokens, "completion_tokens": rec.completion_tokens,
             "total_tokens": total, "dialect": rec.dialect or None,
         }  # fmt: skip
+        if rec.host:
+            fields["upstream_host"] = rec.host
+        if rec.hosts_failed:
+            fields["hosts_failed"] = rec.hosts_failed
         if error:
             fields["error"] = error
         fields["path"], fields["model"] = redact(rec.path), redact(rec.model)
