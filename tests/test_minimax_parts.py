@@ -109,8 +109,8 @@ def test_codes_found_in_both_envelopes() -> None:
         2056,
         "x",
     )
-    body = {"type": "error", "error": {"type": "bad_request_error",
-            "message": "invalid params, tool_call_id: call_1 (2013)", "http_code": "400"}}  # fmt: skip
+    message = "invalid params, tool_call_id: call_1 (2013)"
+    body = {"type": "error", "error": {"type": "bad_request_error", "message": message}}
     assert codes.code_in_error_body(orjson.dumps(body)) == (2013, body["error"]["message"])
     assert codes.code_in_error_body(b"not json") is None
 

@@ -312,6 +312,10 @@ class MinimaxDriver(OpenAICompatibleDriver):
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             self.quotas.failed(credential.id, f"quota not read: {str(exc)[:120]}")
 
+    async def quota_readings(self) -> None:
+        """Wait for the quota readings under way (tests; a management refresh)."""
+        await asyncio.gather(*self._reading.values(), return_exceptions=True)
+
     def quota_view(self, credential_id: str) -> dict[str, Any] | None:
         """The credential's `quota` object for metrics, or None."""
         return self.quotas.view(credential_id)

@@ -129,12 +129,11 @@ class QuotaBook:
         if reading is None:
             return None
         now = self.clock()
-        if reading.spent_until > now:
-            return reading.spent_until - now
+        until = reading.spent_until
         quota = _for_model(reading.quotas, model)
-        if quota is not None and quota.spent and quota.resets_at and quota.resets_at > now:
-            return quota.resets_at - now
-        return None
+        if quota is not None and quota.spent and quota.resets_at:
+            until = max(until, quota.resets_at)  # a reading knows better than a guess
+        return until - now if until > now else None
 
     def view(self, credential_id: str) -> dict[str, Any] | None:
         """The `quota` object of a credential in metrics: the tightest window, or None."""
