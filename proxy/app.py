@@ -15,12 +15,14 @@ from aiohttp import web
 from proxy import handlers, logs, management, metrics, pipeline, reload, runtime, shutdown
 from proxy.config import Settings
 from proxy.deadlines import Deadlines
-from proxy.keys import DEADLINES, LIVE, METRICS, REGISTRY, SCHEDULER
+from proxy.keys import DEADLINES, LIVE, METRICS, RECENT_ERRORS, REGISTRY, SCHEDULER
 from proxy.logs import install_redaction
 from proxy.metrics import ProviderMetrics
 from proxy.redact import secrets_of
 from proxy.registry import Registry
 from proxy.scheduler import Scheduler
+from proxy.status import routes as status
+from proxy.status.recent import RecentErrors
 
 
 def create_app(
@@ -39,7 +41,8 @@ def create_app(
         handler_args={"max_field_size": 16 * 1024},
     )
     # Every route's handler runs inside it: drain, access line, error bodies, runtime, client keys.
-    wrap = pipeline.Pipeline(drain, live).wrap
+    recent_errors = RecentErrors()  # the last error answers, for the status page
+    wrap = pipeline.Pipeline(drain, live, recent_errors).wrap
     app[REGISTRY] = registry
     app[SCHEDULER] = Scheduler(  # credential state; outlives config reloads
         strategy=settings.routing_strategy,
@@ -50,6 +53,7 @@ def create_app(
     app[METRICS] = ProviderMetrics(window_seconds=settings.metrics_window_seconds)
     app[DEADLINES] = Deadlines()  # first-byte limits of the attempts in flight, on one timer
     app[LIVE] = live
+    app[RECENT_ERRORS] = recent_errors
     shutdown.setup(app, drain, lambda: live.current.settings.shutdown_drain_seconds)
 
     async def runtime_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -66,5 +70,6 @@ def create_app(
     handlers.setup(app, wrap)  # /health, /v1/models, POST /v1/* endpoints
     management.setup(app, wrap)  # /v0/management/*, behind remote-management.secret-key
     metrics.setup(app, wrap)  # /v1/metrics/providers, /metrics (Prometheus)
+    status.setup(app, wrap)  # /status: the live page, and /v1/status, its data
     pipeline.add_unrouted(app.router, wrap)  # last: 404 and 405 as OpenAI errors
     return app
