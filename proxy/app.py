@@ -15,12 +15,13 @@ from aiohttp import web
 from proxy import handlers, logs, management, metrics, pipeline, reload, runtime, shutdown
 from proxy.config import Settings
 from proxy.deadlines import Deadlines
-from proxy.keys import DEADLINES, LIVE, METRICS, RECENT_ERRORS, REGISTRY, SCHEDULER
+from proxy.keys import DEADLINES, LIVE, METRICS, RECENT_ERRORS, REGISTRY, SCHEDULER, STATE
 from proxy.logs import install_redaction
 from proxy.metrics import ProviderMetrics
 from proxy.redact import secrets_of
 from proxy.registry import Registry
 from proxy.scheduler import Scheduler
+from proxy.state.shared import open_state
 from proxy.status import routes as status
 from proxy.status.recent import RecentErrors
 
@@ -51,6 +52,8 @@ def create_app(
         disable_cooling=settings.disable_cooling,
     )
     app[METRICS] = ProviderMetrics(window_seconds=settings.metrics_window_seconds)
+    # what workers and instances share (cooldowns, metrics): nothing, or Redis (`state:`)
+    app[STATE] = open_state(settings.state)
     app[DEADLINES] = Deadlines()  # first-byte limits of the attempts in flight, on one timer
     app[LIVE] = live
     app[RECENT_ERRORS] = recent_errors
@@ -66,6 +69,15 @@ def create_app(
 
     app.cleanup_ctx.append(logs.flush_ctx)  # buffered log lines reach stderr promptly
     app.cleanup_ctx.append(runtime_ctx)
+
+    async def state_ctx(app: web.Application) -> AsyncIterator[None]:
+        # after the runtime: the credentials are registered before others' cooldowns merge
+        app[STATE].attach(app[SCHEDULER], app[METRICS])
+        await app[STATE].start()
+        yield
+        await app[STATE].aclose()
+
+    app.cleanup_ctx.append(state_ctx)
     reload.setup(app, config_path)  # watch config.yaml; swap the runtime when it changes
     handlers.setup(app, wrap)  # /health, /v1/models, POST /v1/* endpoints
     management.setup(app, wrap)  # /v0/management/*, behind remote-management.secret-key

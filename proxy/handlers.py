@@ -32,8 +32,10 @@ from proxy.pipeline import ACCESS, JSON, Wrap
 from proxy.runtime import RUNTIME
 from proxy.scheduler import availability
 from proxy.streaming import RelayOptions, StreamHead, model_renamer, relay, usage_in
+from proxy.supervisor import worker_id
 
 log = logging.getLogger("keyrail.handlers")
+WORKER = worker_id()
 # Upstream response headers worth passing on when `passthrough-headers` is on.
 _HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
@@ -53,7 +55,10 @@ async def health(request: web.Request) -> web.Response:
     ok (all ready), degraded (some), down (none). Never calls an upstream; never logged."""
     views = request.app[SCHEDULER].credential_views()
     providers = availability(request.app[LIVE].current.drivers, views)
-    return json_response({"status": "ok", "providers": providers})
+    answer: dict[str, object] = {"status": "ok", "providers": providers}
+    if WORKER:  # under `--workers N`: which process answered (supervisor.py)
+        answer["worker"] = WORKER
+    return json_response(answer)
 
 
 async def list_models(request: web.Request) -> web.Response:
