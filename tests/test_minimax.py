@@ -11,11 +11,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import openai
 import orjson
 import pytest
 
-from proxy.keys import LIVE, SCHEDULER
+from proxy import quota
+from proxy.keys import LIVE, QUOTAS, SCHEDULER
 from proxy.tokens import format_expiry
 from tests.fake_minimax import USAGE, Answer, FakeMinimax, Seen
 
@@ -292,37 +294,67 @@ async def wait_for(condition: Callable[[], bool]) -> None:
     raise AssertionError("condition never held")
 
 
+async def reading(kr: Any, credential_id: str) -> quota.Reading:
+    quotas = kr.app[QUOTAS]
+    async with asyncio.timeout(10):
+        while (found := quotas.get(credential_id)) is None:
+            quotas.changed.clear()
+            await quotas.changed.wait()
+    return found  # type: ignore[no-any-return]
+
+
 async def test_quota_in_metrics_and_a_spent_credential_skipped_until_reset(
     fake: tuple[FakeMinimax, str], start_keyrail: Start
 ) -> None:
     mm, url = fake
     mm.keys = {"mm-key-1", "mm-key-2"}
-    mm.quotas = {"mm-key-1": remains(0, 7200), "mm-key-2": remains(900, 7200)}
-    mm.script = lambda s: Answer(error=2056) if s.key == "mm-key-1" else Answer()
+    mm.quotas = {"mm-key-1": remains(0, 7200), "mm-key-2": remains(900, 3600)}
     kr = await start_keyrail(
         "api-keys: [client-key]\nrouting: {strategy: fill-first}\nminimax:\n"
         f"  - base-url: {url}/v1\n    api-key: [mm-key-1, mm-key-2]\n"
     )
+    spent, fine = _id(kr, "mm-key-1"), _id(kr, "mm-key-2")
+    assert (await reading(kr, spent)).quota.spent  # type: ignore[union-attr]
+    await reading(kr, fine)
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{kr.url}/v1/metrics/providers") as r:
+            shown = (await r.json())["minimax"]["quota"]
+        async with http.get(f"{kr.url}/metrics") as r:
+            prometheus = await r.text()
+    assert shown[spent]["remaining"] == 0 and shown[spent]["limit"] == 1500
+    assert shown[fine]["used"] == 600 and shown[fine]["remaining"] == 900  # the count quirk
+    assert shown[fine]["unit"] == "prompts" and shown[fine]["resets_at"] is not None
+    assert f'keyrail_quota_limit{{credential="{spent}",provider="minimax"}} 1500.0' in prometheus
+    view = {v.id: v for v in kr.app[SCHEDULER].credential_views()}[spent]
+    assert view.state == "disabled" and view.reason == "quota"
+    assert view.until is not None and abs(view.until - (time.time() + 7200)) < 60
     async with openai.AsyncOpenAI(base_url=kr.v1, api_key="client-key", max_retries=0) as c:
         await c.chat.completions.create(model=MODEL, messages=HI)
-        driver = kr.app[LIVE].current.drivers["minimax"]
-        await driver.quota_readings()
-        assert sorted(mm.quota_calls) == ["mm-key-1", "mm-key-2"]
-        assert driver.quota_view(_id(kr, "mm-key-1"))["limit"] == 1500
-        # Cooling was until the window's assumed end; once it ends, the driver's reading
-        # still knows the window is spent: the key is skipped without asking MiniMax.
-        kr.app[SCHEDULER].recover()
-        calls = len(mm.seen)
-        await c.chat.completions.create(model=MODEL, messages=HI)
-        assert [s.key for s in mm.seen[calls:]] == ["mm-key-2"]
+    assert [s.key for s in mm.seen] == ["mm-key-2"]  # the spent key is not even tried
+    # at most one reading per interval per credential
+    assert await quota.read_due(kr.app[LIVE].current, kr.app[QUOTAS], kr.app[SCHEDULER]) == 0
+    assert sorted(mm.quota_calls) == ["mm-key-1", "mm-key-2"]
+
+
+async def test_2056_cools_until_the_window_the_last_reading_knows(
+    fake: tuple[FakeMinimax, str], start_keyrail: Start
+) -> None:
+    mm, url = fake
+    mm.keys = {"mm-key-1", "mm-key-2"}
+    mm.quotas = {"mm-key-1": remains(5, 3000), "mm-key-2": remains(900, 3600)}
+    mm.script = lambda s: Answer(error=2056) if s.key == "mm-key-1" else Answer()
+    kr = await start_keyrail(
+        "api-keys: [client-key]\nrouting: {strategy: fill-first}\nmax-cooldown-seconds: 7200\n"
+        f"minimax:\n  - base-url: {url}/v1\n    api-key: [mm-key-1, mm-key-2]\n"
+    )
+    await reading(kr, _id(kr, "mm-key-1"))  # not spent yet: 5 left
+    async with openai.AsyncOpenAI(base_url=kr.v1, api_key="client-key", max_retries=0) as c:
+        reply = await c.chat.completions.create(model=MODEL, messages=HI)
+    assert reply.choices[0].message.content == "Hello from MiniMax."
+    assert [s.key for s in mm.seen] == ["mm-key-1", "mm-key-2"]
     view = {v.id: v for v in kr.app[SCHEDULER].credential_views()}[_id(kr, "mm-key-1")]
-    assert view.state == "cooling_down" and view.until is not None
-    # cooled until the window ends (7200 s), as far as max-cooldown-seconds (1800) allows;
-    # when that cooldown ends the driver skips it again at once, until the reset
-    assert 1700 < view.until - time.time() <= 1800
-    quota = driver.quota_view(_id(kr, "mm-key-1"))
-    assert quota["remaining"] == 0 and quota["resets_at"] is not None
-    assert len(mm.quota_calls) == 2  # at most one reading per interval per credential
+    assert (view.state, view.reason) == ("cooling_down", "quota")
+    assert view.until is not None and abs(view.until - (time.time() + 3000)) < 60
 
 
 # -- OAuth token file ---------------------------------------------------------------------

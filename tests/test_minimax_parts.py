@@ -225,13 +225,11 @@ def test_quota_parsing_and_spent_credentials() -> None:
         "remains_time": 7200 * 1000}]}  # fmt: skip
     (q,) = quota.parse_remains(answer, now)
     assert (q.limit, q.remaining, q.used, q.spent, q.resets_at) == (1500, 0, 1500, True, now + 7200)
-    book = quota.QuotaBook(interval=300, clock=lambda: now)
-    assert book.due("c") and book.spent_for("c", "MiniMax-M2") is None
+    book = quota.QuotaBook(clock=lambda: now)
+    assert book.spent_for("c", "MiniMax-M2") is None
     book.record("c", [q])
-    assert not book.due("c")
     assert book.spent_for("c", "MiniMax-M2.7") == 7200  # no entry of its own: the tightest
-    view = book.view("c")
-    assert view is not None and view["remaining"] == 0 and view["limit"] == 1500
+    assert quota.tightest([q]) is q
     assert book.window_spent("c", "MiniMax-M2") == 7200
     with pytest.raises(ValueError):
         quota.parse_remains({"base_resp": {"status_code": 1004, "status_msg": "no"}}, now)

@@ -15,7 +15,6 @@ the body rewrite (request.py), the answer's translation (chunks.py).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -42,6 +41,7 @@ from proxy.errors import (
     UpstreamUnavailable,
     classify_upstream,
 )
+from proxy.quota import Quota
 from proxy.redact import REDACTOR
 from proxy.streaming import SSE_HEADERS
 
@@ -63,8 +63,7 @@ class MinimaxDriver(OpenAICompatibleDriver):
         "api-key": (str, list),
         "token-file": str,
         "region": str,
-        "quota": bool,
-        "quota-interval-seconds": (int, float),
+        "quota": bool,  # false: no Coding Plan (pay-as-you-go keys), no quota reading
         "rate-limit": dict,  # CLIProxyAPI's per-block limiter: accepted, not acted on
     }
     required = frozenset()
@@ -73,10 +72,7 @@ class MinimaxDriver(OpenAICompatibleDriver):
     def __init__(self, block: ProviderBlock, session: aiohttp.ClientSession) -> None:
         super().__init__(block, session)
         self.tokens = tokens.shared()
-        interval = block.options.get("quota-interval-seconds", quota.DEFAULT_INTERVAL)
-        self.quotas = quota.QuotaBook(interval=float(interval))
-        self._read_quota = block.options.get("quota", True) is not False
-        self._reading: dict[str, asyncio.Task[None]] = {}
+        self.quotas = quota.QuotaBook()
         self._recall: OrderedDict[str, str] = OrderedDict()
 
     # -- configuration ----------------------------------------------------------------------
@@ -149,7 +145,6 @@ class MinimaxDriver(OpenAICompatibleDriver):
                 retry_after=wait,
             )
         keyed, slot, token = await self._keyed(credential)
-        self._maybe_read_quota(keyed)
         body = request.build(call.body, call.model, self._recalled)
         upstream = dataclasses.replace(call, model=model, body=body)
         try:
@@ -224,9 +219,8 @@ class MinimaxDriver(OpenAICompatibleDriver):
 
     def _failure(self, code: int, detail: str, credential: Credential, model: str) -> UpstreamError:
         ends_in = None
-        if code == codes.WINDOW_SPENT:
+        if code == codes.WINDOW_SPENT:  # until the window ends, as the last reading knows it
             ends_in = self.quotas.window_spent(credential.id, model)
-            self._maybe_read_quota(credential, now=True)  # learn when the window really ends
         return codes.error_for(code, detail, provider=self.block.name, window_ends_in=ends_in)
 
     # -- credentials ------------------------------------------------------------------------
@@ -279,46 +273,31 @@ class MinimaxDriver(OpenAICompatibleDriver):
 
     # -- quota ------------------------------------------------------------------------------
 
-    def _maybe_read_quota(self, credential: Credential, *, now: bool = False) -> None:
-        """Read the Coding Plan quota in the background, at most every `interval` seconds
-        (`now`: after a 2056, unless a reading is under way)."""
-        if not self._read_quota or credential.id in self._reading:
-            return
-        if not (now or self.quotas.due(credential.id)):
-            return
-        task = asyncio.get_running_loop().create_task(self._quota_of(credential))
-        self._reading[credential.id] = task
-        task.add_done_callback(lambda _: self._reading.pop(credential.id, None))
-
-    async def _quota_of(self, credential: Credential) -> None:
-        self.quotas.started(credential.id)  # one reading per interval, whatever its outcome
+    async def quota(self, credential: Credential) -> Quota | None:
+        """The Coding Plan window of the credential (keyrail asks every `quota_interval`
+        seconds, shows it in metrics and cools a spent credential until the window ends)."""
+        if self.block.options.get("quota") is False:
+            return None
+        keyed, _, _ = await self._keyed(credential)
+        async with self.session.get(
+            f"{self.origin}{QUOTA_PATH}",
+            headers={"Authorization": f"Bearer {keyed.secret}", "Accept": "application/json"},
+            proxy=credential.proxy_url,
+            allow_redirects=False,
+            timeout=_TIMEOUT,
+        ) as response:
+            data = await response.content.read(256 * 1024)
+            if response.status != 200:
+                raise ValueError(f"the Coding Plan quota endpoint answered {response.status}")
         try:
-            async with self.session.get(
-                f"{self.origin}{QUOTA_PATH}",
-                headers={
-                    "Authorization": f"Bearer {credential.secret}",
-                    "Accept": "application/json",
-                },
-                proxy=credential.proxy_url,
-                allow_redirects=False,
-                timeout=_TIMEOUT,
-            ) as response:
-                data = await response.content.read(256 * 1024)
-                status = response.status
-            if status != 200:
-                raise ValueError(f"answered {status}")
             readings = quota.parse_remains(orjson.loads(data), time.time())
-            self.quotas.record(credential.id, readings)
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            self.quotas.failed(credential.id, f"quota not read: {str(exc)[:120]}")
-
-    async def quota_readings(self) -> None:
-        """Wait for the quota readings under way (tests; a management refresh)."""
-        await asyncio.gather(*self._reading.values(), return_exceptions=True)
-
-    def quota_view(self, credential_id: str) -> dict[str, Any] | None:
-        """The credential's `quota` object for metrics, or None."""
-        return self.quotas.view(credential_id)
+        except orjson.JSONDecodeError:
+            raise ValueError("the Coding Plan quota endpoint answered no JSON") from None
+        self.quotas.record(credential.id, readings)
+        tight = quota.tightest(readings)
+        if tight is None:
+            return None
+        return Quota(tight.used, tight.limit, tight.resets_at, unit="prompts")
 
     # -- reasoning replay -------------------------------------------------------------------
 
@@ -333,12 +312,6 @@ class MinimaxDriver(OpenAICompatibleDriver):
 
     def _recalled(self, tool_call_id: str) -> str | None:
         return self._recall.get(tool_call_id)
-
-    async def aclose(self) -> None:
-        for task in list(self._reading.values()):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
 
 class _Remembering(chunks.StreamTranslator):

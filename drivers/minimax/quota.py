@@ -1,10 +1,10 @@
 """MiniMax Coding Plan quota: reading the `remains` answer, and what each credential has left.
 
 Owns: parsing `GET /v1/api/openplatform/coding_plan/remains` (protocols/minimax.md M4) into
-`Quota`s, the per-credential book of the last reading (read at most every `interval`
-seconds, refreshed sooner only after a 2056), whether a credential is spent and until when,
-and the `quota` object metrics show. Does not own: the HTTP call (driver.py) or cooling
-(the scheduler, through the `RateLimited` the driver raises).
+`Quota`s (one per window), and the driver's memory of them: whether a credential is spent for
+a model and until when (from the last reading, or from a 2056 answer). Does not own: the HTTP
+call (driver.py), when readings happen, how they show in metrics and the cooling of a spent
+credential (keyrail's quota watcher, proxy/quota.py, through `Driver.quota`).
 
 A quirk the field names hide (MrRayBob/openusage, docs/providers/minimax.md): the plan's
 `current_interval_usage_count` is what REMAINS in the window, not what was used; explicit
@@ -19,9 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-#: Least time between two readings of one credential's quota.
-DEFAULT_INTERVAL = 300.0
-#: A 2056 with no reading to say when the window ends: cool this long, then look again.
+#: A 2056 with no reading to say when the window ends: cool this long (about when keyrail's
+#: quota watcher reads again), then look again.
 UNKNOWN_WINDOW_WAIT = 300.0
 
 
@@ -81,38 +80,22 @@ def parse_remains(data: Any, now: float) -> list[Quota]:
 class _Reading:
     at: float
     quotas: list[Quota]
-    error: str = ""
     spent_until: float = 0.0  # after a 2056: the credential is spent until then
 
 
 class QuotaBook:
-    """The last quota reading of each credential, by credential id."""
+    """The driver's memory of each credential's windows (its own last `quota` reading), and
+    of windows a 2056 said were spent. keyrail's quota watcher does the reading and shows
+    it (proxy/quota.py); this only answers "until when" in the request path."""
 
-    def __init__(
-        self, interval: float = DEFAULT_INTERVAL, clock: Callable[[], float] = time.time
-    ) -> None:
-        self.interval = interval
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
         self._readings: dict[str, _Reading] = {}
-
-    def due(self, credential_id: str) -> bool:
-        reading = self._readings.get(credential_id)
-        return reading is None or self.clock() - reading.at >= self.interval
-
-    def started(self, credential_id: str) -> None:
-        """A reading begins: the next one is due `interval` seconds from now."""
-        reading = self._readings.setdefault(credential_id, _Reading(0.0, []))
-        reading.at = self.clock()
 
     def record(self, credential_id: str, quotas: list[Quota]) -> None:
         old = self._readings.get(credential_id)
         kept = old.spent_until if old is not None else 0.0
         self._readings[credential_id] = _Reading(self.clock(), quotas, spent_until=kept)
-
-    def failed(self, credential_id: str, error: str) -> None:
-        old = self._readings.get(credential_id)
-        quotas, kept = (old.quotas, old.spent_until) if old is not None else ([], 0.0)
-        self._readings[credential_id] = _Reading(self.clock(), quotas, error[:200], kept)
 
     def window_spent(self, credential_id: str, model: str) -> float:
         """A 2056 was answered: seconds until the window ends (known or assumed), remembered."""
@@ -135,20 +118,6 @@ class QuotaBook:
             until = max(until, quota.resets_at)  # a reading knows better than a guess
         return until - now if until > now else None
 
-    def view(self, credential_id: str) -> dict[str, Any] | None:
-        """The `quota` object of a credential in metrics: the tightest window, or None."""
-        reading = self._readings.get(credential_id)
-        if reading is None or (not reading.quotas and not reading.error):
-            return None
-        tight = min(reading.quotas, key=_left_ratio, default=None)
-        out: dict[str, Any] = {"checked_at": _iso(reading.at)}
-        if tight is not None:
-            out.update(used=tight.used, limit=tight.limit, remaining=tight.remaining,
-                       resets_at=_iso(tight.resets_at), model=tight.model or None)  # fmt: skip
-        if reading.error:
-            out["error"] = reading.error
-        return out
-
     def _reset_of(self, credential_id: str, model: str, now: float) -> float | None:
         reading = self._readings.get(credential_id)
         if reading is None:
@@ -159,17 +128,18 @@ class QuotaBook:
         return None
 
 
+def tightest(quotas: list[Quota]) -> Quota | None:
+    """The window with the least left (what metrics show for the credential)."""
+    return min(quotas, key=_left_ratio, default=None)
+
+
 def _for_model(quotas: list[Quota], model: str) -> Quota | None:
     """The window that applies to `model`: its own entry, else the tightest one."""
     for q in quotas:
         if q.model and q.model.lower() == model.lower():
             return q
-    return min(quotas, key=_left_ratio, default=None)
+    return tightest(quotas)
 
 
 def _left_ratio(q: Quota) -> float:
     return q.remaining / q.limit if q.limit else float(q.remaining > 0)
-
-
-def _iso(t: float | None) -> str | None:
-    return None if t is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
