@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import gc
 import logging
 import re
@@ -18,7 +19,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from proxy import config, logs, redact
+from proxy import config, logs, redact, supervisor
 from proxy.catalog import Catalog
 from proxy.errors import ConfigError, ProxyError
 from proxy.registry import Registry, options_lookup
@@ -59,15 +60,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print("\n".join(exc.problems), file=sys.stderr)
         return 1
-    overrides = {}
+    overrides: dict[str, object] = {}
     if args.host is not None:
         overrides["host"] = args.host
     if args.port is not None:
         overrides["port"] = args.port
     if overrides:
-        import dataclasses
-
-        settings = dataclasses.replace(settings, **overrides)
+        settings = dataclasses.replace(settings, **overrides)  # type: ignore[arg-type]
     # text or JSON lines; no configured secret in any of them
     logs.configure(settings.log_format, settings.debug, redact.secrets_of(settings))
     logging.getLogger("aiohttp.server").addFilter(_one_line_protocol_errors)
@@ -78,10 +77,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "no provider blocks: write a config.yaml (see config/config.example.yaml) "
             "or set OPENAI_API_KEY for the built-in default"
         )
-    problem = config.bind_problem(settings)
+    if args.workers is not None:
+        settings = dataclasses.replace(settings, workers=args.workers)
+    problem = config.bind_problem(settings) or config.workers_problem(settings)
     if problem:
         log.error("%s", problem)
         return 2
+    worker = supervisor.worker_id()
+    if settings.workers > 1 and not worker:
+        return _supervise(args, settings)
     log.info(
         "keyrail on http://%s:%d (config: %s; %d provider blocks)",
         settings.host, settings.port, settings.source, len(settings.providers),
@@ -100,6 +104,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         host=settings.host,
         port=settings.port,
         loop=loop,
+        reuse_port=bool(worker),  # the supervisor's workers share the port (supervisor.py)
         handler_cancellation=True,  # a client that leaves cancels its upstream request at once
         # streams get `shutdown.drain-seconds` in the app's own drain; this is for the rest
         shutdown_timeout=shutdown.GRACE_SECONDS,
@@ -107,6 +112,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print=None,
     )
     return 0
+
+
+def _supervise(args: argparse.Namespace, settings: config.Settings) -> int:
+    """`--workers N` (N > 1): the config is valid; run N workers of it (supervisor.py)."""
+    from proxy import supervisor
+
+    try:
+        port = supervisor.reserve_port(settings.host, settings.port)
+    except OSError as exc:
+        log.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc.strerror or exc)
+        return 2
+    path = config.default_path(args.config)
+    log.info(
+        "keyrail on http://%s:%d with %d workers (config: %s; state: %s)",
+        settings.host, port, settings.workers, settings.source, redact.url_label(settings.state),
+    )  # fmt: skip
+    argv = supervisor.worker_argv(str(path) if path else None, settings.host, port)
+    boss = supervisor.Supervisor(argv, settings.workers, settings.shutdown_drain_seconds)
+    return _new_loop().run_until_complete(boss.run())
 
 
 async def _settle_gc(app: object) -> None:
@@ -146,6 +170,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     bind = config.bind_problem(settings)
     if bind:
         problems.append(f"{_key_position(settings.source, text, 'host')}: {bind}")
+    if scale := config.workers_problem(settings):
+        problems.append(f"{_key_position(settings.source, text, 'workers')}: {scale}")
     credentials = {}
     for block in settings.providers:
         if block.disabled:
@@ -260,6 +286,13 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="keyrail", description="LLM API proxy")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -269,6 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
+    serve.add_argument(
+        "--workers", type=_positive, help="processes serving the port (default: config, 1)"
+    )
     serve.set_defaults(func=cmd_serve)
     check = sub.add_parser("check", help="validate a config file offline")
     check.add_argument("-c", "--config")
