@@ -132,10 +132,12 @@ async def test_tool_call_round_trip_on_the_same_stream(
     )
     chunks = [c async for c in stream if c.choices]
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
-    calls = [t for c in chunks for t in c.choices[0].delta.tool_calls or ()]
-    assert len(calls) == 1 and calls[0].function and calls[0].id
-    assert calls[0].function.name == "get_weather"
-    assert orjson.loads(calls[0].function.arguments or "") == {"city": "Paris"}
+    pieces = [t for c in chunks for t in c.choices[0].delta.tool_calls or ()]
+    assert {t.index for t in pieces} == {0}
+    call_id = pieces[0].id
+    assert call_id and pieces[0].function and pieces[0].function.name == "get_weather"
+    arguments = "".join((t.function.arguments or "") if t.function else "" for t in pieces)
+    assert orjson.loads(arguments) == {"city": "Paris"}
     run = env.fake.runs[-1]
     assert run.tools == ["get_weather"]
     assert run.tool_schemas == [WEATHER_TOOL["function"]["parameters"]]  # type: ignore[index]
@@ -145,13 +147,13 @@ async def test_tool_call_round_trip_on_the_same_stream(
             "content": "Let me check.",
             "tool_calls": [
                 {
-                    "id": calls[0].id,
+                    "id": call_id,
                     "type": "function",
-                    "function": {"name": "get_weather", "arguments": calls[0].function.arguments},
+                    "function": {"name": "get_weather", "arguments": arguments},
                 }
             ],
         },
-        {"role": "tool", "tool_call_id": calls[0].id, "content": "sunny"},
+        {"role": "tool", "tool_call_id": call_id, "content": "sunny"},
     ]
     answer = await client.chat.completions.create(
         model="gpt-5.5", messages=messages, tools=[WEATHER_TOOL]

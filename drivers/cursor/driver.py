@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import orjson
 
 from drivers.cursor import auth, messages, request
 from drivers.cursor.answer import Answer
@@ -44,14 +43,14 @@ from drivers.cursor.wire import Fields, WireError
 from drivers.openai import OpenAICompatibleDriver
 from proxy import tokens
 from proxy.config import ProviderBlock
-from proxy.driver import BytesStream, Call, Credential, Driver, Reply, describe_failure
+from proxy.dialects import neutral as n
+from proxy.driver import NEUTRAL, Call, Credential, Driver, Reply, describe_failure
 from proxy.errors import (
     ProxyError,
     StreamInterrupted,
     UpstreamError,
     UpstreamUnavailable,
 )
-from proxy.streaming import DONE, SSE_HEADERS, data_event
 
 log = logging.getLogger("keyrail.cursor")
 
@@ -71,7 +70,6 @@ FALLBACK_MODELS = (
 )
 HEARTBEAT_SECONDS = 5.0
 TRANSPORTS = ("auto", "h2", "sse")
-HEARTBEAT_COMMENT = b": cursor heartbeat\n\n"
 _KIND = "kind"
 _FAILURES = (ConnectError, FrameError, WireError, TransportFailed)
 _UNARY_TIMEOUT = aiohttp.ClientTimeout(total=20)
@@ -89,6 +87,7 @@ class CursorDriver(Driver):
         "heartbeat-seconds": (int, float),
     }
     default_base_url = DEFAULT_BASE_URL
+    dialects = NEUTRAL  # native mode: the neutral request in, neutral events out
 
     # -- the block ------------------------------------------------------------------------------
 
@@ -149,6 +148,8 @@ class CursorDriver(Driver):
         super().__init__(block, session)
         sidecar = self._sidecar_block(block)
         self.sidecar = OpenAICompatibleDriver(sidecar, session) if sidecar else None
+        if self.sidecar is not None:  # cursor-api speaks chat: passthrough, as openai-compat
+            self.dialects = frozenset({"chat"})
         opts = block.options
         self.tokens = tokens.shared()
         self.key_tokens = auth.key_tokens()
@@ -307,10 +308,10 @@ class CursorDriver(Driver):
     # -- the call -------------------------------------------------------------------------------
 
     async def send(self, call: Call, credential: Credential) -> Reply:
-        if self.sidecar is not None:
+        if self.sidecar is not None:  # a chat body (the bridge made one if the client's is not)
             return await self.sidecar.send(call, credential)
-        turn_input = request.build(call.body)
-        body_size = len(orjson.dumps(call.body))
+        assert call.request is not None, "keyrail hands a NEUTRAL driver the neutral request"
+        turn_input = request.build(call.request)
         turn = self.parked.take(turn_input.tool_results) if turn_input.tool_results else None
         if turn is not None:
             try:
@@ -320,8 +321,8 @@ class CursorDriver(Driver):
                 log.info("%s: a parked turn broke (%s); starting afresh", self.block.name, exc)
                 turn = None
         if turn is None:
-            turn = await self._open(call, credential, turn_input)
-        answer = Answer(call.model, request_bytes=body_size)
+            turn = await self._open(call.request, credential, turn_input)
+        answer = Answer(request_bytes=len(turn_input.text) + len(turn_input.system_json))
         try:
             head, over = await self._head(turn, answer)
         except _FAILURES as exc:
@@ -330,17 +331,13 @@ class CursorDriver(Driver):
         except BaseException:
             turn.abort()  # cancelled (client gone, first-byte timeout): reset the stream
             raise
-        if not call.stream:
-            data = await self._collect(turn, answer, over)
-            return Reply(200, {"Content-Type": "application/json"}, BytesStream(data))
-        return Reply(200, dict(SSE_HEADERS), _Stream(self, turn, answer, head, over))
+        return Reply.of_events(_Events(self, turn, answer, head, over))
 
     async def _open(
-        self, call: Call, credential: Credential, turn_input: request.TurnInput
+        self, neutral: n.Request, credential: Credential, turn_input: request.TurnInput
     ) -> Turn:
-        model = request.model_for_effort(
-            call.model, call.body.get("reasoning_effort"), self.known_models
-        )
+        effort = neutral.reasoning.effort if neutral.reasoning else None
+        model = request.model_for_effort(neutral.model, effort, self.known_models)
         first = messages.run_request(
             model=model,
             text=turn_input.text,
@@ -392,10 +389,10 @@ class CursorDriver(Driver):
             f"upstream {name} stream failed: {exc}", status=502, provider=name
         )
 
-    async def _head(self, turn: Turn, answer: Answer) -> tuple[list[dict[str, Any]], bool]:
-        """The chunks up to the first output the client sees, and whether the answer is
+    async def _head(self, turn: Turn, answer: Answer) -> tuple[list[n.Event], bool]:
+        """The events up to the first output the client sees, and whether the answer is
         already over (ended, or parked on a tool call). Raises what ended the turn early."""
-        head: list[dict[str, Any]] = []
+        head: list[n.Event] = []
         while not head:
             event = await turn.next()
             if isinstance(event, BaseException):
@@ -406,17 +403,17 @@ class CursorDriver(Driver):
                 await turn.finish()
                 return answer.last(), True
             if isinstance(event, messages.Heartbeat):
-                continue
+                continue  # before the first output the first-byte timeout is the judge
             head.extend(answer.feed(event))
             if isinstance(event, ToolCall):
-                head.extend(self._more_tool_calls(turn, answer))
+                head.extend(self.more_tool_calls(turn, answer))
                 self.parked.park(turn)
                 return [*head, *answer.last()], True
         return head, False
 
-    def _more_tool_calls(self, turn: Turn, answer: Answer) -> list[dict[str, Any]]:
+    def more_tool_calls(self, turn: Turn, answer: Answer) -> list[n.Event]:
         """Tool calls already queued right behind the first: one answer carries them all."""
-        out: list[dict[str, Any]] = []
+        out: list[n.Event] = []
         while True:
             queued = turn.queued()
             if not isinstance(queued, ToolCall):
@@ -424,28 +421,6 @@ class CursorDriver(Driver):
                     turn.output.put_nowait(queued)  # not ours: the resumed turn reads it
                 return out
             out.extend(answer.feed(queued))
-
-    async def _collect(self, turn: Turn, answer: Answer, over: bool) -> bytes:
-        try:
-            while not over:
-                event = await turn.next()
-                if isinstance(event, BaseException):
-                    raise self._decision(event)
-                if isinstance(event, Ended):
-                    await turn.finish()
-                    break
-                if isinstance(event, messages.Heartbeat):
-                    continue
-                answer.feed(event)
-                if isinstance(event, ToolCall):
-                    self._more_tool_calls(turn, answer)
-                    self.parked.park(turn)
-                    break
-        except BaseException:
-            if not turn.pending:
-                turn.abort()
-            raise
-        return orjson.dumps(answer.completion())
 
     async def aclose(self) -> None:
         self.parked.close()
@@ -493,20 +468,12 @@ def _strings(value: Any) -> list[str]:
     return []
 
 
-def _sse(chunks: Sequence[dict[str, Any]]) -> bytes:
-    return b"".join(data_event(orjson.dumps(c)) for c in chunks)
-
-
-class _Stream:
-    """The client's SSE body: the head, then the turn's output until it ends or parks."""
+class _Events:
+    """The answer's neutral events (`EventStream`): the head, then the turn's output until it
+    ends or parks on a tool call, then usage and finish."""
 
     def __init__(
-        self,
-        driver: CursorDriver,
-        turn: Turn,
-        answer: Answer,
-        head: list[dict[str, Any]],
-        over: bool,
+        self, driver: CursorDriver, turn: Turn, answer: Answer, head: list[n.Event], over: bool
     ) -> None:
         self._driver = driver
         self._turn = turn
@@ -514,40 +481,38 @@ class _Stream:
         self._head = head
         self._over = over
 
-    def __aiter__(self) -> AsyncIterator[bytes]:
+    def __aiter__(self) -> AsyncIterator[n.Event]:
         return self._iterate()
 
-    async def _iterate(self) -> AsyncIterator[bytes]:
+    async def _iterate(self) -> AsyncIterator[n.Event]:
         turn, answer, driver = self._turn, self._answer, self._driver
-        yield _sse([answer.first(), *self._head])
+        for event in self._head:
+            yield event
         if self._over:
-            yield DONE
             return
         provider = driver.block.name
-        tail: list[dict[str, Any]] = []
         while True:
-            event = await turn.next()
-            if isinstance(event, BaseException):
+            item = await turn.next()
+            if isinstance(item, BaseException):
                 self._over = True
                 turn.abort()
                 raise StreamInterrupted(
-                    f"upstream {provider} stream broke: {event}", status=502, provider=provider
+                    f"upstream {provider} stream broke: {item}", status=502, provider=provider
                 )
-            if isinstance(event, Ended):
+            if isinstance(item, Ended):
                 self._over = True
                 await turn.finish()
                 break
-            if isinstance(event, messages.Heartbeat):
-                yield HEARTBEAT_COMMENT  # keeps the relay's idle watchdog fed; never sent on
-                continue
-            chunks = answer.feed(event)
-            if isinstance(event, ToolCall):
-                tail = [*chunks, *driver._more_tool_calls(turn, answer)]
+            for event in answer.feed(item):
+                yield event
+            if isinstance(item, ToolCall):
+                for event in driver.more_tool_calls(turn, answer):
+                    yield event
                 driver.parked.park(turn)
                 self._over = True
                 break
-            yield _sse(chunks)
-        yield _sse([*tail, *answer.last()]) + DONE
+        for event in answer.last():
+            yield event
 
     async def aclose(self) -> None:
         if not self._over:

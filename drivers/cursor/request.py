@@ -1,4 +1,4 @@
-"""An OpenAI chat request → what a Cursor turn needs.
+"""A client's request (keyrail's neutral request, whatever the dialect) → a Cursor turn.
 
 Owns: the system prompt as a blob (`{"role":"system","content":…}` JSON, id = SHA-256 of it,
 `You are a helpful assistant.` when the client sends none), the conversation flattened into
@@ -15,7 +15,7 @@ import base64
 import binascii
 import hashlib
 import uuid
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +23,7 @@ import orjson
 
 from drivers.cursor.messages import Image, Tool
 from drivers.cursor.wire import WireError, encode_value
+from proxy.dialects import neutral as n
 from proxy.errors import InvalidRequest
 
 DEFAULT_SYSTEM = "You are a helpful assistant."
@@ -48,93 +49,81 @@ class TurnInput:
     tool_results: list[ToolResult] = field(default_factory=list)
 
 
-def content_text(content: Any) -> str:
-    """Text of an OpenAI `content`: a string, or the text parts of a list."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(
-            str(p.get("text") or "")
-            for p in content
-            if isinstance(p, dict) and p.get("type") in ("text", "input_text", "output_text")
-        )
-    return ""
+def _image(image: n.Image) -> Image:
+    if image.data:
+        media_type, data = image.media_type or "image/png", image.data
+    elif image.url.startswith("data:") and "," in image.url:
+        head, data = image.url[5:].split(",", 1)
+        media_type = head.split(";", 1)[0] or "image/png"
+    else:
+        raise InvalidRequest("cursor accepts images only as base64 data", param="messages")
+    if len(data) > _IMAGE_LIMIT:
+        raise InvalidRequest("image too large", param="messages")
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidRequest("image data is not base64", param="messages") from None
+    return Image(str(uuid.uuid4()), media_type, raw)
 
 
-def _images(content: Any) -> list[Image]:
-    out: list[Image] = []
-    if not isinstance(content, list):
-        return out
-    for part in content:
-        if not isinstance(part, dict) or part.get("type") != "image_url":
-            continue
-        ref = part.get("image_url")
-        url = ref.get("url") if isinstance(ref, dict) else ref
-        if not isinstance(url, str) or not url.startswith("data:") or "," not in url:
-            raise InvalidRequest("cursor accepts images only as data: URLs", param="messages")
-        head, data = url[5:].split(",", 1)
-        mime = head.split(";", 1)[0] or "image/png"
-        if len(data) > _IMAGE_LIMIT:
-            raise InvalidRequest("image too large", param="messages")
-        try:
-            raw = base64.b64decode(data, validate=True)
-        except (binascii.Error, ValueError):
-            raise InvalidRequest("image data URL is not base64", param="messages") from None
-        out.append(Image(str(uuid.uuid4()), mime, raw))
-    return out
-
-
-def _tools(body: Mapping[str, Any]) -> list[Tool]:
+def _tools(request: n.Request) -> list[Tool]:
     out = []
-    for tool in body.get("tools") or ():
-        fn = tool.get("function") if isinstance(tool, dict) else None
-        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
-            continue
-        schema = fn.get("parameters") or {"type": "object", "properties": {}}
+    for tool in request.tools:
+        schema = tool.parameters or {"type": "object", "properties": {}}
         try:
             encoded = encode_value(schema)
         except WireError as exc:
-            raise InvalidRequest(f"tool {fn['name']}: {exc}", param="tools") from None
-        out.append(Tool(fn["name"], str(fn.get("description") or ""), encoded))
+            raise InvalidRequest(f"tool {tool.name}: {exc}", param="tools") from None
+        out.append(Tool(tool.name, tool.description, encoded))
     return out
 
 
-def build(body: Mapping[str, Any]) -> TurnInput:
-    """Read an OpenAI chat body (already validated as a JSON object by the core)."""
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise InvalidRequest("'messages' must be a non-empty list", param="messages")
-    system: list[str] = []
+def _paragraph(message: n.Message) -> tuple[str, str, list[ToolResult]]:
+    """(the paragraph, the user's own text, the tool results) of one message."""
+    texts = [p.text for p in message.parts if isinstance(p, n.Text)]
+    text = "".join(texts)
+    if message.role == "assistant":
+        calls = [
+            f"[called {p.name}({p.arguments}) call_id: {p.id}]"
+            for p in message.parts
+            if isinstance(p, n.ToolCall)
+        ]
+        return "ASSISTANT: " + "\n".join(filter(None, [text, *calls])), "", []
+    results = [
+        ToolResult(p.call_id, p.content) for p in message.parts if isinstance(p, n.ToolResult)
+    ]
+    lines = [
+        f"TOOL_RESULT (call_id: {r.call_id}): {r.content[:TOOL_RESULT_LIMIT]}" for r in results
+    ]
+    if texts:
+        lines.append(f"USER: {text}")
+    return "\n\n".join(lines), text if texts else "", results
+
+
+def build(request: n.Request) -> TurnInput:
+    """The turn for a neutral request (the client's, whatever its dialect)."""
+    if not request.messages:
+        raise InvalidRequest("the request has no messages", param="messages")
     paragraphs: list[str] = []
     images: list[Image] = []
-    last_user = ""
-    last_user_index = -1
-    for msg in messages:
-        if not isinstance(msg, dict):
-            raise InvalidRequest("each message must be an object", param="messages")
-        role, content = msg.get("role"), msg.get("content")
-        text = content_text(content)
-        if role in ("system", "developer"):
-            system.append(text)
-        elif role == "user":
-            paragraphs.append(f"USER: {text}")
-            last_user, last_user_index = text, len(paragraphs) - 1
-            images = _images(content) or images
-        elif role == "assistant":
-            calls = [
-                f"[called {c['function'].get('name')}({c['function'].get('arguments', '')})"
-                f" call_id: {c.get('id')}]"
-                for c in msg.get("tool_calls") or ()
-                if isinstance(c, dict) and isinstance(c.get("function"), dict)
-            ]
-            paragraphs.append("ASSISTANT: " + "\n".join(filter(None, [text, *calls])))
-        elif role == "tool":
-            result = text[:TOOL_RESULT_LIMIT]
-            paragraphs.append(f"TOOL_RESULT (call_id: {msg.get('tool_call_id')}): {result}")
-    system_text = "\n".join(s for s in system if s) or DEFAULT_SYSTEM
+    current, current_index = "", -1
+    results: list[ToolResult] = []
+    for message in request.messages:
+        paragraph, user_text, results = _paragraph(message)
+        if paragraph:
+            paragraphs.append(paragraph)
+        if user_text:
+            current, current_index = user_text, len(paragraphs) - 1
+            images = [_image(p) for p in message.parts if isinstance(p, n.Image)] or images
+    system_text = "\n".join(s for s in request.system if s) or DEFAULT_SYSTEM
     system_json = orjson.dumps({"role": "system", "content": system_text})
-    current = last_user
-    earlier = paragraphs[:last_user_index] + paragraphs[last_user_index + 1 :]
+    if current_index >= 0 and paragraphs[current_index].endswith(f"USER: {current}"):
+        # the current request leaves the history (a tool result before it stays)
+        kept = paragraphs[current_index][: -len(f"USER: {current}")].rstrip("\n")
+        earlier = paragraphs[:current_index] + ([kept] if kept else [])
+        earlier += paragraphs[current_index + 1 :]
+    else:
+        earlier = paragraphs
     if earlier:
         text = (
             "\n\n".join(earlier)
@@ -144,26 +133,18 @@ def build(body: Mapping[str, Any]) -> TurnInput:
     else:
         text = current
     first_user = next(
-        (content_text(m.get("content")) for m in messages if m.get("role") == "user"), ""
+        (_paragraph(m)[1] for m in request.messages if m.role == "user" and _paragraph(m)[1]), ""
     )
+    last = request.messages[-1]
     return TurnInput(
         system_json=system_json,
         blob_id=hashlib.sha256(system_json).digest(),
         text=text,
         conversation_id=conversation_id(system_text, first_user),
-        tools=_tools(body),
+        tools=_tools(request),
         images=images,
-        tool_results=_trailing_tool_results(messages),
+        tool_results=results if last.role == "user" else [],
     )
-
-
-def _trailing_tool_results(messages: Sequence[Any]) -> list[ToolResult]:
-    out: list[ToolResult] = []
-    for msg in reversed(messages):
-        if not isinstance(msg, dict) or msg.get("role") != "tool":
-            break
-        out.append(ToolResult(str(msg.get("tool_call_id") or ""), content_text(msg.get("content"))))
-    return out[::-1]
 
 
 def conversation_id(system_text: str, first_user: str) -> str:
