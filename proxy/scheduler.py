@@ -21,6 +21,8 @@ block, or per credential through `Credential.extra["disable-cooling"]`):
     429              cools (credential, model) for the hint capped by `max_cooldown`, else
                      1 s, 2 s, 4 s ... capped at 30 min (and at `max_cooldown`)
     401/402/403      disables the credential, every model, for 30 min; a reload re-enables it
+    quota spent      (a driver's quota reading, quota.py) disables the credential, every model,
+                     until the quota resets; a reading that is not spent lifts it
     408/5xx/timeout  cools (credential, model) for `transient_cooldown` (<= 0: no cooldown)
 A cooldown never shortens one already running.
 
@@ -392,6 +394,21 @@ class Scheduler:
         if self._extend(state, self.transient_cooldown, TRANSIENT):
             self._share(COOL, c.credential.id, c.upstream_model, state)
 
+    def spent(self, credential_id: str, seconds: float, error: str = "") -> None:
+        """A quota reading: the credential's allowance is used up for `seconds` (not capped:
+        the upstream said when it resets). 0 lifts an earlier one; other disables stay."""
+        state = self._disabled.get(credential_id)
+        if seconds <= 0:
+            if state is not None and state.reason == QUOTA:
+                del self._disabled[credential_id]
+                self._version += 1
+            return
+        if self.disable_cooling:
+            return
+        if error:
+            self._last_error[credential_id] = error[:200]
+        self._extend(self._disabled.setdefault(credential_id, _State()), seconds, QUOTA)
+
     def _cooling_off(self, c: Candidate) -> bool:
         return (
             self.disable_cooling
@@ -501,7 +518,10 @@ class Scheduler:
         if best is None:
             return None
         cooling = self._cooling.get((best.credential.id, best.upstream_model))
-        quota = cooling is not None and cooling.reason == QUOTA and cooling.until == best_at
+        disabled = self._disabled.get(best.credential.id)
+        quota = any(
+            s is not None and s.reason == QUOTA and s.until == best_at for s in (cooling, disabled)
+        )
         return Recovery(in_seconds=best_at - now, quota=quota)
 
     def credential_views(self) -> list[CredentialView]:
