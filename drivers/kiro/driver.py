@@ -50,7 +50,8 @@ from proxy.errors import (
     classify_upstream,
 )
 from proxy.retry_hints import retry_after_seconds
-from proxy.streaming import DONE, SSE_HEADERS, data_event
+from proxy.sse import data_event
+from proxy.streaming import DONE, SSE_HEADERS
 
 DEFAULT_TOKEN_FILE = "~/.aws/sso/cache/kiro-auth-token.json"
 _SDK = "aws-sdk-js/1.0.27"
