@@ -91,8 +91,9 @@ _SHARE_EVERY = 1024 * 1024
 def body_too_large(limit: int, provider: str = "") -> UpstreamUnavailable:
     """An upstream answer grew past `limits.upstream-body-mb` while it was read (inflated)."""
     what = f"answer larger than {limit / (1024 * 1024):g} MiB after decompression"
+    what += " (limits.upstream-body-mb)"
     return UpstreamUnavailable(
-        f"upstream {provider}: {what} (limits.upstream-body-mb)" if provider else what,
+        f"upstream {provider}: {what}" if provider else what,
         status=502,
         provider=provider,
     )

@@ -32,6 +32,7 @@ from proxy.errors import (
     UpstreamUnavailable,
 )
 from proxy.metrics import Attempt, ProviderMetrics
+from proxy.redact import StreamMask
 from proxy.scheduler import Recovery, Scheduler
 from proxy.sse import MAX_EVENT_BYTES, MAX_LINE_BYTES, SSEParser
 from proxy.streaming import StreamHead
@@ -215,7 +216,9 @@ async def _attempt(
             reply = await driver.send(call, credential)
             if stream:
                 parser = settings.sse_parser()
-                head = StreamHead(reply, target.provider, parser, settings.body_limit)
+                head = StreamHead(
+                    reply, target.provider, parser, settings.body_limit, credential.secret
+                )
                 try:
                     await head.open()
                 except BaseException:
@@ -229,6 +232,7 @@ async def _attempt(
                 if not exc.provider:
                     message = f"upstream {target.provider}: {message}"
                 raise UpstreamUnavailable(message, status=502, provider=target.provider) from exc
+            data = StreamMask.whole(data, credential.secret)  # an upstream may echo the key
             return Success(target, reply, None, data, 0.0, 0)
     except TimeoutError:
         raise UpstreamUnavailable(

@@ -26,6 +26,7 @@ from aiohttp import web
 from proxy import shutdown
 from proxy.driver import BODY_LIMIT, Reply, inflated_within
 from proxy.errors import ProxyError, StreamInterrupted, UpstreamError, UpstreamUnavailable
+from proxy.redact import StreamMask
 from proxy.sse import SSELimitExceeded
 from proxy.sse import SSEParser as SSEParser  # re-exported: its home was this module
 from proxy.sse import data_event as data_event
@@ -91,6 +92,7 @@ class StreamHead:
         provider: str,
         parser: SSEParser | None = None,
         body_limit: int = BODY_LIMIT,
+        secret: str = "",
     ) -> None:
         self.reply = reply
         self.provider = provider
@@ -101,6 +103,9 @@ class StreamHead:
             # A compressed stream inflates without network waits: counted and shared (an
             # uncompressed one is bounded by the parser's limits and paced by the network).
             self._chunks = inflated_within(self._chunks, body_limit, provider)
+        if StreamMask.wanted(secret):
+            # An upstream may echo the key it was sent ("key pk-… exhausted") in its events.
+            self._chunks = _masked(self._chunks, StreamMask(secret))
 
     async def open(self) -> None:
         while True:
@@ -141,6 +146,14 @@ class StreamHead:
 
     def rest(self) -> AsyncIterator[bytes]:
         return self._chunks
+
+
+async def _masked(chunks: AsyncIterator[bytes], mask: StreamMask) -> AsyncIterator[bytes]:
+    async for chunk in chunks:
+        if chunk := mask.feed(chunk):
+            yield chunk
+    if tail := mask.flush():
+        yield tail
 
 
 def _in_band_error(data: bytes, provider: str) -> UpstreamError:
