@@ -21,15 +21,21 @@ from aiohttp import web
 from proxy import failover
 from proxy.catalog import excluded_by
 from proxy.config import Settings
+from proxy.dialects.assembler import EncodedStream
+from proxy.dialects.bridge import Bridge
+from proxy.dialects.routes import CODECS, DIALECT_OF
 from proxy.driver import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES
 from proxy.errors import InvalidRequest, ProxyError, RequestError, UpstreamError
 from proxy.keys import DEADLINES, LIVE, METRICS, SCHEDULER
 from proxy.metrics import Attempt
 from proxy.pipeline import ACCESS, JSON, Wrap
 from proxy.runtime import RUNTIME
+from proxy.scheduler import availability
 from proxy.streaming import RelayOptions, StreamHead, model_renamer, relay, usage_in
+from proxy.supervisor import worker_id
 
 log = logging.getLogger("keyrail.handlers")
+WORKER = worker_id()
 # Upstream response headers worth passing on when `passthrough-headers` is on.
 _HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
@@ -47,17 +53,12 @@ def json_response(
 async def health(request: web.Request) -> web.Response:
     """Liveness plus each enabled provider's availability from its credentials' states:
     ok (all ready), degraded (some), down (none). Never calls an upstream; never logged."""
-    total: dict[str, int] = dict.fromkeys(request.app[LIVE].current.drivers, 0)
-    ready = dict(total)
-    for view in request.app[SCHEDULER].credential_views():
-        if view.provider in total:
-            total[view.provider] += 1
-            ready[view.provider] += view.state == "ready"
-    providers = {
-        name: "ok" if n and ready[name] == n else ("degraded" if ready[name] else "down")
-        for name, n in total.items()
-    }
-    return json_response({"status": "ok", "providers": providers})
+    views = request.app[SCHEDULER].credential_views()
+    providers = availability(request.app[LIVE].current.drivers, views)
+    answer: dict[str, object] = {"status": "ok", "providers": providers}
+    if WORKER:  # under `--workers N`: which process answered (supervisor.py)
+        answer["worker"] = WORKER
+    return json_response(answer)
 
 
 async def list_models(request: web.Request) -> web.Response:
@@ -140,6 +141,8 @@ async def proxy_request(request: web.Request) -> web.StreamResponse:
         if "stream" in body and not isinstance(body["stream"], bool) and body["stream"] is not None:
             raise InvalidRequest("'stream' must be a boolean.", param="stream")
         route = runtime.catalog.resolve(rec.model)
+        dialect = DIALECT_OF.get(endpoint)
+        bridge = Bridge(CODECS[dialect], endpoint, body, stream) if dialect else None
         success = await failover.serve(
             route=route,
             endpoint=endpoint,
@@ -156,6 +159,7 @@ async def proxy_request(request: web.Request) -> web.StreamResponse:
                 if runtime.settings.fallbacks
                 else None
             ),
+            bridge=bridge,
         )
         target = success.target
         rec.provider, rec.credential_id = target.provider, target.credential.id
@@ -164,10 +168,17 @@ async def proxy_request(request: web.Request) -> web.StreamResponse:
         extra = _passthrough(success.reply.headers) if runtime.settings.passthrough_headers else {}
         extra["X-Request-Id"] = rec.request_id
         extra["X-Keyrail-Provider"] = target.provider  # for canaries: which block answered
+        if success.reply.host:  # a driver with several upstream addresses: which one answered
+            rec.host = extra["X-Keyrail-Upstream-Host"] = success.reply.host
+        if success.reply.hosts_failed:  # and those that did not, before it
+            rec.hosts_failed = extra["X-Keyrail-Upstream-Host-Failed"] = "; ".join(
+                success.reply.hosts_failed
+            )
         attempt = Attempt(target.provider, target.driver, target.credential.id, 200, 0.0)
         if success.head is not None:
             response, result = await _relay(request, success.head, body, endpoint, rename,
-                                            extra, runtime.settings, success.started)  # fmt: skip
+                                            extra, runtime.settings, success.started,
+                                            bridge)  # fmt: skip
             attempt.ttft = result.ttft
             attempt.prompt_tokens = result.usage.prompt_tokens
             attempt.completion_tokens = result.usage.completion_tokens
@@ -222,22 +233,26 @@ async def _relay(
     extra: dict[str, str],
     settings: Settings,
     started: float,
+    bridge: Bridge | None,
 ) -> tuple[web.StreamResponse, Any]:
     options = body.get("stream_options")
     wants_usage = isinstance(options, dict) and bool(options.get("include_usage"))
-    return await relay(
-        request,
-        head,
-        RelayOptions(
-            keepalive_seconds=settings.keepalive_seconds,
-            idle_seconds=settings.idle_timeout,
-            client_wants_usage=wants_usage or endpoint != CHAT,
-            rename_model=rename,
-            ensure_done=endpoint in (CHAT, COMPLETIONS),
-            extra_headers=extra,
-        ),
-        started,
+    relay_options = RelayOptions(
+        keepalive_seconds=settings.keepalive_seconds,
+        idle_seconds=settings.idle_timeout,
+        client_wants_usage=wants_usage or endpoint != CHAT,
+        rename_model=rename,
+        ensure_done=endpoint in (CHAT, COMPLETIONS),
+        extra_headers=extra,
     )
+    if bridge is not None and bridge.dialect != "chat":
+        relay_options.keepalive = bridge.codec.keepalive
+        relay_options.error_event = bridge.codec.stream_error
+        relay_options.ensure_done = False
+    translated = head.reply.body
+    if isinstance(translated, EncodedStream):  # the encoder knows its stream's state
+        relay_options.error_event = translated.encoder.fail
+    return await relay(request, head, relay_options, started)
 
 
 def _fallback_routes(runtime: Any, model: str) -> list[Any]:
