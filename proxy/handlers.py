@@ -184,6 +184,7 @@ async def proxy_request(request: web.Request) -> web.StreamResponse:
             attempt.completion_tokens = result.usage.completion_tokens
             if result.error is not None:
                 attempt.status, attempt.error = result.error.status, result.error.message[:200]
+                failover.decide_late(app[SCHEDULER], target, result.error)
                 rec.error = attempt.error
             rec.status = 200
         else:
