@@ -126,6 +126,9 @@ def _wait_workers(target: Target, workdir: Path, workers: int) -> None:
 
 
 def run(workdir: Path, seconds: float, count_instructions: bool) -> str:
+    """`seconds` of load per target (0: only the instruction count)."""
+    if seconds <= 0:
+        return report({}, asyncio.run(_count(workdir)), 0)
     missing = [t for t in ("wrk", "redis-server", "redis-cli") if shutil.which(t) is None]
     if missing:
         raise SystemExit(f"needs {', '.join(missing)} (apt install wrk redis-server)")
@@ -179,7 +182,11 @@ async def _count(workdir: Path) -> list[instructions.Count]:
         body = request_body(False, 0)
         try:
             fleet.upstream()
-            for name, extra in (("w1-memory", None), ("w1-redis", {"state": redis_url})):
+            runs: list[tuple[str, dict[str, object] | None]] = [
+                ("w1-memory", None),
+                ("w1-redis", {"state": redis_url}),
+            ]
+            for name, extra in runs:
                 dump = Path(tmp) / f"{name}.callgrind"
                 target = fleet.keyrail(name, wrap=instructions.valgrind(dump), extra=extra)
                 try:
@@ -198,6 +205,20 @@ async def _count(workdir: Path) -> list[instructions.Count]:
 
 
 def report(rows: dict[str, Row], counts: list[instructions.Count], seconds: float) -> str:
+    lines = _timed(rows, seconds) if rows else []
+    if counts:
+        by = {c.target: c.per_request for c in counts}
+        lines += ["", "| target | instructions/request |", "|---|---:|"]
+        lines += [f"| {c.target} | {c.per_request:,.0f} |" for c in counts]
+        if "w1-memory" in by and "w1-redis" in by:
+            lines.append(
+                f"\n- state: redis / memory, instructions per request: "
+                f"**{by['w1-redis'] / by['w1-memory']:.3f}x**"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def _timed(rows: dict[str, Row], seconds: float) -> list[str]:
     one, redis1, two = rows["w1-memory"], rows["w1-redis"], rows["w2-redis"]
     lines = [
         f"wrk -t2 -c{CONNECTIONS}, non-streamed chat completions, {seconds:g} s per target "
@@ -224,16 +245,7 @@ def report(rows: dict[str, Row], counts: list[instructions.Count], seconds: floa
         if one.cpu_us
         else "",
     ]
-    if counts:
-        by = {c.target: c.per_request for c in counts}
-        lines += ["", "| target | instructions/request |", "|---|---:|"]
-        lines += [f"| {c.target} | {c.per_request:,.0f} |" for c in counts]
-        if "w1-memory" in by and "w1-redis" in by:
-            lines.append(
-                f"\n- state: redis / memory, instructions per request: "
-                f"**{by['w1-redis'] / by['w1-memory']:.3f}x**"
-            )
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def main(seconds: float, count_instructions: bool) -> int:
