@@ -72,6 +72,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.getLogger("aiohttp.server").addFilter(_one_line_protocol_errors)
     for warning in settings.warnings:
         log.warning("%s", warning)
+    for block in settings.providers:
+        if block.driver in registry and not block.disabled:
+            for finding in registry.get(block.driver).check(block):
+                log.warning("%s: %s: %s", block.where, block.name, finding)
     if not settings.providers:
         log.warning(
             "no provider blocks: write a config.yaml (see config/config.example.yaml) "
@@ -177,7 +181,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         if block.disabled:
             continue
         try:  # what a driver reads from its block (token files, key entries) is read here too
-            credentials[block.name] = registry.get(block.driver).credentials(block)
+            driver_class = registry.get(block.driver)
+            credentials[block.name] = driver_class.credentials(block)
+            for finding in driver_class.check(block):
+                print(f"warning: {_item_position(block.where, text)}: {block.name}: {finding}")
         except (ProxyError, OSError, ValueError) as exc:
             message = exc.message if isinstance(exc, ProxyError) else str(exc)
             problems.append(f"{_item_position(block.where, text)}: {block.name}: {message}")
@@ -231,6 +238,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     unlisted = [b.name for b in settings.providers if not b.disabled and not b.models]
     disabled = [b.name for b in settings.providers if b.disabled]
+    sources: dict[str, dict[str, str]] = {}  # provider → upstream name → where it came from
     if args.offline:
         credentials = {
             b.name: registry.get(b.driver).credentials(b)
@@ -239,7 +247,8 @@ def cmd_models(args: argparse.Namespace) -> int:
         }
         cat = catalog_mod.build(settings, credentials, {})
     else:
-        cat = asyncio.run(_built_catalog(settings, registry))
+        cat, sources = asyncio.run(_built_catalog(settings, registry))
+    listed = {b.name for b in settings.providers if b.models}
     rows = []
     for mid, route in sorted(cat.routes.items()):
         mark = " [pool: " + ", ".join(route.providers) + "]" if mid in cat.collisions else ""
@@ -247,8 +256,10 @@ def cmd_models(args: argparse.Namespace) -> int:
         for t in sorted(route.targets, key=lambda t: -t.priority):  # tried first, first
             seen.setdefault((t.provider, t.priority, t.upstream_model), []).append(t.credential.id)
         for (provider, priority, upstream), creds in seen.items():
-            rows.append((mid + mark, provider, str(priority), upstream, ", ".join(creds)))
-    header = ("MODEL", "PROVIDER", "PRIORITY", "UPSTREAM", "CREDENTIALS")
+            source = "config" if provider in listed else sources.get(provider, {}).get(upstream)
+            rows.append((mid + mark, provider, str(priority), upstream, ", ".join(creds),
+                         source or "driver"))  # fmt: skip
+    header = ("MODEL", "PROVIDER", "PRIORITY", "UPSTREAM", "CREDENTIALS", "SOURCE")
     width = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(header)]
     fmt = "  ".join(f"{{:<{w}}}" for w in width)
     print(fmt.format(*header))
@@ -264,12 +275,21 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _built_catalog(settings: config.Settings, registry: Registry) -> Catalog:
+async def _built_catalog(
+    settings: config.Settings, registry: Registry
+) -> tuple[Catalog, dict[str, dict[str, str]]]:
+    """The catalog as start-up builds it, and where each discovered name came from."""
     from proxy import runtime
 
     built = await runtime.build(settings, registry)
+    sources = {
+        name: {t.upstream_model: driver.model_source(t.upstream_model)
+               for route in built.catalog.routes.values() for t in route.targets
+               if t.provider == name}
+        for name, driver in built.drivers.items()
+    }  # fmt: skip
     await built.aclose()
-    return built.catalog
+    return built.catalog, sources
 
 
 def cmd_canary(args: argparse.Namespace) -> int:

@@ -12,10 +12,10 @@ from pathlib import Path
 
 from aiohttp import web
 
-from proxy import handlers, logs, management, metrics, pipeline, reload, runtime, shutdown
+from proxy import handlers, logs, management, metrics, pipeline, quota, reload, runtime, shutdown
 from proxy.config import Settings
 from proxy.deadlines import Deadlines
-from proxy.keys import DEADLINES, LIVE, METRICS, RECENT_ERRORS, REGISTRY, SCHEDULER, STATE
+from proxy.keys import DEADLINES, LIVE, METRICS, QUOTAS, RECENT_ERRORS, REGISTRY, SCHEDULER, STATE
 from proxy.logs import install_redaction
 from proxy.metrics import ProviderMetrics
 from proxy.redact import secrets_of
@@ -56,6 +56,7 @@ def create_app(
     app[STATE] = open_state(settings.state)
     app[DEADLINES] = Deadlines()  # first-byte limits of the attempts in flight, on one timer
     app[LIVE] = live
+    app[QUOTAS] = quota.Quotas()  # each credential's last quota reading (drivers that tell)
     app[RECENT_ERRORS] = recent_errors
     shutdown.setup(app, drain, lambda: live.current.settings.shutdown_drain_seconds)
 
@@ -69,6 +70,7 @@ def create_app(
 
     app.cleanup_ctx.append(logs.flush_ctx)  # buffered log lines reach stderr promptly
     app.cleanup_ctx.append(runtime_ctx)
+    quota.setup(app, app[QUOTAS])  # read quotas as they fall due; cool the spent
 
     async def state_ctx(app: web.Application) -> AsyncIterator[None]:
         # after the runtime: the credentials are registered before others' cooldowns merge

@@ -168,6 +168,12 @@ async def proxy_request(request: web.Request) -> web.StreamResponse:
         extra = _passthrough(success.reply.headers) if runtime.settings.passthrough_headers else {}
         extra["X-Request-Id"] = rec.request_id
         extra["X-Keyrail-Provider"] = target.provider  # for canaries: which block answered
+        if success.reply.host:  # a driver with several upstream addresses: which one answered
+            rec.host = extra["X-Keyrail-Upstream-Host"] = success.reply.host
+        if success.reply.hosts_failed:  # and those that did not, before it
+            rec.hosts_failed = extra["X-Keyrail-Upstream-Host-Failed"] = "; ".join(
+                success.reply.hosts_failed
+            )
         attempt = Attempt(target.provider, target.driver, target.credential.id, 200, 0.0)
         if success.head is not None:
             response, result = await _relay(request, success.head, body, endpoint, rename,
@@ -178,6 +184,7 @@ async def proxy_request(request: web.Request) -> web.StreamResponse:
             attempt.completion_tokens = result.usage.completion_tokens
             if result.error is not None:
                 attempt.status, attempt.error = result.error.status, result.error.message[:200]
+                failover.decide_late(app[SCHEDULER], target, result.error)
                 rec.error = attempt.error
             rec.status = 200
         else:

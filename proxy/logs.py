@@ -57,6 +57,8 @@ class RequestRecord:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     error: str = ""
+    host: str = ""  # the upstream address that answered, when the driver has several
+    hosts_failed: str = ""  # the addresses tried before it that did not answer
 
 
 _PLAIN = re.compile(r"[\w./:@+-]+")
@@ -149,6 +151,10 @@ def access_line(rec: RequestRecord) -> tuple[str, dict[str, Any] | None]:
         f"latency_ms={rec.latency_ms:.1f} ttft_ms={ttft} prompt_tokens={rec.prompt_tokens} "
         f"completion_tokens={rec.completion_tokens} total_tokens={total}"
     )
+    if rec.host:
+        line += f" upstream_host={_value(rec.host)}"
+    if rec.hosts_failed:
+        line += f" hosts_failed={_value(rec.hosts_failed)}"
     error = redact(rec.error) if rec.error else ""
     if error:
         line += f" error={_value(error)}"
@@ -163,6 +169,10 @@ def access_line(rec: RequestRecord) -> tuple[str, dict[str, Any] | None]:
             "prompt_tokens": rec.prompt_tokens, "completion_tokens": rec.completion_tokens,
             "total_tokens": total,
         }  # fmt: skip
+        if rec.host:
+            fields["upstream_host"] = rec.host
+        if rec.hosts_failed:
+            fields["hosts_failed"] = rec.hosts_failed
         if error:
             fields["error"] = error
         fields["path"], fields["model"] = redact(rec.path), redact(rec.model)

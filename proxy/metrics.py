@@ -3,8 +3,9 @@
 Owns: recording one `Attempt` (one upstream try, attributed to the block that served it), the
 rolling window and lifetime totals behind `GET /v1/metrics/providers` (a provider-keyed object,
 or `?format=list`), and the Prometheus text of `GET /metrics`. Does not own: credential states
-(the scheduler reports them), the access log (logs.py), or which paths need a client key
-(auth.py).
+(the scheduler reports them), quota readings (quota.py: shown here as each provider's `quota`
+object, credential id → used, limit, resets_at), the access log (logs.py), or which paths need
+a client key (auth.py).
 
 Counts are of upstream attempts, not client requests: a request that failed over from one
 block to another counts once at each. Success is a 2xx answer; anything else is a failure,
@@ -207,9 +208,13 @@ class ProviderMetrics:
         return total
 
     def snapshot(
-        self, credentials: Iterable[CredentialView], drivers: Mapping[str, str]
+        self,
+        credentials: Iterable[CredentialView],
+        drivers: Mapping[str, str],
+        quotas: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> dict[str, dict[str, Any]]:
-        """`/v1/metrics/providers`: every provider in `drivers` (provider → driver name)."""
+        """`/v1/metrics/providers`: every provider in `drivers` (provider → driver name);
+        `quotas` is provider → credential id → quota object (`Quotas.by_provider`)."""
         now = self.clock()
         creds: dict[str, dict[str, int]] = {}
         for view in credentials:
@@ -245,6 +250,7 @@ class ProviderMetrics:
                 "last_error": _last_error(p.last_error),
                 "credentials": creds.get(provider, dict.fromkeys(("total", *CREDENTIAL_STATES), 0)),
                 "lifetime": {**_totals(_lifetime(p)), "retries": p.retries},
+                "quota": dict((quotas or {}).get(provider, {})),
             }
         return out
 
@@ -422,10 +428,12 @@ class _PrometheusView(Collector):
         metrics: ProviderMetrics,
         configured: Callable[[], Mapping[str, str]],
         credentials: Callable[[], Iterable[CredentialView]],
+        quotas: Callable[[], Mapping[str, Mapping[str, Any]]] = dict,
     ) -> None:
         self._metrics = metrics
         self._configured = configured
         self._credentials = credentials
+        self._quotas = quotas
 
     def collect(self) -> Iterator[Metric]:
         configured = self._configured()
@@ -475,6 +483,36 @@ class _PrometheusView(Collector):
         for (provider, state), count in counts.items():
             states.add_metric([r(provider), state], count)
         yield from (requests, latency, ttft, tokens, retries, states)
+        yield from self._quota_families(configured)
+
+    def _quota_families(self, configured: Mapping[str, str]) -> Iterator[Metric]:
+        r = REDACTOR.redact
+        labels = ("provider", "credential")
+        used = GaugeMetricFamily(
+            "keyrail_quota_used",
+            "A credential's quota used, as its driver last read it.",
+            labels=labels,
+        )
+        limit = GaugeMetricFamily(
+            "keyrail_quota_limit", "A credential's quota allowance.", labels=labels
+        )
+        resets = GaugeMetricFamily(
+            "keyrail_quota_resets_at_seconds",
+            "When a credential's quota resets (Unix time).",
+            labels=labels,
+        )
+        for provider, by_credential in self._quotas().items():
+            if provider not in configured:
+                continue
+            for cid, q in by_credential.items():
+                if "used" not in q:
+                    continue  # no successful reading yet
+                key = [r(provider), r(cid)]
+                used.add_metric(key, q["used"])
+                limit.add_metric(key, q["limit"])
+                if q.get("resets_at_unix") is not None:
+                    resets.add_metric(key, q["resets_at_unix"])
+        yield from (used, limit, resets)
 
 
 def _buckets(counts: list[int]) -> list[tuple[str, float]]:
@@ -495,11 +533,13 @@ def setup(app: web.Application, wrap: Wrap) -> None:
     """`GET /v1/metrics/providers` and `GET /metrics`, each handler inside `wrap` (the
     pipeline). With shared state (proxy/state/) both answer for every process of the
     deployment; `?scope=local` answers for this process alone."""
-    from proxy.keys import LIVE, METRICS, SCHEDULER, STATE  # keys.py imports this module
+    from proxy.keys import LIVE, METRICS, QUOTAS, SCHEDULER, STATE  # keys.py imports this module
 
     def configured() -> dict[str, str]:
         """Every configured block (provider → driver), with traffic or not."""
         return {b.name: b.driver for b in app[LIVE].current.settings.providers}
+
+    quotas = app[QUOTAS].by_provider
 
     async def counted(request: web.Request) -> tuple[ProviderMetrics, str]:
         """The metrics to answer with, and their scope ("deployment" or "local")."""
@@ -524,7 +564,7 @@ def setup(app: web.Application, wrap: Wrap) -> None:
         if fmt not in ("", "list"):
             raise InvalidRequest("'format' must be 'list' or absent.", param="format")
         view, scope = await counted(request)
-        snapshot = view.snapshot(app[SCHEDULER].credential_views(), configured())
+        snapshot = view.snapshot(app[SCHEDULER].credential_views(), configured(), quotas())
         data: Any = {"object": "list", "data": list(snapshot.values())} if fmt else snapshot
         return web.Response(
             body=orjson.dumps(data, option=orjson.OPT_INDENT_2),
@@ -535,7 +575,9 @@ def setup(app: web.Application, wrap: Wrap) -> None:
     async def prometheus(request: web.Request) -> web.Response:
         view, scope = await counted(request)
         registry = CollectorRegistry(auto_describe=False)
-        registry.register(_PrometheusView(view, configured, app[SCHEDULER].credential_views))
+        registry.register(
+            _PrometheusView(view, configured, app[SCHEDULER].credential_views, quotas)
+        )
         body = generate_latest(registry)
         return web.Response(
             body=body, headers={"Content-Type": CONTENT_TYPE_LATEST, SCOPE_HEADER: scope}

@@ -21,6 +21,9 @@ block, or per credential through `Credential.extra["disable-cooling"]`):
     429              cools (credential, model) for the hint capped by `max_cooldown`, else
                      1 s, 2 s, 4 s ... capped at 30 min (and at `max_cooldown`)
     401/402/403      disables the credential, every model, for 30 min; a reload re-enables it
+    discontinued     disables the credential, every model, until a reload (the service is gone)
+    quota spent      (a driver's quota reading, quota.py) disables the credential, every model,
+                     until the quota resets; a reading that is not spent lifts it
     408/5xx/timeout  cools (credential, model) for `transient_cooldown` (<= 0: no cooldown)
 A cooldown never shortens one already running.
 
@@ -32,6 +35,7 @@ processes publish. Selection only ever reads local state, so it stays synchronou
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Container, Iterable, Sequence
 from dataclasses import dataclass
@@ -46,6 +50,7 @@ STRATEGIES = ("round-robin", "fill-first")
 DISABLE_COOLING = "disable-cooling"
 
 QUOTA, UNAUTHORIZED, TRANSIENT = "quota", "unauthorized", "transient"
+DISCONTINUED = "discontinued"
 #: `Change.kind`s
 COOL, DISABLE, CLEAR_COOL, CLEAR_DISABLE = "cool", "disable", "clear-cool", "clear-disable"
 
@@ -72,8 +77,10 @@ C = TypeVar("C", bound=Candidate)
 class Recovery:
     """When the soonest of a pool's candidates becomes ready again."""
 
-    in_seconds: float
+    in_seconds: float  # math.inf when every candidate is discontinued
     quota: bool  # True when that candidate is cooling after a 429 (else disabled/transient)
+    #: when no candidate will ever recover (until a reload): why, in the driver's words
+    discontinued: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,8 +90,8 @@ class CredentialView:
     id: str
     provider: str
     state: str  # "ready" | "cooling_down" | "disabled"
-    reason: str = ""  # "quota" | "unauthorized" | "transient" | ""
-    until: float | None = None  # wall-clock time (time.time()) the state ends
+    reason: str = ""  # "quota" | "unauthorized" | "transient" | "discontinued" | ""
+    until: float | None = None  # wall-clock time (time.time()) the state ends; None: never
     last_error: str = ""
     cooling_models: tuple[str, ...] = ()  # upstream models this credential is cooling for
 
@@ -126,6 +133,7 @@ class _State:
     reason: str = ""
     backoff_level: int = 0
     since: float = 0.0  # when the last failure was recorded
+    note: str = ""  # for a discontinued credential: the message every later request gets
 
 
 @dataclass(frozen=True, slots=True)
@@ -383,6 +391,18 @@ class Scheduler:
             if self._extend(state, DISABLE_SECONDS, UNAUTHORIZED):
                 self._share(DISABLE, c.credential.id, "", state)
 
+    def discontinued(self, c: Candidate, message: str) -> None:
+        """The service behind the credential is gone: disabled, every model, until a reload.
+
+        Not subject to `disable-cooling`: retrying a shut-down service helps nobody. Not shared
+        with other processes (`on_change`): each finds it out with one call per credential.
+        """
+        self._note(c, message)
+        state = self._disabled.setdefault(c.credential.id, _State())
+        state.since, state.until, state.reason = self.clock(), math.inf, DISCONTINUED
+        state.note = message
+        self._version += 1
+
     def transient(self, c: Candidate, error: str = "") -> None:
         """408/5xx/connect or read timeout: cool (credential, model) for the transient cooldown."""
         self._note(c, error)
@@ -391,6 +411,21 @@ class Scheduler:
         state = self._cooling.setdefault((c.credential.id, c.upstream_model), _State())
         if self._extend(state, self.transient_cooldown, TRANSIENT):
             self._share(COOL, c.credential.id, c.upstream_model, state)
+
+    def spent(self, credential_id: str, seconds: float, error: str = "") -> None:
+        """A quota reading: the credential's allowance is used up for `seconds` (not capped:
+        the upstream said when it resets). 0 lifts an earlier one; other disables stay."""
+        state = self._disabled.get(credential_id)
+        if seconds <= 0:
+            if state is not None and state.reason == QUOTA:
+                del self._disabled[credential_id]
+                self._version += 1
+            return
+        if self.disable_cooling:
+            return
+        if error:
+            self._last_error[credential_id] = error[:200]
+        self._extend(self._disabled.setdefault(credential_id, _State()), seconds, QUOTA)
 
     def _cooling_off(self, c: Candidate) -> bool:
         return (
@@ -500,8 +535,15 @@ class Scheduler:
                 best, best_at = c, at
         if best is None:
             return None
+        if best_at == math.inf:
+            disabled = self._disabled.get(best.credential.id)
+            note = disabled.note if disabled is not None else ""
+            return Recovery(in_seconds=math.inf, quota=False, discontinued=note or DISCONTINUED)
         cooling = self._cooling.get((best.credential.id, best.upstream_model))
-        quota = cooling is not None and cooling.reason == QUOTA and cooling.until == best_at
+        disabled = self._disabled.get(best.credential.id)
+        quota = any(
+            s is not None and s.reason == QUOTA and s.until == best_at for s in (cooling, disabled)
+        )
         return Recovery(in_seconds=best_at - now, quota=quota)
 
     def credential_views(self) -> list[CredentialView]:
@@ -518,8 +560,9 @@ class Scheduler:
             models = cooling.get(cid, [])
             names = tuple(sorted(m for m, _ in models))
             if disabled is not None and disabled.until > now:
+                until = None if disabled.until == math.inf else wall + disabled.until - now
                 views.append(CredentialView(cid, provider, "disabled", disabled.reason,
-                                            wall + disabled.until - now, error, names))  # fmt: skip
+                                            until, error, names))  # fmt: skip
             elif models:
                 latest = max((s for _, s in models), key=lambda s: s.until)
                 views.append(CredentialView(cid, provider, "cooling_down", latest.reason,
