@@ -212,3 +212,13 @@ def test_check_rejects_a_minimax_block_without_a_key(
     path.write_text("minimax:\n  - region: mars\n")
     assert main(["check", "-c", str(path)]) == 1
     assert "region" in capsys.readouterr().out
+
+
+async def test_models_discovered_from_the_router(
+    fake: tuple[FakeRoo, str], start_keyrail: Start
+) -> None:
+    _, url = fake
+    kr = await start_keyrail(f"roo:\n  - base-url: {url}/proxy/v1\n    api-key: roo-token\n")
+    async with openai.AsyncOpenAI(base_url=kr.v1, api_key="unused", max_retries=0) as c:
+        listed = sorted([m.id async for m in c.models.list()])
+    assert listed == ["roo/free-model", "xai/grok-code-fast-1"]
