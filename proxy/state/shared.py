@@ -8,8 +8,11 @@ default) shares nothing and costs nothing. `RedisState` (`state: redis://…`):
   as a Redis key that expires when the cooldown ends and publishes it on one channel. Every
   other process hears it within milliseconds and merges it (`Scheduler.apply`). Nothing on a
   request's path waits for Redis.
-- Metrics: every second each process writes its counts (`ProviderMetrics.export`) under its
-  own key (expiring after the window); a metrics request reads the others' and adds them up.
+- Metrics: every second each process writes its counts (`ProviderMetrics.export`, and any
+  other part's export given to `share`, e.g. the clients' usage) under its own key (expiring
+  a window after its last write); a metrics request reads the others' and adds them up.
+- Client-limit counters: `limits` is the backend's `LimitStore` (base.py): in memory, or in
+  Redis (redis_limits.py) on the same connection.
 - Losing Redis never fails a request: the scheduler and metrics are local anyway. The backend
   logs one warning, retries with backoff (0.5 s doubling to 30 s), and when Redis answers
   again it merges both ways: its running cooldowns are written and published again, and the
@@ -17,10 +20,7 @@ default) shares nothing and costs nothing. `RedisState` (`state: redis://…`):
   (`?socket_timeout=` in the URL overrides it), so a slow Redis is a lost one.
 
 Owns: the connection, its health, the key and channel layout (`NAMESPACE:cool:…`,
-`NAMESPACE:disable:…`, `NAMESPACE:metrics:INSTANCE`, channel `NAMESPACE:changes`).
-- Client-limit counters: `limits` is the `LimitStore` (base.py) of the backend: in memory, or
-  in Redis (redis_limits.py) on the same connection.
-
+`NAMESPACE:disable:…`, `NAMESPACE:KIND:INSTANCE`, channel `NAMESPACE:changes`).
 Does not own: what a cooldown is (scheduler.py), what is counted (metrics.py), the meaning of
 the limit counters (base.py, proxy/clients/).
 """
