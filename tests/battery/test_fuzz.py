@@ -103,6 +103,18 @@ def _check(results: list[tuple[Raw, int]], caplog: pytest.LogCaptureFixture) -> 
         Raw(
             "/v1/chat/completions",
             [(b"Authorization", b"Bearer " + CLIENT_KEY.encode())],
+            b'{"model":"m","messages":[],"metadata":{"x":' + b"[" * 300 + b"]" * 300 + b"}}",
+            "nesting elsewhere",
+        ),
+        Raw(
+            "/v1/chat/completions",
+            [(b"Authorization", b"Bearer " + CLIENT_KEY.encode())],
+            b'{"model":"m","messages":[],"x":' + b"[" * 300 + b"]" * 300 + b"}",
+            "nesting unknown field",
+        ),
+        Raw(
+            "/v1/chat/completions",
+            [(b"Authorization", b"Bearer " + CLIENT_KEY.encode())],
             f'{{"model":"{KIRO_MODEL}","messages":5}}'.encode(),
             "kiro messages",
         ),
