@@ -523,8 +523,11 @@ async def run(tier: Tier, tmp: Path) -> dict[str, object]:
                 "peak RSS of keyrail over the run (MiB)", process.status("VmHWM") // 1024
             )
             found = scan_secrets(client, process, secrets)
-            tracebacks = process.log.read_bytes().count(b"Traceback")
-            figures.record("tracebacks in keyrail's log", tracebacks)
+            log = process.log.read_text(errors="replace")
+            first = log[log.find("Traceback") :].splitlines()[-1:] if "Traceback" in log else []
+            figures.record("tracebacks in keyrail's log", log.count("Traceback"), "".join(first))
+            if keep := os.environ.get("KEYRAIL_BATTERY_LOG"):
+                Path(keep).write_text(log)
             figures.record("secrets found in any output", len(found), ", ".join(found))
     finally:
         steady.send_signal(signal.SIGTERM)
