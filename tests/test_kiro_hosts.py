@@ -504,3 +504,22 @@ async def test_thinking_request_and_reasoning_split(
     assert (reply.choices[0].message.content or "").startswith("<thinking>")
     assert "thinking_mode" not in kiro.chats[-1].current["content"]
     await client.close()
+
+
+def test_bad_base_urls_refused_by_check(tmp_path: Path) -> None:
+    """A wrong `base-urls` item is a config error (`keyrail check`, start-up, reload), with
+    the file and line, not a traceback at start-up."""
+    from proxy import config
+    from proxy.errors import ConfigError
+    from proxy.registry import Registry, options_lookup
+
+    text = (
+        "kiro:\n  - token-file: t.json\n    base-urls: [runtime, {url: 'http://x:1', kind: rt}]\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        config.parse(text, options_lookup(Registry.discover()), source="c.yaml")
+    assert caught.value.problems == [
+        "c.yaml:2:1: kiro block 'kiro': 'kind' must be one of runtime, codewhisperer, q, not 'rt'"
+    ]
+    good = text.replace("kind: rt", "kind: runtime")
+    assert config.parse(good, options_lookup(Registry.discover())).providers[0].driver == "kiro"

@@ -112,6 +112,18 @@ class KiroDriver(Driver):
         self._sources: dict[str, str] = {}  # exposed name → "discovered" | "built-in"
 
     @classmethod
+    def check(cls, block: ProviderBlock) -> Sequence[str]:
+        problems = []
+        try:
+            hosts.read_entries(block.base_url, block.options.get("base-urls"))
+        except ValueError as exc:
+            problems.append(f"kiro block '{block.name}': {exc}")
+        first_byte = block.options.get("first-byte-seconds")
+        if first_byte is not None and first_byte <= 0:
+            problems.append(f"kiro block '{block.name}': 'first-byte-seconds' must be above 0")
+        return problems
+
+    @classmethod
     def credentials(cls, block: ProviderBlock) -> Sequence[Credential]:
         opts = block.options
         inline = opts.get("refresh-token") or opts.get("access-token")
