@@ -523,3 +523,21 @@ def test_bad_base_urls_refused_by_check(tmp_path: Path) -> None:
     ]
     good = text.replace("kind: rt", "kind: runtime")
     assert config.parse(good, options_lookup(Registry.discover())).providers[0].driver == "kiro"
+
+
+def test_token_file_default_then_legacy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """kiro.md §1.1: `~/.aws/sso/cache/kiro-auth-token.json`, else `~/.kiro/...` (checked
+    second)."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    block = ProviderBlock(driver="kiro", name="kiro")
+
+    def chosen() -> str:
+        return str(KiroDriver.credentials(block)[0].extra["token_file"])
+
+    assert chosen() == str(tmp_path / ".aws/sso/cache/kiro-auth-token.json")  # neither exists
+    (tmp_path / ".kiro").mkdir()
+    (tmp_path / ".kiro/kiro-auth-token.json").write_text("{}")
+    assert chosen() == str(tmp_path / ".kiro/kiro-auth-token.json")
+    (tmp_path / ".aws/sso/cache").mkdir(parents=True)
+    (tmp_path / ".aws/sso/cache/kiro-auth-token.json").write_text("{}")
+    assert chosen() == str(tmp_path / ".aws/sso/cache/kiro-auth-token.json")
