@@ -72,6 +72,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.getLogger("aiohttp.server").addFilter(_one_line_protocol_errors)
     for warning in settings.warnings:
         log.warning("%s", warning)
+    for block in settings.providers:
+        if block.driver in registry and not block.disabled:
+            for finding in registry.get(block.driver).check(block):
+                log.warning("%s: %s: %s", block.where, block.name, finding)
     if not settings.providers:
         log.warning(
             "no provider blocks: write a config.yaml (see config/config.example.yaml) "
@@ -177,7 +181,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         if block.disabled:
             continue
         try:  # what a driver reads from its block (token files, key entries) is read here too
-            credentials[block.name] = registry.get(block.driver).credentials(block)
+            driver_class = registry.get(block.driver)
+            credentials[block.name] = driver_class.credentials(block)
+            for finding in driver_class.check(block):
+                print(f"warning: {_item_position(block.where, text)}: {block.name}: {finding}")
         except (ProxyError, OSError, ValueError) as exc:
             message = exc.message if isinstance(exc, ProxyError) else str(exc)
             problems.append(f"{_item_position(block.where, text)}: {block.name}: {message}")

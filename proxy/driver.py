@@ -278,6 +278,13 @@ class Driver(abc.ABC):
                 provider=self.block.name,
             ) from exc
 
+    @classmethod
+    def check(cls, block: ProviderBlock) -> Sequence[str]:
+        """Warnings about a block that loads but will not work as its operator expects (a
+        default upstream that was shut down). `keyrail check` prints them and `serve` logs
+        them at start. Default: none."""
+        return ()
+
     async def list_models(self, credential: Credential) -> Sequence[str]:
         """Upstream model names, when the block lists none. Default: none."""
         return []

@@ -21,6 +21,7 @@ block, or per credential through `Credential.extra["disable-cooling"]`):
     429              cools (credential, model) for the hint capped by `max_cooldown`, else
                      1 s, 2 s, 4 s ... capped at 30 min (and at `max_cooldown`)
     401/402/403      disables the credential, every model, for 30 min; a reload re-enables it
+    discontinued     disables the credential, every model, until a reload (the service is gone)
     quota spent      (a driver's quota reading, quota.py) disables the credential, every model,
                      until the quota resets; a reading that is not spent lifts it
     408/5xx/timeout  cools (credential, model) for `transient_cooldown` (<= 0: no cooldown)
@@ -34,6 +35,7 @@ processes publish. Selection only ever reads local state, so it stays synchronou
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Container, Iterable, Sequence
 from dataclasses import dataclass
@@ -48,6 +50,7 @@ STRATEGIES = ("round-robin", "fill-first")
 DISABLE_COOLING = "disable-cooling"
 
 QUOTA, UNAUTHORIZED, TRANSIENT = "quota", "unauthorized", "transient"
+DISCONTINUED = "discontinued"
 #: `Change.kind`s
 COOL, DISABLE, CLEAR_COOL, CLEAR_DISABLE = "cool", "disable", "clear-cool", "clear-disable"
 
@@ -74,8 +77,10 @@ C = TypeVar("C", bound=Candidate)
 class Recovery:
     """When the soonest of a pool's candidates becomes ready again."""
 
-    in_seconds: float
+    in_seconds: float  # math.inf when every candidate is discontinued
     quota: bool  # True when that candidate is cooling after a 429 (else disabled/transient)
+    #: when no candidate will ever recover (until a reload): why, in the driver's words
+    discontinued: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,8 +90,8 @@ class CredentialView:
     id: str
     provider: str
     state: str  # "ready" | "cooling_down" | "disabled"
-    reason: str = ""  # "quota" | "unauthorized" | "transient" | ""
-    until: float | None = None  # wall-clock time (time.time()) the state ends
+    reason: str = ""  # "quota" | "unauthorized" | "transient" | "discontinued" | ""
+    until: float | None = None  # wall-clock time (time.time()) the state ends; None: never
     last_error: str = ""
     cooling_models: tuple[str, ...] = ()  # upstream models this credential is cooling for
 
@@ -128,6 +133,7 @@ class _State:
     reason: str = ""
     backoff_level: int = 0
     since: float = 0.0  # when the last failure was recorded
+    note: str = ""  # for a discontinued credential: the message every later request gets
 
 
 @dataclass(frozen=True, slots=True)
@@ -385,6 +391,18 @@ class Scheduler:
             if self._extend(state, DISABLE_SECONDS, UNAUTHORIZED):
                 self._share(DISABLE, c.credential.id, "", state)
 
+    def discontinued(self, c: Candidate, message: str) -> None:
+        """The service behind the credential is gone: disabled, every model, until a reload.
+
+        Not subject to `disable-cooling`: retrying a shut-down service helps nobody. Not shared
+        with other processes (`on_change`): each finds it out with one call per credential.
+        """
+        self._note(c, message)
+        state = self._disabled.setdefault(c.credential.id, _State())
+        state.since, state.until, state.reason = self.clock(), math.inf, DISCONTINUED
+        state.note = message
+        self._version += 1
+
     def transient(self, c: Candidate, error: str = "") -> None:
         """408/5xx/connect or read timeout: cool (credential, model) for the transient cooldown."""
         self._note(c, error)
@@ -517,6 +535,10 @@ class Scheduler:
                 best, best_at = c, at
         if best is None:
             return None
+        if best_at == math.inf:
+            disabled = self._disabled.get(best.credential.id)
+            note = disabled.note if disabled is not None else ""
+            return Recovery(in_seconds=math.inf, quota=False, discontinued=note or DISCONTINUED)
         cooling = self._cooling.get((best.credential.id, best.upstream_model))
         disabled = self._disabled.get(best.credential.id)
         quota = any(
@@ -538,8 +560,9 @@ class Scheduler:
             models = cooling.get(cid, [])
             names = tuple(sorted(m for m, _ in models))
             if disabled is not None and disabled.until > now:
+                until = None if disabled.until == math.inf else wall + disabled.until - now
                 views.append(CredentialView(cid, provider, "disabled", disabled.reason,
-                                            wall + disabled.until - now, error, names))  # fmt: skip
+                                            until, error, names))  # fmt: skip
             elif models:
                 latest = max((s for _, s in models), key=lambda s: s.until)
                 views.append(CredentialView(cid, provider, "cooling_down", latest.reason,
