@@ -541,3 +541,18 @@ def test_token_file_default_then_legacy(tmp_path: Path, monkeypatch: pytest.Monk
     (tmp_path / ".aws/sso/cache").mkdir(parents=True)
     (tmp_path / ".aws/sso/cache/kiro-auth-token.json").write_text("{}")
     assert chosen() == str(tmp_path / ".aws/sso/cache/kiro-auth-token.json")
+
+
+def test_refresh_hosts_keep_the_auth_region() -> None:
+    """kiro.md §1.3: social refresh at prod.{region}.auth.desktop.kiro.dev, IdC at
+    oidc.{region}.amazonaws.com, Builder ID always at oidc.us-east-1 (K2: the auth region is
+    not mapped like the API region)."""
+    social = _token(region="ap-northeast-2", authMethod="social")
+    idc = _token(region="eu-west-3", authMethod="IdC", clientId="c", clientSecret="s")
+    builder = _token(region="eu-west-3", authMethod="builder-id", clientId="c", clientSecret="s")
+    assert (
+        auth.refresh_host(social, None, "") == "https://prod.ap-northeast-2.auth.desktop.kiro.dev"
+    )
+    assert auth.refresh_host(idc, None, "") == "https://oidc.eu-west-3.amazonaws.com"
+    assert auth.refresh_host(builder, None, "") == "https://oidc.us-east-1.amazonaws.com"
+    assert not auth.is_social(idc, None) and auth.is_social(social, None)
