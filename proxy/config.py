@@ -380,8 +380,9 @@ def parse(text: str, driver_options: DriverOptions, *, source: str = "<string>")
 def _check_blocks(
     driver_options: DriverOptions, driver: str, blocks: list[ProviderBlock], problems: _Problems
 ) -> None:
-    """The driver's own checks of its blocks' options, beyond their types (`Driver.check`)."""
-    check = getattr(driver_options, "check", None)
+    """The driver's own checks of its blocks' options, beyond their types
+    (`Driver.check_options`)."""
+    check = getattr(driver_options, "check_options", None)
     if not callable(check):
         return
     for block in blocks:

@@ -236,9 +236,10 @@ class Driver(abc.ABC):
         return (self.block.base_url or self.default_base_url).rstrip("/")
 
     @classmethod
-    def check(cls, block: ProviderBlock) -> Sequence[str]:
-        """Problems with a block's own options beyond their types (one line each, no secrets);
-        `keyrail check`, start-up and reload refuse a config with any. Default: none."""
+    def check_options(cls, block: ProviderBlock) -> Sequence[str]:
+        """Errors in a block's own options beyond their types (one line each, no secrets):
+        `keyrail check`, start-up and reload refuse a config with any (unlike `check`'s
+        warnings). Default: none."""
         return ()
 
     @classmethod

@@ -132,10 +132,10 @@ class _OptionsLookup:
     def names(self) -> Iterable[str]:
         return self._registry.names()
 
-    def check(self, name: str, block: ProviderBlock) -> Sequence[str]:
-        """The driver's problems with one of its blocks (`Driver.check`)."""
+    def check_options(self, name: str, block: ProviderBlock) -> Sequence[str]:
+        """The driver's errors in one of its blocks' options (`Driver.check_options`)."""
         try:
-            return self._registry.get(name).check(block)
+            return self._registry.get(name).check_options(block)
         except DriverError:
             return ()
 

@@ -114,7 +114,7 @@ class KiroDriver(Driver):
         self._sources: dict[str, str] = {}  # exposed name → "discovered" | "built-in"
 
     @classmethod
-    def check(cls, block: ProviderBlock) -> Sequence[str]:
+    def check_options(cls, block: ProviderBlock) -> Sequence[str]:
         problems = []
         try:
             hosts.read_entries(block.base_url, block.options.get("base-urls"))
