@@ -25,8 +25,9 @@ import contextlib
 import gzip
 import hashlib
 import itertools
+import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -133,6 +134,7 @@ class FakeCursor:
         self.valid: dict[str, str] = {}  # issued access token → api key (or refresh token)
         self.refresh_tokens: dict[str, str] = {}  # refresh token → login
         self.exchanges = 0
+        self.exchange_arrivals = 0  # counted before `exchange_gate` holds them
         self.exchange_gate: asyncio.Event | None = None
         self.token_seconds = 3600.0
         self.resets = 0
@@ -180,6 +182,7 @@ class FakeCursor:
         bearer = request.headers.get("Authorization", "").removeprefix("Bearer ")
         if await request.read() != b"{}":
             self.problems.append("exchange body is not {}")
+        self.exchange_arrivals += 1
         if self.exchange_gate is not None:
             await self.exchange_gate.wait()
         if bearer in self.api_keys:
@@ -553,3 +556,48 @@ class FakeCursor:
         await io.send(tokens(3) + tokens(4))
         await io.send(TURN_ENDED)
         await io._send(end_of_stream())
+
+
+# -- for tests: the fake's two listeners, and config blocks pointing at them -------------------
+
+
+@dataclass
+class Env:
+    fake: FakeCursor
+    http: str  # the aiohttp listener (auth, control plane, RunSSE)
+    h2: str  # the h2c listener (Run)
+
+
+@contextlib.asynccontextmanager
+async def running() -> AsyncIterator[Env]:
+    """The fake on two ports of 127.0.0.1; fails the test if it saw a protocol problem."""
+    from aiohttp.test_utils import TestServer
+
+    fake = FakeCursor()
+    server = TestServer(fake.app, host="127.0.0.1")
+    await server.start_server()
+    h2_server, h2_url = await fake.start_h2()
+    http = str(server.make_url("")).rstrip("/")
+    fake.agent_url = h2_url + "/agent"
+    try:
+        yield Env(fake, http, h2_url)
+    finally:
+        h2_server.close()
+        await server.close()
+    assert fake.problems == []
+
+
+def block(env: Env, transport: str, keys: list[str], extra: str = "") -> str:
+    """One `cursor:` item: the keys, the fake's hosts, a short heartbeat."""
+    agent = env.h2 if transport == "h2" else env.http
+    return (
+        f"  - name: cursor\n    api-key: [{', '.join(keys)}]\n    base-url: {env.http}\n"
+        f"    agent-url: {agent}\n    transport: {transport}\n    heartbeat-seconds: 0.1\n"
+        f"{extra}"
+    )
+
+
+def new_key(fake: FakeCursor, name: str = "a") -> str:
+    """A fresh user API key the fake accepts (fresh per test: exchanged tokens are cached
+    process-wide by key)."""
+    return fake.add_key(f"crsr_{name}_{os.urandom(6).hex()}")

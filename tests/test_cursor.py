@@ -6,22 +6,19 @@ tool first, and records a problem if the driver answers wrongly."""
 from __future__ import annotations
 
 import asyncio
-import os
 import stat
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import openai
 import orjson
 import pytest
-from aiohttp.test_utils import TestServer
 
 from drivers.cursor import auth
 from proxy.tokens import format_expiry
-from tests.fake_cursor import FakeCursor
+from tests.fake_cursor import Env, block, new_key, running
 
 Start = Callable[..., Awaitable[Any]]
 HI = [{"role": "user", "content": "hi"}]
@@ -35,43 +32,15 @@ WEATHER_TOOL = {
 }
 
 
-@dataclass
-class Env:
-    fake: FakeCursor
-    http: str  # the aiohttp listener (auth, control plane, RunSSE)
-    h2: str  # the h2c listener (Run)
-
-
 @pytest.fixture
 async def env() -> AsyncIterator[Env]:
-    fake = FakeCursor()
-    server = TestServer(fake.app, host="127.0.0.1")
-    await server.start_server()
-    h2_server, h2_url = await fake.start_h2()
-    http = str(server.make_url("")).rstrip("/")
-    fake.agent_url = h2_url + "/agent"
-    yield Env(fake, http, h2_url)
-    h2_server.close()
-    await server.close()
-    assert fake.problems == []
-
-
-def block(env: Env, transport: str, keys: list[str], extra: str = "") -> str:
-    agent = env.h2 if transport == "h2" else env.http
-    return (
-        f"  - name: cursor\n    api-key: [{', '.join(keys)}]\n    base-url: {env.http}\n"
-        f"    agent-url: {agent}\n    transport: {transport}\n    heartbeat-seconds: 0.1\n"
-        f"{extra}"
-    )
+    async with running() as started:
+        yield started
 
 
 async def client_for(start_keyrail: Start, blocks: str, top: str = "") -> openai.AsyncOpenAI:
     kr = await start_keyrail(f"api-keys: [client-key]\n{top}cursor:\n{blocks}")
     return openai.AsyncOpenAI(base_url=kr.v1, api_key="client-key", max_retries=0)
-
-
-def new_key(fake: FakeCursor, name: str = "a") -> str:
-    return fake.add_key(f"crsr_{name}_{os.urandom(6).hex()}")
 
 
 TRANSPORTS = pytest.mark.parametrize("transport", ["h2", "sse"])
@@ -248,9 +217,8 @@ async def test_expired_token_is_exchanged_once_for_20_concurrent_requests(
         asyncio.ensure_future(client.chat.completions.create(model="gpt-5.5", messages=HI))
         for _ in range(20)
     ]
-    await asyncio.sleep(0)
     for _ in range(200):
-        if env.fake.exchanges or len(env.fake.runs) > 1:
+        if env.fake.exchange_arrivals == 2:
             break
         await asyncio.sleep(0.01)  # bounded wait for the first exchange to arrive
     env.fake.exchange_gate.set()
