@@ -58,6 +58,10 @@ def test_mirror_without_opening_tag_is_dropped() -> None:
     assert steps[0] == ("", "")  # held while it could be a mirror
 
 
+def test_an_answer_that_begins_like_the_reasoning_is_not_lost() -> None:
+    assert run(["Hello!"], reasoning_first="Hello! The user greets me.")[:2] == ("", "Hello!")
+
+
 def test_plain_answer_passes_at_once_even_after_reasoning() -> None:
     _, answer, steps = run(["Hello", " world"], reasoning_first="Let me think")
     assert steps[0] == ("", "Hello") and answer == "Hello world"
