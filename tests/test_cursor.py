@@ -422,13 +422,17 @@ async def test_h2_settings_images_and_default_system_prompt(env: Env, start_keyr
     await client.close()
 
 
-async def test_stream_reset_before_data_is_a_502(env: Env, start_keyrail: Start) -> None:
-    env.fake.rst_before_data = True
+@pytest.mark.parametrize("how", ["rst_before_data", "goaway_before_data"])
+async def test_stream_reset_or_goaway_before_data_is_a_502(
+    env: Env, start_keyrail: Start, how: str
+) -> None:
+    setattr(env.fake, how, True)
+    env.fake.models_enveloped = True  # discovery still works: the envelope is stripped
     client = await client_for(start_keyrail, block(env, "h2", [new_key(env.fake)]))
+    assert {m.id for m in (await client.models.list()).data} == set(env.fake.models)
     with pytest.raises(openai.APIStatusError) as caught:
         await client.chat.completions.create(model="gpt-5.5", messages=HI)
     assert caught.value.status_code == 502
-    env.fake.rst_before_data = False
     await client.close()
 
 
