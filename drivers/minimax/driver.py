@@ -77,11 +77,20 @@ class MinimaxDriver(OpenAICompatibleDriver):
     # -- configuration ----------------------------------------------------------------------
 
     @classmethod
+    def check_options(cls, block: ProviderBlock) -> Sequence[str]:
+        problems = []
+        region = str(block.options.get("region") or "global").lower()
+        if region not in REGIONS:
+            problems.append(
+                f"minimax block '{block.name}': 'region' must be global or cn, not {region!r}"
+            )
+        if not block.options.get("api-key") and not block.options.get("token-file"):
+            problems.append(f"minimax block '{block.name}' needs 'api-key' or 'token-file'")
+        return problems
+
+    @classmethod
     def credentials(cls, block: ProviderBlock) -> Sequence[Credential]:
         opts = block.options
-        region = str(opts.get("region") or "global").lower()
-        if region not in REGIONS:
-            raise ValueError(f"'region' must be global or cn, not {region!r}")
         proxy = None if block.proxy_url in ("direct", "none") else block.proxy_url
         keys = opts.get("api-key")
         keys = [keys] if isinstance(keys, str) else list(keys or [])
@@ -98,8 +107,6 @@ class MinimaxDriver(OpenAICompatibleDriver):
                     f"{block.name}/{digest}", block.name, "", proxy, {"token_file": str(path)}
                 )
             )
-        if not creds:
-            raise ValueError("a 'minimax' block needs 'api-key' or 'token-file'")
         return creds
 
     @classmethod
