@@ -86,3 +86,14 @@ def test_disables_and_running_states_are_shared_and_unknown_credentials_ignored(
     stranger = Change(COOL, "other/0", "m", WALL + 99, "quota", WALL)
     b.apply(stranger)  # a credential this config does not have: nothing happens
     assert len(b.credential_views()) == 2
+
+
+def test_a_reload_lifts_disables_everywhere() -> None:
+    a, b, _ca, _cb, sent_a, _sent_b = pair()
+    hot, cool = targets("p", 2)
+    b.rejected(hot)
+    a.apply(b.shared_states()[0])
+    a.register((t.provider, t.credential.id) for t in (hot, cool))  # a reload: the key was fixed
+    [lifted] = sent_a
+    b.apply(lifted)
+    assert [v.state for v in b.credential_views()] == ["ready", "ready"]
