@@ -558,3 +558,30 @@ def test_refresh_hosts_keep_the_auth_region() -> None:
     assert auth.refresh_host(idc, None, "") == "https://oidc.eu-west-3.amazonaws.com"
     assert auth.refresh_host(builder, None, "") == "https://oidc.us-east-1.amazonaws.com"
     assert not auth.is_social(idc, None) and auth.is_social(social, None)
+
+
+async def test_inline_thinking_through_messages(
+    fake: tuple[FakeKiro, str], start_keyrail: Start, tmp_path: Path
+) -> None:
+    """Claude Code's path: `thinking.budget_tokens` on /v1/messages becomes Kiro's thinking
+    prefix, and the inline `<thinking>` text comes back as a thinking block, streamed as
+    thinking deltas before the text."""
+    import anthropic
+
+    kiro, url = fake
+    kiro.script = lambda seen: Answer(frames=text_frames(*THOUGHT))
+    path = write_token(tmp_path / "t.json", *kiro.issue("one"))
+    kr, _ = await start(start_keyrail, kiro_block("kiro", path, url, [persona(url, "runtime")]))
+    c = anthropic.AsyncAnthropic(base_url=kr.url, api_key="client-key", max_retries=0)
+    async with c.messages.stream(
+        model=MODEL, max_tokens=5000, thinking={"type": "enabled", "budget_tokens": 4000},
+        messages=[{"role": "user", "content": "hi"}],
+    ) as stream:  # fmt: skip
+        kinds = [e.delta.type async for e in stream if e.type == "content_block_delta"]
+        final = await stream.get_final_message()
+    await c.close()
+    assert kinds[:2] == ["thinking_delta", "thinking_delta"] and kinds[-1] == "text_delta"
+    assert final.content[0].type == "thinking"
+    assert final.content[0].thinking == "I should greet. `</thinking>` is a tag."
+    assert final.content[-1].type == "text" and final.content[-1].text == "Hello!"
+    assert "<max_thinking_length>4000<" in kiro.chats[-1].current["content"]
