@@ -13,6 +13,11 @@ The certain facts of kiro.md's December 2026 section, and the test that holds ea
        request                                                     test_agent_fields_400
     K5 a first-token deadline moves to the next credential         test_first_byte_deadline
     usage limits and ListAvailableModels on the new hosts          test_quota_*, test_discovery_*
+    thinking prefix in, inline <thinking> out as reasoning (§2.4,  test_thinking_*,
+    §3.3)                                                          test_inline_thinking_*,
+                                                                   test_kiro_thinking.py
+    token file locations (§1.1), refresh hosts per login (§1.3)   test_token_file_*,
+                                                                   test_refresh_hosts_*
 Older facts (frames, CRCs, refresh flows, headers, mapping) are in test_kiro*.py.
 """
 
