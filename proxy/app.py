@@ -13,14 +13,27 @@ from pathlib import Path
 from aiohttp import web
 
 from proxy import handlers, logs, management, metrics, pipeline, reload, runtime, shutdown
+from proxy.clients.affinity import Conversations
+from proxy.clients.limits import Limits
+from proxy.clients.usage import ClientUsage
 from proxy.config import Settings
 from proxy.deadlines import Deadlines
-from proxy.keys import DEADLINES, LIVE, METRICS, REGISTRY, SCHEDULER
+from proxy.keys import (
+    CLIENT_USAGE,
+    CONVERSATIONS,
+    DEADLINES,
+    LIMITS,
+    LIVE,
+    METRICS,
+    REGISTRY,
+    SCHEDULER,
+)
 from proxy.logs import install_redaction
 from proxy.metrics import ProviderMetrics
 from proxy.redact import secrets_of
 from proxy.registry import Registry
 from proxy.scheduler import Scheduler
+from proxy.state import MemoryLimitStore
 
 
 def create_app(
@@ -39,7 +52,8 @@ def create_app(
         handler_args={"max_field_size": 16 * 1024},
     )
     # Every route's handler runs inside it: drain, access line, error bodies, runtime, client keys.
-    wrap = pipeline.Pipeline(drain, live).wrap
+    app[CLIENT_USAGE] = ClientUsage()  # what each named client did; outlives reloads
+    wrap = pipeline.Pipeline(drain, live, app[CLIENT_USAGE]).wrap
     app[REGISTRY] = registry
     app[SCHEDULER] = Scheduler(  # credential state; outlives config reloads
         strategy=settings.routing_strategy,
@@ -48,6 +62,12 @@ def create_app(
         disable_cooling=settings.disable_cooling,
     )
     app[METRICS] = ProviderMetrics(window_seconds=settings.metrics_window_seconds)
+    # Client limits' counters (outlive reloads: a key that stays keeps its counts). The one
+    # place the limit store is chosen: a shared backend goes here.
+    app[LIMITS] = Limits(MemoryLimitStore())
+    app[CONVERSATIONS] = Conversations(  # sticky sessions' bindings; outlive reloads
+        settings.session_ttl_seconds, settings.session_max_bindings
+    )
     app[DEADLINES] = Deadlines()  # first-byte limits of the attempts in flight, on one timer
     app[LIVE] = live
     shutdown.setup(app, drain, lambda: live.current.settings.shutdown_drain_seconds)
@@ -58,6 +78,7 @@ def create_app(
         reload.apply_to_scheduler(app[SCHEDULER], live.current)
         yield
         await live.current.aclose()
+        await app[LIMITS].store.aclose()
         app[DEADLINES].close()
 
     app.cleanup_ctx.append(logs.flush_ctx)  # buffered log lines reach stderr promptly

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxy.catalog import Route, Target
+from proxy.clients.affinity import Sticky
 from proxy.deadlines import Deadlines
 from proxy.driver import Call, Credential, Driver, Reply
 from proxy.errors import (
@@ -70,6 +71,7 @@ async def serve(
     deadlines: Deadlines,
     resolve_fallbacks: Callable[[str], Sequence[Route]] | None = None,
     clock: Callable[[], float] | None = None,
+    sticky: Sticky | None = None,
 ) -> Success:
     """Run the failover loop for one request; return the first success or raise.
 
@@ -102,9 +104,13 @@ async def serve(
             while not (
                 settings.max_retry_credentials and tried_here >= settings.max_retry_credentials
             ):
-                target = scheduler.pick(current.model, targets, tried)
+                target = None
+                if sticky is not None and not tried and current is route:
+                    target = sticky.first(targets, scheduler)
                 if target is None:
-                    break
+                    target = scheduler.pick(current.model, targets, tried)
+                    if target is None:
+                        break
                 tried.append(target)
                 tried_here += 1
                 driver = drivers[target.provider]
@@ -132,6 +138,8 @@ async def serve(
                     attempts += 1
                     continue
                 scheduler.success(target, scheduled)
+                if sticky is not None and current is route:
+                    sticky.served(target, targets, scheduler)
                 success.started = started
                 success.retries = attempts
                 return success

@@ -20,10 +20,19 @@ from aiohttp import web
 
 from proxy import failover
 from proxy.catalog import excluded_by
+from proxy.clients.affinity import Sticky, conversation_of
+from proxy.clients.keys import Client
+from proxy.clients.limits import Admission
 from proxy.config import Settings
 from proxy.driver import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES
-from proxy.errors import InvalidRequest, ProxyError, RequestError, UpstreamError
-from proxy.keys import DEADLINES, LIVE, METRICS, SCHEDULER
+from proxy.errors import (
+    InvalidRequest,
+    ModelNotAllowed,
+    ProxyError,
+    RequestError,
+    UpstreamError,
+)
+from proxy.keys import CONVERSATIONS, DEADLINES, LIMITS, LIVE, METRICS, SCHEDULER
 from proxy.metrics import Attempt
 from proxy.pipeline import ACCESS, JSON, Wrap
 from proxy.runtime import RUNTIME
@@ -61,13 +70,19 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def list_models(request: web.Request) -> web.Response:
-    catalog = request.app[LIVE].current.catalog
-    return json_response({"object": "list", "data": catalog.model_list()})
+    """The catalog's models; for a client key with `models` globs, only those it may call."""
+    data = request[RUNTIME].catalog.model_list()
+    client = request[ACCESS].client
+    if client is not None and client.models:
+        data = [m for m in data if client.allows(str(m["id"]))]
+    return json_response({"object": "list", "data": data})
 
 
 async def get_model(request: web.Request) -> web.Response:
-    catalog = request.app[LIVE].current.catalog
-    route = catalog.resolve(request.match_info["model"])
+    catalog = request[RUNTIME].catalog
+    model = request.match_info["model"]
+    _check_scope(request[ACCESS].client, model)
+    route = catalog.resolve(model)
     return json_response(
         {
             "id": route.model,
@@ -114,6 +129,13 @@ async def _read_within(request: web.Request, seconds: float) -> bytes:
         ) from None
 
 
+def _check_scope(client: Client | None, model: str) -> None:
+    if client is not None and not client.allows(model):
+        raise ModelNotAllowed(
+            f"This API key may not use model '{model}' (client '{client.name}').", param="model"
+        )
+
+
 def _model_of(body: dict[str, Any]) -> str:
     model = body.get("model")
     if model is None:
@@ -133,13 +155,24 @@ async def proxy_request(request: web.Request) -> web.StreamResponse:
     runtime = request[RUNTIME]  # one config for the whole request, even across a reload
     success: failover.Success | None = None
     attempt: Attempt | None = None  # the successful one, until it is recorded
+    admission: Admission | None = None  # what a limited client's request took of its limits
     try:
         body = await read_json_object(request, runtime.settings.request_read_timeout)
         rec.model = _model_of(body)
         stream = body.get("stream") is True
         if "stream" in body and not isinstance(body["stream"], bool) and body["stream"] is not None:
             raise InvalidRequest("'stream' must be a boolean.", param="stream")
+        client = rec.client
+        if client is not None:  # a named client: its scope and limits, before any upstream
+            _check_scope(client, rec.model)
+            if client.limited:
+                admission = await app[LIMITS].admit(client, request.content_length or 0)
         route = runtime.catalog.resolve(rec.model)
+        sticky = None
+        if runtime.settings.session_affinity:
+            conversation = conversation_of(request.headers, body, runtime.settings.session_sources)
+            if conversation is not None:
+                sticky = Sticky(app[CONVERSATIONS], route.model, conversation)
         success = await failover.serve(
             route=route,
             endpoint=endpoint,
@@ -156,6 +189,7 @@ async def proxy_request(request: web.Request) -> web.StreamResponse:
                 if runtime.settings.fallbacks
                 else None
             ),
+            sticky=sticky,
         )
         target = success.target
         rec.provider, rec.credential_id = target.provider, target.credential.id
@@ -211,6 +245,19 @@ async def proxy_request(request: web.Request) -> web.StreamResponse:
             attempt.latency = time.perf_counter() - success.started
             metrics.record(attempt)
         raise
+    finally:
+        if admission is not None:
+            await app[LIMITS].settle(admission, _spent(success, attempt, rec))
+
+
+def _spent(success: failover.Success | None, attempt: Attempt | None, rec: Any) -> int | None:
+    """The tokens a request cost for its client's limits: what the upstream reported; None
+    when it was served without a report (the estimate stands); 0 when nothing was served."""
+    if success is None:
+        return 0
+    if attempt is not None:  # the client left mid-answer: what was reported by then
+        return (attempt.prompt_tokens + attempt.completion_tokens) or None
+    return (rec.prompt_tokens + rec.completion_tokens) or None
 
 
 async def _relay(

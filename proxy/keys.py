@@ -7,6 +7,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from proxy.clients.affinity import Conversations
+from proxy.clients.limits import Limits
+from proxy.clients.usage import ClientUsage
 from proxy.deadlines import Deadlines
 from proxy.metrics import ProviderMetrics
 from proxy.registry import Registry
@@ -18,3 +21,6 @@ SCHEDULER = web.AppKey("scheduler", Scheduler)
 METRICS = web.AppKey("metrics", ProviderMetrics)
 REGISTRY = web.AppKey("registry", Registry)
 DEADLINES = web.AppKey("deadlines", Deadlines)
+LIMITS = web.AppKey("limits", Limits)
+CLIENT_USAGE = web.AppKey("client_usage", ClientUsage)
+CONVERSATIONS = web.AppKey("conversations", Conversations)

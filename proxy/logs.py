@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from proxy.clients.keys import Client
 from proxy.metrics import Attempt
 from proxy.redact import REDACTOR
 
@@ -57,6 +58,9 @@ class RequestRecord:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     error: str = ""
+    #: the named client (an `api-keys` mapping) whose key the request carried; None for a
+    #: plain key or no key
+    client: Client | None = None
 
 
 _PLAIN = re.compile(r"[\w./:@+-]+")
@@ -149,6 +153,9 @@ def access_line(rec: RequestRecord) -> tuple[str, dict[str, Any] | None]:
         f"latency_ms={rec.latency_ms:.1f} ttft_ms={ttft} prompt_tokens={rec.prompt_tokens} "
         f"completion_tokens={rec.completion_tokens} total_tokens={total}"
     )
+    client = rec.client
+    if client is not None:
+        line += f" client={_token(client.name)}"
     error = redact(rec.error) if rec.error else ""
     if error:
         line += f" error={_value(error)}"
@@ -163,6 +170,8 @@ def access_line(rec: RequestRecord) -> tuple[str, dict[str, Any] | None]:
             "prompt_tokens": rec.prompt_tokens, "completion_tokens": rec.completion_tokens,
             "total_tokens": total,
         }  # fmt: skip
+        if client is not None:
+            fields["client"] = client.name
         if error:
             fields["error"] = error
         fields["path"], fields["model"] = redact(rec.path), redact(rec.model)
