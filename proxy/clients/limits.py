@@ -25,7 +25,7 @@ from typing import Any
 
 from proxy.clients.keys import Client
 from proxy.errors import ClientRateLimited
-from proxy.state.base import LimitStore, window_of
+from proxy.state.base import Clock, LimitStore, wall_clock, window_of
 
 MINUTE, DAY = 60, 86400
 #: bytes of request body per estimated prompt token (a rough, generous rule of thumb)
@@ -44,8 +44,9 @@ class Admission:
 class Limits:
     """Client limits over a `LimitStore`; only clients with `limited` ever reach it."""
 
-    def __init__(self, store: LimitStore) -> None:
+    def __init__(self, store: LimitStore, clock: Clock = wall_clock) -> None:
         self.store = store
+        self.clock = clock  # the store's clock: for when a window ends, in `view`
 
     async def admit(self, client: Client, body_bytes: int) -> Admission:
         """Take what this request needs from the client's limits, or raise ClientRateLimited
@@ -101,8 +102,9 @@ class Limits:
                 if client.daily_tokens is not None:
                     await store.add(client.ref + ":day", correction, DAY)
 
-    async def view(self, client: Client, now: float) -> dict[str, Any]:
+    async def view(self, client: Client) -> dict[str, Any]:
         """Each configured limit with what is used and left in its current window."""
+        now = self.clock()
         out: dict[str, Any] = {}
         for name, limit, key, window in (
             ("rpm", client.rpm, ":rpm", MINUTE),
