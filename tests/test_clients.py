@@ -50,8 +50,15 @@ openai-compatibility:
 
 
 def config(url: str, limits: str = "rpm: 5", name: str = "team-b") -> str:
-    return CONFIG.format(plain=PLAIN, scoped=SCOPED, limited=LIMITED, mgmt=MGMT, url=url,
-                         limits=limits, limited_name=name)  # fmt: skip
+    return CONFIG.format(
+        plain=PLAIN,
+        scoped=SCOPED,
+        limited=LIMITED,
+        mgmt=MGMT,
+        url=url,
+        limits=limits,
+        limited_name=name,
+    )
 
 
 def sdk(kr, key: str) -> openai.AsyncOpenAI:
@@ -170,8 +177,13 @@ def big_usage(seen) -> Script:
             "object": "chat.completion",
             "created": 1,
             "model": seen.body["model"],
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
-                         "finish_reason": "stop"}],  # fmt: skip
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "ok"},
+                    "finish_reason": "stop",
+                }
+            ],
             "usage": {"prompt_tokens": 300, "completion_tokens": 100, "total_tokens": 400},
         }
     )
@@ -202,16 +214,19 @@ async def test_token_limits_count_what_the_upstream_reported(
             await c.chat.completions.create(model="fast", messages=HI)
         clock.advance(1)  # the next minute / 00:00 UTC
         await c.chat.completions.create(model="fast", messages=HI)
-    async with aiohttp.ClientSession() as http:
-        async with http.get(f"{kr.url}/v1/metrics/clients",
-                            headers={"Authorization": f"Bearer {LIMITED}"}) as resp:  # fmt: skip
-            mine = await resp.json()
+    async with aiohttp.ClientSession() as http, http.get(
+        f"{kr.url}/v1/metrics/clients", headers={"Authorization": f"Bearer {LIMITED}"}
+    ) as resp:
+        mine = await resp.json()
     name = "tpm" if limit.startswith("tpm") else "daily-tokens"
     assert list(mine) == ["team-b"]  # a named client's key sees only itself
     window = 60 if name == "tpm" else 86400  # the clock is at the start of a new window
     assert mine["team-b"]["limits"][name] == {
-        "limit": 1000, "used": 400, "remaining": 600, "resets_in_seconds": window,
-    }  # fmt: skip
+        "limit": 1000,
+        "used": 400,
+        "remaining": 600,
+        "resets_in_seconds": window,
+    }
 
 
 async def test_a_failed_request_gives_its_token_estimate_back(start_upstream, start_keyrail):
@@ -227,7 +242,7 @@ async def test_a_failed_request_gives_its_token_estimate_back(start_upstream, st
 
 
 async def test_a_reload_keeps_the_counters_of_keys_that_stay(start_upstream, servers, tmp_path):
-    fake, url = await start_upstream()
+    _fake, url = await start_upstream()
     path = tmp_path / "config.yaml"
     path.write_text(config(url, "rpm: 3"))
     kr = await serve_file(path, servers)
@@ -301,8 +316,9 @@ async def test_usage_per_client_matches_the_fake_field_by_field(
     assert (team["request_count"], team["prompt_tokens"], team["completion_tokens"]) == (1, 11, 7)
     assert team["limits"]["rpm"]["used"] == 1 and team["limits"]["rpm"]["remaining"] == 99
     assert listed["object"] == "list" and [d["client"] for d in listed["data"]] == [
-        "fb-app", "team-b"
-    ]  # fmt: skip
+        "fb-app",
+        "team-b",
+    ]
 
     def sample(name: str, **labels: str) -> float:
         want = ",".join(f'{k}="{v}"' for k, v in labels.items())
@@ -325,22 +341,26 @@ async def test_usage_per_client_matches_the_fake_field_by_field(
 
 
 async def test_no_client_key_in_any_output(start_upstream, start_keyrail, log_text):
-    fake, url = await start_upstream()
+    _fake, url = await start_upstream()
     kr = await start_keyrail(config(url, "rpm: 1"))
     manual_clock(kr)
     bodies: list[str] = []
     async with aiohttp.ClientSession() as http:
 
         async def get(path: str, key: str, **headers: str) -> None:
-            async with http.get(kr.url + path,
-                                headers={"Authorization": f"Bearer {key}", **headers}) as resp:  # fmt: skip
+            async with http.get(
+                kr.url + path, headers={"Authorization": f"Bearer {key}", **headers}
+            ) as resp:
                 bodies.append(await resp.text())
                 bodies.append(str(resp.headers))
 
         async def chat(key: str, model: str) -> None:
             body = {"model": model, "messages": HI}
-            async with http.post(f"{kr.url}/v1/chat/completions", json=body,
-                                 headers={"Authorization": f"Bearer {key}"}) as resp:  # fmt: skip
+            async with http.post(
+                f"{kr.url}/v1/chat/completions",
+                json=body,
+                headers={"Authorization": f"Bearer {key}"},
+            ) as resp:
                 bodies.append(await resp.text())
                 bodies.append(str(resp.headers))
 
@@ -348,8 +368,12 @@ async def test_no_client_key_in_any_output(start_upstream, start_keyrail, log_te
         await chat(LIMITED, "fast")
         await chat(LIMITED, "fast")  # 429
         await chat(SCOPED + "x", "fast")  # 401
-        for path in ("/v1/metrics/clients", "/v1/metrics/clients?format=list", "/metrics",
-                     "/v1/models"):  # fmt: skip
+        for path in (
+            "/v1/metrics/clients",
+            "/v1/metrics/clients?format=list",
+            "/metrics",
+            "/v1/models",
+        ):
             await get(path, PLAIN)
         for path in ("clients", "sessions", "config", "providers"):
             await get(f"/v0/management/{path}", MGMT)
