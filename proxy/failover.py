@@ -21,6 +21,7 @@ from typing import Any
 from proxy.catalog import Route, Target
 from proxy.clients.affinity import Sticky
 from proxy.deadlines import Deadlines
+from proxy.dialects.bridge import Bridge
 from proxy.driver import Call, Credential, Driver, Reply
 from proxy.errors import (
     CredentialRejected,
@@ -71,6 +72,7 @@ async def serve(
     deadlines: Deadlines,
     resolve_fallbacks: Callable[[str], Sequence[Route]] | None = None,
     clock: Callable[[], float] | None = None,
+    bridge: Bridge | None = None,
     sticky: Sticky | None = None,
 ) -> Success:
     """Run the failover loop for one request; return the first success or raise.
@@ -78,14 +80,19 @@ async def serve(
     A pass tries the route's pool, then each fallback's, every credential at most once and
     without sleeping. Only after a whole pass fails does the loop wait, and only for a
     recovery within `max-retry-interval` while `request-retry` passes remain.
+
+    `bridge` (chat dialects): each attempt passes through or is translated (dialects/bridge.py);
+    without one (completions, embeddings) the body goes as it is.
+    With `sticky` (session affinity), a pass over the route's own pool starts with the
+    conversation's credential when it is ready, and a success tells it where it was served.
     """
     now = clock or time.perf_counter  # uvloop's loop.time() counts whole milliseconds
     task = asyncio.current_task()
     assert task is not None, "serve() runs in a task"
-    targets = _servable(route, endpoint, drivers)
+    targets = _servable(route, endpoint, drivers, bridge)
     pools = [(route, targets)] if targets else []
     for fallback in resolve_fallbacks(route.model) if resolve_fallbacks else ():
-        if fallback_targets := _servable(fallback, endpoint, drivers):
+        if fallback_targets := _servable(fallback, endpoint, drivers, bridge):
             pools.append((fallback, fallback_targets))
     if not pools:
         raise DriverError(
@@ -114,18 +121,23 @@ async def serve(
                 tried.append(target)
                 tried_here += 1
                 driver = drivers[target.provider]
-                call = Call(
-                    endpoint=endpoint,
-                    model=target.upstream_model,
-                    body={**body, "model": target.upstream_model},
-                    stream=stream,
-                    headers=driver.block.headers,
-                    request_id=request_id,
-                )
+                if bridge is not None:
+                    call = bridge.call(
+                        driver, target.upstream_model, driver.block.headers, request_id
+                    )
+                else:
+                    call = Call(
+                        endpoint=endpoint,
+                        model=target.upstream_model,
+                        body={**body, "model": target.upstream_model},
+                        stream=stream,
+                        headers=driver.block.headers,
+                        request_id=request_id,
+                    )
                 started, scheduled = now(), scheduler.clock()
                 try:
                     success = await _attempt(
-                        task, driver, call, target, stream, settings, deadlines
+                        task, driver, call, target, stream, settings, deadlines, bridge
                     )
                 except UpstreamRejected as exc:
                     # About the request itself: another credential would get the same answer.
@@ -162,18 +174,27 @@ async def serve(
     )
 
 
-def _servable(route: Route, endpoint: str, drivers: dict[str, Driver]) -> Sequence[Target]:
-    """The route's targets whose driver serves `endpoint`; the route's own tuple when all do,
-    so that the scheduler's per-pool layout stays cached."""
+def _servable(
+    route: Route, endpoint: str, drivers: dict[str, Driver], bridge: Bridge | None
+) -> Sequence[Target]:
+    """The route's targets whose driver serves `endpoint` (natively, or translated through
+    `bridge`); the route's own tuple when all do, so that the scheduler's per-pool layout
+    stays cached."""
+
+    def serves(driver: Driver) -> bool:
+        if bridge is None:
+            return endpoint in driver.endpoints
+        return bridge.serves(driver)
+
     providers = route.providers
     if len(providers) == 1:  # the usual case: no generator, no list
-        return route.targets if endpoint in drivers[providers[0]].endpoints else ()
+        return route.targets if serves(drivers[providers[0]]) else ()
     for provider in providers:
-        if endpoint not in drivers[provider].endpoints:
+        if not serves(drivers[provider]):
             break
     else:
         return route.targets
-    return [t for t in route.targets if endpoint in drivers[t.provider].endpoints]
+    return [t for t in route.targets if serves(drivers[t.provider])]
 
 
 def _soonest(
@@ -202,6 +223,7 @@ async def _attempt(
     stream: bool,
     settings: LoopSettings,
     deadlines: Deadlines,
+    bridge: Bridge | None,
     refreshed: Credential | None = None,
 ) -> Success:
     """One attempt, up to its first data event (stream) or its whole body (not streamed).
@@ -213,6 +235,8 @@ async def _attempt(
     try:
         with deadlines.limit(task, settings.first_byte_timeout):
             reply = await driver.send(call, credential)
+            if bridge is not None:
+                reply = bridge.reply(call, reply, target.provider)
             if stream:
                 head = StreamHead(reply, target.provider)
                 try:
@@ -240,7 +264,9 @@ async def _attempt(
         refreshed = await _refresh(driver, credential)
         if refreshed is None:
             raise
-    return await _attempt(task, driver, call, target, stream, settings, deadlines, refreshed)
+    return await _attempt(
+        task, driver, call, target, stream, settings, deadlines, bridge, refreshed
+    )
 
 
 async def _refresh(driver: Driver, credential: Credential) -> Credential | None:

@@ -24,6 +24,9 @@ from proxy.clients.affinity import Sticky, conversation_of
 from proxy.clients.keys import Client
 from proxy.clients.limits import Admission
 from proxy.config import Settings
+from proxy.dialects.assembler import EncodedStream
+from proxy.dialects.bridge import Bridge
+from proxy.dialects.routes import CODECS, DIALECT_OF
 from proxy.driver import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES
 from proxy.errors import (
     InvalidRequest,
@@ -173,6 +176,8 @@ async def proxy_request(request: web.Request) -> web.StreamResponse:
             conversation = conversation_of(request.headers, body, runtime.settings.session_sources)
             if conversation is not None:
                 sticky = Sticky(app[CONVERSATIONS], route.model, conversation)
+        dialect = DIALECT_OF.get(endpoint)
+        bridge = Bridge(CODECS[dialect], endpoint, body, stream) if dialect else None
         success = await failover.serve(
             route=route,
             endpoint=endpoint,
@@ -189,6 +194,7 @@ async def proxy_request(request: web.Request) -> web.StreamResponse:
                 if runtime.settings.fallbacks
                 else None
             ),
+            bridge=bridge,
             sticky=sticky,
         )
         target = success.target
@@ -201,7 +207,8 @@ async def proxy_request(request: web.Request) -> web.StreamResponse:
         attempt = Attempt(target.provider, target.driver, target.credential.id, 200, 0.0)
         if success.head is not None:
             response, result = await _relay(request, success.head, body, endpoint, rename,
-                                            extra, runtime.settings, success.started)  # fmt: skip
+                                            extra, runtime.settings, success.started,
+                                            bridge)  # fmt: skip
             attempt.ttft = result.ttft
             attempt.prompt_tokens = result.usage.prompt_tokens
             attempt.completion_tokens = result.usage.completion_tokens
@@ -269,22 +276,26 @@ async def _relay(
     extra: dict[str, str],
     settings: Settings,
     started: float,
+    bridge: Bridge | None,
 ) -> tuple[web.StreamResponse, Any]:
     options = body.get("stream_options")
     wants_usage = isinstance(options, dict) and bool(options.get("include_usage"))
-    return await relay(
-        request,
-        head,
-        RelayOptions(
-            keepalive_seconds=settings.keepalive_seconds,
-            idle_seconds=settings.idle_timeout,
-            client_wants_usage=wants_usage or endpoint != CHAT,
-            rename_model=rename,
-            ensure_done=endpoint in (CHAT, COMPLETIONS),
-            extra_headers=extra,
-        ),
-        started,
+    relay_options = RelayOptions(
+        keepalive_seconds=settings.keepalive_seconds,
+        idle_seconds=settings.idle_timeout,
+        client_wants_usage=wants_usage or endpoint != CHAT,
+        rename_model=rename,
+        ensure_done=endpoint in (CHAT, COMPLETIONS),
+        extra_headers=extra,
     )
+    if bridge is not None and bridge.dialect != "chat":
+        relay_options.keepalive = bridge.codec.keepalive
+        relay_options.error_event = bridge.codec.stream_error
+        relay_options.ensure_done = False
+    translated = head.reply.body
+    if isinstance(translated, EncodedStream):  # the encoder knows its stream's state
+        relay_options.error_event = translated.encoder.fail
+    return await relay(request, head, relay_options, started)
 
 
 def _fallback_routes(runtime: Any, model: str) -> list[Any]:

@@ -217,6 +217,10 @@ class RelayOptions:
     #: chat/completions ends with `data: [DONE]`; add it if the upstream forgot
     ensure_done: bool = True
     extra_headers: dict[str, str] = field(default_factory=dict)
+    #: what silence is filled with (the client's dialect: a comment, or Messages' `ping`)
+    keepalive: bytes = KEEPALIVE
+    #: the in-band error that ends a started stream, in the client's dialect
+    error_event: Callable[[ProxyError], bytes] = error_event
 
 
 async def relay(
@@ -306,14 +310,14 @@ async def relay(
     except UpstreamError as exc:
         # After the first byte there is no retry: tell the client in-band, then end.
         result.error = exc
-        await _write_quietly(response, error_event(exc))
+        await _write_quietly(response, options.error_event(exc))
     except asyncio.CancelledError:
         if not shutdown.absorb_cut():
             raise  # the client left
         # Shutdown ran out of drain time: end the stream with an error event, not a cut.
         result.error = StreamInterrupted(shutdown.MESSAGE, status=503, provider=head.provider)
         result.error.code = "shutting_down"
-        await _write_quietly(response, error_event(result.error))
+        await _write_quietly(response, options.error_event(result.error))
     finally:
         if watchdog is not None:
             watchdog.cancel()
@@ -363,7 +367,7 @@ async def _watchdog(
             quiet = now - watch.last_write
             if quiet >= every:
                 try:
-                    await response.write(KEEPALIVE)
+                    await response.write(options.keepalive)
                 except (ConnectionError, RuntimeError):
                     return  # the client is gone; the relay notices on its own next write
                 watch.last_write, quiet = now, 0.0

@@ -31,8 +31,9 @@ from drivers.kiro.eventstream import Decoder, FrameError
 from drivers.kiro.response import KiroException, Translator
 from proxy import tokens
 from proxy.config import ProviderBlock
+from proxy.dialects import neutral
 from proxy.driver import (
-    BytesStream,
+    NEUTRAL,
     Call,
     Credential,
     Driver,
@@ -50,7 +51,6 @@ from proxy.errors import (
     classify_upstream,
 )
 from proxy.retry_hints import retry_after_seconds
-from proxy.streaming import DONE, SSE_HEADERS, data_event
 
 DEFAULT_TOKEN_FILE = "~/.aws/sso/cache/kiro-auth-token.json"
 _SDK = "aws-sdk-js/1.0.27"
@@ -61,6 +61,7 @@ _Failure = (FrameError, KiroException, aiohttp.ClientError, TimeoutError)
 
 
 class KiroDriver(Driver):
+    dialects = NEUTRAL  # the neutral request in (`call.request`), neutral events out
     options = {
         "token-file": str,
         "region": str,
@@ -167,7 +168,10 @@ class KiroDriver(Driver):
         model_id = models.upstream_id(call.model)
         arn = self.block.options.get("profile-arn") or token.get("profile_arn")
         social = auth.is_social(token, self._token_file(credential))
-        body = orjson.dumps(request.build(call.body, model_id, profile_arn=arn if social else None))
+        assert call.request is not None, "keyrail hands a NEUTRAL driver the neutral request"
+        body = orjson.dumps(
+            request.build(call.request, model_id, profile_arn=arn if social else None)
+        )
         response = await self.post(
             self._url(token), data=body, headers=self._headers(call, credential, token),
             credential=credential,
@@ -178,14 +182,14 @@ class KiroDriver(Driver):
             call.model, context_window=models.context_window(model_id), request_chars=len(body)
         )
         answer = _Answer(response, translator)
-        head: list[dict[str, Any]] = [translator.first()] if call.stream else []
+        head: list[neutral.Event] = []
         try:
             if call.stream:  # up to the first output: an early error can still fail over
-                while not answer.ended and len(head) == 1:
+                while not answer.ended and not head:
                     head.extend(await answer.read())
             else:
                 while not answer.ended:
-                    await answer.read()
+                    head.extend(await answer.read())
         except _Failure as exc:
             answer.close()
             raise _before_first_byte(exc, self.block.name) from None
@@ -194,9 +198,7 @@ class KiroDriver(Driver):
             raise
         if not call.stream:
             answer.close()
-            data = orjson.dumps(translator.completion())
-            return Reply(200, {"Content-Type": "application/json"}, BytesStream(data))
-        return Reply(200, dict(SSE_HEADERS), _SSEBody(answer, head, self.block.name))
+        return Reply.of_events(_Events(answer, head, self.block.name))
 
     async def _error(
         self, response: aiohttp.ClientResponse, slot: tokens.TokenSlot, token: tokens.Token
@@ -241,7 +243,7 @@ def _describe(exc: BaseException) -> str:
 
 
 class _Answer:
-    """The event-stream body of one answer, read as OpenAI chunks."""
+    """The event-stream body of one answer, read as neutral events."""
 
     def __init__(self, response: aiohttp.ClientResponse, translator: Translator) -> None:
         self.response = response
@@ -249,8 +251,8 @@ class _Answer:
         self.decoder = Decoder()
         self.ended = False
 
-    async def read(self) -> list[dict[str, Any]]:
-        """The chunks the next network read completes (maybe none). Sets `ended` at the end."""
+    async def read(self) -> list[neutral.Event]:
+        """The events the next network read completes (maybe none). Sets `ended` at the end."""
         if self.decoder.error is not None:
             raise self.decoder.error
         data = await self.response.content.readany()
@@ -258,7 +260,7 @@ class _Answer:
             self.ended = True
             self.decoder.end()
             return []
-        out: list[dict[str, Any]] = []
+        out: list[neutral.Event] = []
         for message in self.decoder.feed(data):
             out.extend(self.translator.feed(message))
         return out
@@ -270,36 +272,34 @@ class _Answer:
             self.response.close()
 
 
-def _sse(chunks: list[dict[str, Any]]) -> bytes:
-    return b"".join(data_event(orjson.dumps(c)) for c in chunks)
+class _Events:
+    """The answer's neutral events (`EventStream`): those read so far, then the rest as they
+    arrive, then the closing ones (usage, finish)."""
 
-
-class _SSEBody:
-    """`ByteStream` of OpenAI SSE: the chunks read so far, then the rest as it arrives."""
-
-    def __init__(self, answer: _Answer, head: list[dict[str, Any]], provider: str) -> None:
+    def __init__(self, answer: _Answer, head: list[neutral.Event], provider: str) -> None:
         self._answer = answer
         self._head = head
         self._provider = provider
 
-    def __aiter__(self) -> AsyncIterator[bytes]:
+    def __aiter__(self) -> AsyncIterator[neutral.Event]:
         return self._iterate()
 
-    async def _iterate(self) -> AsyncIterator[bytes]:
+    async def _iterate(self) -> AsyncIterator[neutral.Event]:
         answer = self._answer
-        yield _sse(self._head)
+        for event in self._head:
+            yield event
         try:
             while not answer.ended:
-                chunks = await answer.read()
-                if chunks:
-                    yield _sse(chunks)
+                for event in await answer.read():
+                    yield event
         except _Failure as exc:
             raise StreamInterrupted(
                 f"upstream {self._provider} stream broke: {_describe(exc)}",
                 status=502,
                 provider=self._provider,
             ) from None
-        yield _sse(answer.translator.last()) + DONE
+        for event in answer.translator.last():
+            yield event
 
     async def aclose(self) -> None:
         self._answer.close()

@@ -1,21 +1,24 @@
-"""OpenAI chat request → Kiro `generateAssistantResponse` body.
+"""The neutral request → Kiro `generateAssistantResponse` body.
 
 Owns: system prompts (wrapped and put before the current message), user text and images
-(`data:` URLs), assistant text and `tool_calls` (→ `toolUses`), `tool` messages (→ the next
-user message's `toolResults`, orphans dropped), merging same-role neighbours so history
-alternates user/assistant, the last message as `currentMessage`, tool definitions,
-`inferenceConfig`, and `profileArn` when the caller passes one.
+(base64 only), assistant text and tool calls (→ `toolUses`), tool results (→ the user
+message's `toolResults`, orphans dropped), merging same-role neighbours so history alternates
+user/assistant, the last message as `currentMessage`, tool definitions, `inferenceConfig`, and
+`profileArn` when the caller passes one. Whatever dialect the client spoke, keyrail hands the
+driver its request in the neutral model (proxy/dialects/neutral.py).
 Does not own: the model-name table (models.py), the HTTP call (driver.py).
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+
+from proxy.dialects import neutral as n
 
 ORIGIN = "AI_EDITOR"
 CONTINUE = "Continue"
@@ -32,107 +35,60 @@ class _Turn:
     tool_uses: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _text_of(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, Sequence):
-        return "".join(
-            str(p.get("text") or "")
-            for p in content
-            if isinstance(p, Mapping) and p.get("type") in ("text", "input_text")
-        )
-    return ""
-
-
-def _image(part: Mapping[str, Any]) -> dict[str, Any] | None:
-    """An `image_url` part with a `data:image/<fmt>;base64,` URL; remote URLs are dropped."""
-    ref = part.get("image_url")
-    url = ref.get("url") if isinstance(ref, Mapping) else ref
-    if not isinstance(url, str) or not url.startswith("data:"):
+def _image(image: n.Image) -> dict[str, Any] | None:
+    """A base64 image in Kiro's shape; images given only by remote URL are dropped."""
+    if not image.data:
         return None
-    meta, _, data = url[5:].partition(",")
-    if ";base64" not in meta or not data:
-        return None
-    fmt = meta.split(";")[0].rpartition("/")[2] or "png"
-    return {"format": "jpeg" if fmt == "jpg" else fmt, "source": {"bytes": data}}
+    fmt = image.media_type.rpartition("/")[2] or "png"
+    return {"format": "jpeg" if fmt == "jpg" else fmt, "source": {"bytes": image.data}}
 
 
-def _tool_input(arguments: Any) -> dict[str, Any]:
-    if isinstance(arguments, Mapping):
-        return dict(arguments)
+def _tool_input(arguments: str) -> dict[str, Any]:
     try:
         value = orjson.loads(arguments or "{}")
-    except (orjson.JSONDecodeError, TypeError):
-        return {"raw": str(arguments)}
+    except orjson.JSONDecodeError:
+        return {"raw": arguments}
     return value if isinstance(value, dict) else {"value": value}
 
 
-def _turns(messages: Sequence[Any]) -> tuple[str, list[_Turn]]:
-    """The system text, and the other messages as alternating user/assistant turns."""
-    system: list[str] = []
+def _turns(messages: list[n.Message]) -> list[_Turn]:
+    """The messages as alternating user/assistant turns."""
     turns: list[_Turn] = []
-
-    def turn(role: str) -> _Turn:
-        if turns and turns[-1].role == role:
-            return turns[-1]
-        turns.append(_Turn(role))
-        return turns[-1]
-
     for message in messages:
-        if not isinstance(message, Mapping):
-            continue
-        role = message.get("role")
-        content = message.get("content")
-        if role in ("system", "developer"):
-            system.append(_text_of(content))
-        elif role == "user":
-            current = turn("user")
-            text = _text_of(content)
-            if text:
-                current.text.append(text)
-            if isinstance(content, Sequence) and not isinstance(content, str):
-                for part in content:
-                    if isinstance(part, Mapping) and part.get("type") == "image_url":
-                        image = _image(part)
-                        if image:
-                            current.images.append(image)
-        elif role == "tool":
-            turn("user").tool_results.append(
-                {
-                    "toolUseId": str(message.get("tool_call_id") or ""),
-                    "content": [{"text": _text_of(content) or "(empty)"}],
-                    "status": "success",
-                }
-            )
-        elif role == "assistant":
-            current = turn("assistant")
-            text = _text_of(content)
-            if text:
-                current.text.append(text)
-            for call in message.get("tool_calls") or ():
-                function = call.get("function") if isinstance(call, Mapping) else None
-                if isinstance(function, Mapping):
-                    current.tool_uses.append(
-                        {
-                            "toolUseId": str(call.get("id") or ""),
-                            "name": str(function.get("name") or ""),
-                            "input": _tool_input(function.get("arguments")),
-                        }
-                    )
-    return "\n".join(s for s in system if s), turns
+        if turns and turns[-1].role == message.role:
+            current = turns[-1]
+        else:
+            current = _Turn(message.role)
+            turns.append(current)
+        for part in message.parts:
+            if isinstance(part, n.Text):
+                if part.text:
+                    current.text.append(part.text)
+            elif isinstance(part, n.Image) and (image := _image(part)):
+                current.images.append(image)
+            elif isinstance(part, n.ToolResult):
+                current.tool_results.append(
+                    {
+                        "toolUseId": part.call_id,
+                        "content": [{"text": part.content or "(empty)"}],
+                        "status": "error" if part.is_error else "success",
+                    }
+                )
+            elif isinstance(part, n.ToolCall):
+                current.tool_uses.append(
+                    {"toolUseId": part.id, "name": part.name, "input": _tool_input(part.arguments)}
+                )
+    return turns
 
 
-def _tool_spec(tool: Mapping[str, Any]) -> dict[str, Any] | None:
-    function = tool.get("function")
-    if tool.get("type", "function") != "function" or not isinstance(function, Mapping):
-        return None
-    name = str(function.get("name") or "")
-    description = str(function.get("description") or "") or f"Tool: {name}"
+def _tool_spec(tool: n.Tool) -> dict[str, Any]:
+    name = tool.name
+    description = tool.description or f"Tool: {name}"
     raw = description.encode("utf-8")
     if len(raw) > _DESCRIPTION_LIMIT:
         description = raw[:_DESCRIPTION_LIMIT].decode("utf-8", "ignore")
-    schema = function.get("parameters")
-    if not isinstance(schema, Mapping) or not schema:
+    schema: Mapping[str, Any] = tool.parameters
+    if not schema:
         schema = {"type": "object", "properties": {}}
     return {
         "toolSpecification": {
@@ -165,13 +121,14 @@ def _assistant_message(turn: _Turn) -> dict[str, Any]:
 
 
 def build(
-    body: Mapping[str, Any],
+    req: n.Request,
     model_id: str,
     *,
     profile_arn: str | None = None,
 ) -> dict[str, Any]:
-    """The Kiro request for an OpenAI chat body. `profile_arn` only for social logins."""
-    system, turns = _turns(body.get("messages") or ())
+    """The Kiro request for a neutral request. `profile_arn` only for social logins."""
+    system = "\n".join(s for s in req.system if s)
+    turns = _turns(req.messages)
     if not turns or turns[0].role != "user":
         turns.insert(0, _Turn("user"))
     if turns[-1].role != "user":
@@ -186,7 +143,7 @@ def build(
         current["content"] = (
             f"--- SYSTEM PROMPT ---\n{system}\n--- END SYSTEM PROMPT ---\n\n{current['content']}"
         )
-    specs = [s for t in body.get("tools") or () if isinstance(t, Mapping) and (s := _tool_spec(t))]
+    specs = [_tool_spec(t) for t in req.tools]
     if specs:
         current.setdefault("userInputMessageContext", {})["tools"] = specs
     history = [
@@ -206,19 +163,18 @@ def build(
     request: dict[str, Any] = {"conversationState": state}
     if profile_arn:
         request["profileArn"] = profile_arn
-    inference = _inference_config(body)
+    inference = _inference_config(req)
     if inference:
         request["inferenceConfig"] = inference
     return request
 
 
-def _inference_config(body: Mapping[str, Any]) -> dict[str, Any]:
+def _inference_config(req: n.Request) -> dict[str, Any]:
     config: dict[str, Any] = {}
-    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
-    if isinstance(max_tokens, int) and not isinstance(max_tokens, bool) and max_tokens > 0:
-        config["maxTokens"] = max_tokens
-    for source, target in (("temperature", "temperature"), ("top_p", "topP")):
-        value = body.get(source)
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            config[target] = value
+    if req.max_tokens is not None and req.max_tokens > 0:
+        config["maxTokens"] = req.max_tokens
+    if req.temperature is not None:
+        config["temperature"] = req.temperature
+    if req.top_p is not None:
+        config["topP"] = req.top_p
     return config
