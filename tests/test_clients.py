@@ -214,9 +214,12 @@ async def test_token_limits_count_what_the_upstream_reported(
             await c.chat.completions.create(model="fast", messages=HI)
         clock.advance(1)  # the next minute / 00:00 UTC
         await c.chat.completions.create(model="fast", messages=HI)
-    async with aiohttp.ClientSession() as http, http.get(
-        f"{kr.url}/v1/metrics/clients", headers={"Authorization": f"Bearer {LIMITED}"}
-    ) as resp:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(
+            f"{kr.url}/v1/metrics/clients", headers={"Authorization": f"Bearer {LIMITED}"}
+        ) as resp,
+    ):
         mine = await resp.json()
     name = "tpm" if limit.startswith("tpm") else "daily-tokens"
     assert list(mine) == ["team-b"]  # a named client's key sees only itself
