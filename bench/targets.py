@@ -171,10 +171,13 @@ class Fleet:
         providers: int = 1,
         keys_each: int = 1,
         wrap: list[str] | None = None,
+        scoped_clients: int = 0,
     ) -> Target:
         port = free_port()
         config = self.workdir / f"{name}.yaml"
-        config.write_text(keyrail_config(port, self.upstream_url, providers, keys_each))
+        config.write_text(
+            keyrail_config(port, self.upstream_url, providers, keys_each, scoped_clients)
+        )
         exe = shutil.which("keyrail", path=str(Path(sys.executable).parent)) or "keyrail"
         argv = [exe, "serve", "-c", str(config)]
         target = self._spawn(name, argv, port, self.target_cpus, wrap=wrap)
@@ -182,6 +185,8 @@ class Fleet:
         target.note = (
             f"{providers} provider(s) x {keys_each} key(s); access log to {name}.log (a file)"
         )
+        if scoped_clients:
+            target.note += f"; {scoped_clients} scoped client keys with limits"
         return target
 
     def nginx(self) -> Target | None:
@@ -219,11 +224,32 @@ class Fleet:
             target.stop()
 
 
-def keyrail_config(port: int, upstream: str, providers: int, keys_each: int) -> str:
+def scoped_keys(n: int) -> list[dict[str, object]]:
+    """`n` named clients with a scope and every limit; the first has the load's key."""
+    return [
+        {
+            "key": CLIENT_KEY if i == 0 else f"sk-bench-scoped-client-{i:02d}",
+            "name": f"team-{i:02d}",
+            "models": ["bench-*", "other-*"],
+            "rpm": 1_000_000_000,
+            "tpm": 1_000_000_000_000,
+            "max-concurrent": 10_000,
+            "daily-tokens": 1_000_000_000_000_000,
+        }
+        for i in range(n)
+    ]
+
+
+def keyrail_config(
+    port: int, upstream: str, providers: int, keys_each: int, scoped_clients: int = 0
+) -> str:
     """A keyrail config: `providers` blocks of `keys_each` keys, all serving the bench model.
 
     JSON is YAML, so the file is written with orjson. Every block serves the same model: one
-    pool of providers*keys credentials, the worst case for picking a credential.
+    pool of providers*keys credentials, the worst case for picking a credential. With
+    `scoped_clients`, `api-keys` holds that many named clients with a model scope and every
+    limit (high enough never to refuse), the load's key among them: what scope and limits
+    cost next to a plain key.
     """
     blocks = [
         {
@@ -237,7 +263,7 @@ def keyrail_config(port: int, upstream: str, providers: int, keys_each: int) -> 
     config = {
         "host": "127.0.0.1",
         "port": port,
-        "api-keys": [CLIENT_KEY],
+        "api-keys": [CLIENT_KEY] if not scoped_clients else scoped_keys(scoped_clients),
         "openai-compatibility": blocks,
     }
     return orjson.dumps(config, option=orjson.OPT_INDENT_2).decode() + "\n"

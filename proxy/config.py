@@ -509,7 +509,7 @@ def _read_api_keys(
                 problems.add(value, i, message)
             continue
         keys[secret] = i
-        if len(secret) < SHORT_KEY:
+        if len(secret) < SHORT_KEY and secret not in PLACEHOLDER_KEYS:  # those are refused
             problems.warn(
                 value, i, f"client key shorter than {SHORT_KEY} characters: easy to guess"
             )
