@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 LINT_PATHS := proxy drivers tests $(wildcard bench examples)
 
-.PHONY: run test lint fmt bench bench-peers clean
+.PHONY: run test lint fmt bench bench-peers screenshots clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,10 @@ bench-peers: $(STAMP)
 	test -x $(PEERS)/bin/python || $(PYTHON) -m venv $(PEERS)
 	$(PEERS)/bin/pip install --quiet '$(LITELLM)'
 	$(BIN)/python -m bench verify-litellm
+
+# The status page's screenshots in docs/status/, taken by its browser tests (needs chromium).
+screenshots: $(STAMP)
+	KEYRAIL_STATUS_SCREENSHOTS=docs/status $(BIN)/python -m pytest -q tests/test_status_page.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

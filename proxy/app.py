@@ -25,6 +25,7 @@ from proxy.keys import (
     LIMITS,
     LIVE,
     METRICS,
+    RECENT_ERRORS,
     REGISTRY,
     SCHEDULER,
 )
@@ -34,6 +35,8 @@ from proxy.redact import secrets_of
 from proxy.registry import Registry
 from proxy.scheduler import Scheduler
 from proxy.state import MemoryLimitStore
+from proxy.status import routes as status
+from proxy.status.recent import RecentErrors
 
 
 def create_app(
@@ -52,8 +55,9 @@ def create_app(
         handler_args={"max_field_size": 16 * 1024},
     )
     # Every route's handler runs inside it: drain, access line, error bodies, runtime, client keys.
+    recent_errors = RecentErrors()  # the last error answers, for the status page
     app[CLIENT_USAGE] = ClientUsage()  # what each named client did; outlives reloads
-    wrap = pipeline.Pipeline(drain, live, app[CLIENT_USAGE]).wrap
+    wrap = pipeline.Pipeline(drain, live, recent_errors, app[CLIENT_USAGE]).wrap
     app[REGISTRY] = registry
     app[SCHEDULER] = Scheduler(  # credential state; outlives config reloads
         strategy=settings.routing_strategy,
@@ -70,6 +74,7 @@ def create_app(
     )
     app[DEADLINES] = Deadlines()  # first-byte limits of the attempts in flight, on one timer
     app[LIVE] = live
+    app[RECENT_ERRORS] = recent_errors
     shutdown.setup(app, drain, lambda: live.current.settings.shutdown_drain_seconds)
 
     async def runtime_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -87,5 +92,6 @@ def create_app(
     handlers.setup(app, wrap)  # /health, /v1/models, POST /v1/* endpoints
     management.setup(app, wrap)  # /v0/management/*, behind remote-management.secret-key
     metrics.setup(app, wrap)  # /v1/metrics/providers, /metrics (Prometheus)
+    status.setup(app, wrap)  # /status: the live page, and /v1/status, its data
     pipeline.add_unrouted(app.router, wrap)  # last: 404 and 405 as OpenAI errors
     return app

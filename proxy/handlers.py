@@ -39,6 +39,7 @@ from proxy.keys import CONVERSATIONS, DEADLINES, LIMITS, LIVE, METRICS, SCHEDULE
 from proxy.metrics import Attempt
 from proxy.pipeline import ACCESS, JSON, Wrap
 from proxy.runtime import RUNTIME
+from proxy.scheduler import availability
 from proxy.streaming import RelayOptions, StreamHead, model_renamer, relay, usage_in
 
 log = logging.getLogger("keyrail.handlers")
@@ -59,16 +60,8 @@ def json_response(
 async def health(request: web.Request) -> web.Response:
     """Liveness plus each enabled provider's availability from its credentials' states:
     ok (all ready), degraded (some), down (none). Never calls an upstream; never logged."""
-    total: dict[str, int] = dict.fromkeys(request.app[LIVE].current.drivers, 0)
-    ready = dict(total)
-    for view in request.app[SCHEDULER].credential_views():
-        if view.provider in total:
-            total[view.provider] += 1
-            ready[view.provider] += view.state == "ready"
-    providers = {
-        name: "ok" if n and ready[name] == n else ("degraded" if ready[name] else "down")
-        for name, n in total.items()
-    }
+    views = request.app[SCHEDULER].credential_views()
+    providers = availability(request.app[LIVE].current.drivers, views)
     return json_response({"status": "ok", "providers": providers})
 
 

@@ -15,6 +15,7 @@ from proxy.metrics import ProviderMetrics
 from proxy.registry import Registry
 from proxy.runtime import Live
 from proxy.scheduler import Scheduler
+from proxy.status.recent import RecentErrors
 
 LIVE = web.AppKey("live", Live)
 SCHEDULER = web.AppKey("scheduler", Scheduler)
@@ -24,3 +25,4 @@ DEADLINES = web.AppKey("deadlines", Deadlines)
 LIMITS = web.AppKey("limits", Limits)
 CLIENT_USAGE = web.AppKey("client_usage", ClientUsage)
 CONVERSATIONS = web.AppKey("conversations", Conversations)
+RECENT_ERRORS = web.AppKey("recent_errors", RecentErrors)

@@ -247,6 +247,30 @@ class ProviderMetrics:
             }
         return out
 
+    def series(self, provider: str) -> dict[str, list[Any]]:
+        """A provider's window slice by slice, oldest first (for the status page's charts):
+        requests, failures, 429s and tokens per slice, and each slice's p50 latency in ms
+        (None for a slice without traffic)."""
+        p = self._providers.get(provider)
+        current = int(self.clock() // self._slice_seconds)
+        by_epoch = {s.epoch: s for s in p.slices} if p is not None else {}
+        out: dict[str, list[Any]] = {
+            "requests": [], "failures": [], "rate_limited": [], "tokens": [], "latency_p50_ms": []
+        }  # fmt: skip
+        for epoch in range(current - SLICES + 1, current + 1):
+            s = by_epoch.get(epoch, _NEVER)
+            n = sum(s.statuses)
+            out["requests"].append(n)
+            out["failures"].append(n - s.statuses[0])
+            out["rate_limited"].append(s.statuses[3])
+            out["tokens"].append(s.prompt + s.completion)
+            out["latency_p50_ms"].append(percentile(s.latency, 0.50))
+        return out
+
+    @property
+    def slice_seconds(self) -> float:
+        return self._slice_seconds
+
     def lifetime(self, provider: str) -> tuple[_Counts, int]:
         """A provider's lifetime counts and retries (zeros when it has had no traffic)."""
         p = self._providers.get(provider)

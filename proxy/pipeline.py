@@ -36,6 +36,7 @@ from proxy.logs import RequestRecord, log_failed_attempt, log_request
 from proxy.metrics import ATTEMPTS, Attempt
 from proxy.redact import REDACTOR
 from proxy.runtime import RUNTIME, Live
+from proxy.status.recent import RecentErrors
 
 log = logging.getLogger("keyrail.pipeline")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -45,20 +46,23 @@ JSON = "application/json"
 #: The access record of the request being served: handlers fill it, the pipeline logs it.
 ACCESS = web.RequestKey("access", RequestRecord)
 #: Probes and scrapes are answered but not logged: they would drown the access log.
-QUIET_PATHS = frozenset({"/health", "/healthz", "/metrics"})
+QUIET_PATHS = frozenset({"/health", "/healthz", "/metrics", "/status", "/v1/status"})
 _STATUS_CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
 
 
 class Pipeline:
     """`wrap(handler)` gives the handler every route is registered with."""
 
-    def __init__(self, drain: shutdown.Drain, live: Live, usage: ClientUsage) -> None:
+    def __init__(
+        self, drain: shutdown.Drain, live: Live, recent: RecentErrors, usage: ClientUsage
+    ) -> None:
         self._drain = drain
         self._live = live
+        self._recent = recent
         self._usage = usage
 
     def wrap(self, handler: Handler) -> Handler:
-        drain, live, usage = self._drain, self._live, self._usage
+        drain, live, recent, usage = self._drain, self._live, self._recent, self._usage
 
         # One coroutine around the handler: every level of `await` costs on every resumption.
         async def through_pipeline(request: web.Request) -> web.StreamResponse:
@@ -100,7 +104,7 @@ class Pipeline:
                 ATTEMPTS.reset(collecting)
                 runtime.leave()
                 drain.leave(task)
-                _log(request, rec, trail, started)
+                _log(request, rec, trail, started, recent)
                 if rec.client is not None:
                     usage.record(rec.client.name, rec.model, rec.status, rec.prompt_tokens,
                                  rec.completion_tokens)  # fmt: skip
@@ -156,7 +160,13 @@ def _failure_response(request: web.Request, rec: RequestRecord, exc: Exception) 
     return web.Response(body=body, status=500, content_type=JSON)
 
 
-def _log(request: web.Request, rec: RequestRecord, trail: list[Attempt], started: float) -> None:
+def _log(
+    request: web.Request,
+    rec: RequestRecord,
+    trail: list[Attempt],
+    started: float,
+    recent: RecentErrors,
+) -> None:
     for failed in trail:
         if not 200 <= failed.status < 300:
             log_failed_attempt(rec.request_id, failed)
@@ -166,3 +176,5 @@ def _log(request: web.Request, rec: RequestRecord, trail: list[Attempt], started
     if request.path not in QUIET_PATHS:
         rec.latency_ms = (time.perf_counter() - started) * 1000
         log_request(rec)
+        if rec.status >= 400:
+            recent.add(rec)  # for the status page

@@ -82,6 +82,21 @@ class CredentialView:
     cooling_models: tuple[str, ...] = ()  # upstream models this credential is cooling for
 
 
+def availability(providers: Iterable[str], views: Iterable[CredentialView]) -> dict[str, str]:
+    """Each provider's availability from its credentials' states, in the words `/health`,
+    management and the status page share: ok (all ready), degraded (some), down (none)."""
+    total: dict[str, int] = dict.fromkeys(providers, 0)
+    ready = dict(total)
+    for view in views:
+        if view.provider in total:
+            total[view.provider] += 1
+            ready[view.provider] += view.state == "ready"
+    return {
+        name: "ok" if n and ready[name] == n else ("degraded" if ready[name] else "down")
+        for name, n in total.items()
+    }
+
+
 @dataclass(slots=True)
 class _State:
     until: float = 0.0
