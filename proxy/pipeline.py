@@ -105,7 +105,7 @@ class Pipeline:
                 runtime.leave()
                 drain.leave(task)
                 _log(request, rec, trail, started, recent)
-                if rec.client is not None:
+                if rec.client is not None and rec.model:  # an API call, not a listing
                     usage.record(rec.client.name, rec.model, rec.status, rec.prompt_tokens,
                                  rec.completion_tokens)  # fmt: skip
 
