@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.loadgen import Client, request_body
-from bench.targets import Fleet, Target
+from bench.targets import Fleet, Target, scoped_keys
 
 #: The last line of a callgrind output file: the instructions it counted. (Its `summary:`
 #: line near the top is written before the counting, as 0 in a dump.)
@@ -60,14 +60,16 @@ async def count(
             ("keyrail-20x5", lambda wrap: fleet.keyrail("keyrail-20x5", 20, 5, wrap=wrap)),
             (
                 "keyrail-scoped20",
-                lambda wrap: fleet.keyrail("keyrail-scoped20", wrap=wrap, scoped_clients=20),
+                lambda wrap: fleet.keyrail(
+                    "keyrail-scoped20", wrap=wrap, extra={"api-keys": scoped_keys(20)}
+                ),
             ),
         )
         for name, start in starts:
             out = workdir / f"{name}.callgrind"
-            target = start(_valgrind(out))
+            target = start(valgrind(out))
             try:
-                counts.append(await _count_one(name, target, out, body, requests, concurrency))
+                counts.append(await count_one(name, target, out, body, requests, concurrency))
             finally:
                 target.stop()
     finally:
@@ -75,11 +77,11 @@ async def count(
     return counts
 
 
-def _valgrind(out: Path) -> list[str]:
+def valgrind(out: Path) -> list[str]:
     return ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}"]
 
 
-async def _count_one(
+async def count_one(
     name: str, target: Target, out: Path, body: bytes, requests: int, concurrency: int
 ) -> Count:
     assert target.proc is not None

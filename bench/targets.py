@@ -171,13 +171,12 @@ class Fleet:
         providers: int = 1,
         keys_each: int = 1,
         wrap: list[str] | None = None,
-        scoped_clients: int = 0,
+        extra: dict[str, object] | None = None,
     ) -> Target:
+        """`extra`: more top-level config keys (`workers`, `state`: bench/scale.py)."""
         port = free_port()
         config = self.workdir / f"{name}.yaml"
-        config.write_text(
-            keyrail_config(port, self.upstream_url, providers, keys_each, scoped_clients)
-        )
+        config.write_text(keyrail_config(port, self.upstream_url, providers, keys_each, extra))
         exe = shutil.which("keyrail", path=str(Path(sys.executable).parent)) or "keyrail"
         argv = [exe, "serve", "-c", str(config)]
         target = self._spawn(name, argv, port, self.target_cpus, wrap=wrap)
@@ -185,8 +184,8 @@ class Fleet:
         target.note = (
             f"{providers} provider(s) x {keys_each} key(s); access log to {name}.log (a file)"
         )
-        if scoped_clients:
-            target.note += f"; {scoped_clients} scoped client keys with limits"
+        if extra and "api-keys" in extra:
+            target.note += f"; {len(extra['api-keys'])} client keys"  # type: ignore[arg-type]
         return target
 
     def nginx(self) -> Target | None:
@@ -225,7 +224,8 @@ class Fleet:
 
 
 def scoped_keys(n: int) -> list[dict[str, object]]:
-    """`n` named clients with a scope and every limit; the first has the load's key."""
+    """`n` named clients with a model scope and every limit (high enough never to refuse),
+    the first with the load's key: what scope and limits cost next to a plain key."""
     return [
         {
             "key": CLIENT_KEY if i == 0 else f"sk-bench-scoped-client-{i:02d}",
@@ -241,15 +241,17 @@ def scoped_keys(n: int) -> list[dict[str, object]]:
 
 
 def keyrail_config(
-    port: int, upstream: str, providers: int, keys_each: int, scoped_clients: int = 0
+    port: int,
+    upstream: str,
+    providers: int,
+    keys_each: int,
+    extra: dict[str, object] | None = None,
 ) -> str:
     """A keyrail config: `providers` blocks of `keys_each` keys, all serving the bench model.
 
     JSON is YAML, so the file is written with orjson. Every block serves the same model: one
-    pool of providers*keys credentials, the worst case for picking a credential. With
-    `scoped_clients`, `api-keys` holds that many named clients with a model scope and every
-    limit (high enough never to refuse), the load's key among them: what scope and limits
-    cost next to a plain key.
+    pool of providers*keys credentials, the worst case for picking a credential. `extra`
+    adds or replaces top-level keys (`api-keys: scoped_keys(20)` for named clients).
     """
     blocks = [
         {
@@ -263,7 +265,8 @@ def keyrail_config(
     config = {
         "host": "127.0.0.1",
         "port": port,
-        "api-keys": [CLIENT_KEY] if not scoped_clients else scoped_keys(scoped_clients),
+        "api-keys": [CLIENT_KEY],
         "openai-compatibility": blocks,
+        **(extra or {}),
     }
     return orjson.dumps(config, option=orjson.OPT_INDENT_2).decode() + "\n"

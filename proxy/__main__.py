@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import gc
 import logging
 import re
@@ -18,7 +19,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from proxy import config, logs, redact
+from proxy import config, logs, redact, supervisor
 from proxy.catalog import Catalog
 from proxy.errors import ConfigError, ProxyError
 from proxy.registry import Registry, options_lookup
@@ -59,29 +60,36 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print("\n".join(exc.problems), file=sys.stderr)
         return 1
-    overrides = {}
+    overrides: dict[str, object] = {}
     if args.host is not None:
         overrides["host"] = args.host
     if args.port is not None:
         overrides["port"] = args.port
     if overrides:
-        import dataclasses
-
-        settings = dataclasses.replace(settings, **overrides)
+        settings = dataclasses.replace(settings, **overrides)  # type: ignore[arg-type]
     # text or JSON lines; no configured secret in any of them
     logs.configure(settings.log_format, settings.debug, redact.secrets_of(settings))
     logging.getLogger("aiohttp.server").addFilter(_one_line_protocol_errors)
     for warning in settings.warnings:
         log.warning("%s", warning)
+    for block in settings.providers:
+        if block.driver in registry and not block.disabled:
+            for finding in registry.get(block.driver).check(block):
+                log.warning("%s: %s: %s", block.where, block.name, finding)
     if not settings.providers:
         log.warning(
             "no provider blocks: write a config.yaml (see config/config.example.yaml) "
             "or set OPENAI_API_KEY for the built-in default"
         )
-    problem = config.bind_problem(settings)
+    if args.workers is not None:
+        settings = dataclasses.replace(settings, workers=args.workers)
+    problem = config.bind_problem(settings) or config.workers_problem(settings)
     if problem:
         log.error("%s", problem)
         return 2
+    worker = supervisor.worker_id()
+    if settings.workers > 1 and not worker:
+        return _supervise(args, settings)
     log.info(
         "keyrail on http://%s:%d (config: %s; %d provider blocks)",
         settings.host, settings.port, settings.source, len(settings.providers),
@@ -100,6 +108,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         host=settings.host,
         port=settings.port,
         loop=loop,
+        reuse_port=bool(worker),  # the supervisor's workers share the port (supervisor.py)
         handler_cancellation=True,  # a client that leaves cancels its upstream request at once
         # streams get `shutdown.drain-seconds` in the app's own drain; this is for the rest
         shutdown_timeout=shutdown.GRACE_SECONDS,
@@ -107,6 +116,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print=None,
     )
     return 0
+
+
+def _supervise(args: argparse.Namespace, settings: config.Settings) -> int:
+    """`--workers N` (N > 1): the config is valid; run N workers of it (supervisor.py)."""
+    from proxy import supervisor
+
+    try:
+        port = supervisor.reserve_port(settings.host, settings.port)
+    except OSError as exc:
+        log.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc.strerror or exc)
+        return 2
+    path = config.default_path(args.config)
+    log.info(
+        "keyrail on http://%s:%d with %d workers (config: %s; state: %s)",
+        settings.host, port, settings.workers, settings.source, redact.url_label(settings.state),
+    )  # fmt: skip
+    argv = supervisor.worker_argv(str(path) if path else None, settings.host, port)
+    boss = supervisor.Supervisor(argv, settings.workers, settings.shutdown_drain_seconds)
+    return _new_loop().run_until_complete(boss.run())
 
 
 async def _settle_gc(app: object) -> None:
@@ -146,12 +174,17 @@ def cmd_check(args: argparse.Namespace) -> int:
     bind = config.bind_problem(settings)
     if bind:
         problems.append(f"{_key_position(settings.source, text, 'host')}: {bind}")
+    if scale := config.workers_problem(settings):
+        problems.append(f"{_key_position(settings.source, text, 'workers')}: {scale}")
     credentials = {}
     for block in settings.providers:
         if block.disabled:
             continue
         try:  # what a driver reads from its block (token files, key entries) is read here too
-            credentials[block.name] = registry.get(block.driver).credentials(block)
+            driver_class = registry.get(block.driver)
+            credentials[block.name] = driver_class.credentials(block)
+            for finding in driver_class.check(block):
+                print(f"warning: {_item_position(block.where, text)}: {block.name}: {finding}")
         except (ProxyError, OSError, ValueError) as exc:
             message = exc.message if isinstance(exc, ProxyError) else str(exc)
             problems.append(f"{_item_position(block.where, text)}: {block.name}: {message}")
@@ -205,6 +238,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     unlisted = [b.name for b in settings.providers if not b.disabled and not b.models]
     disabled = [b.name for b in settings.providers if b.disabled]
+    sources: dict[str, dict[str, str]] = {}  # provider → upstream name → where it came from
     if args.offline:
         credentials = {
             b.name: registry.get(b.driver).credentials(b)
@@ -213,7 +247,8 @@ def cmd_models(args: argparse.Namespace) -> int:
         }
         cat = catalog_mod.build(settings, credentials, {})
     else:
-        cat = asyncio.run(_built_catalog(settings, registry))
+        cat, sources = asyncio.run(_built_catalog(settings, registry))
+    listed = {b.name for b in settings.providers if b.models}
     rows = []
     for mid, route in sorted(cat.routes.items()):
         mark = " [pool: " + ", ".join(route.providers) + "]" if mid in cat.collisions else ""
@@ -221,8 +256,10 @@ def cmd_models(args: argparse.Namespace) -> int:
         for t in sorted(route.targets, key=lambda t: -t.priority):  # tried first, first
             seen.setdefault((t.provider, t.priority, t.upstream_model), []).append(t.credential.id)
         for (provider, priority, upstream), creds in seen.items():
-            rows.append((mid + mark, provider, str(priority), upstream, ", ".join(creds)))
-    header = ("MODEL", "PROVIDER", "PRIORITY", "UPSTREAM", "CREDENTIALS")
+            source = "config" if provider in listed else sources.get(provider, {}).get(upstream)
+            rows.append((mid + mark, provider, str(priority), upstream, ", ".join(creds),
+                         source or "driver"))  # fmt: skip
+    header = ("MODEL", "PROVIDER", "PRIORITY", "UPSTREAM", "CREDENTIALS", "SOURCE")
     width = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(header)]
     fmt = "  ".join(f"{{:<{w}}}" for w in width)
     print(fmt.format(*header))
@@ -238,12 +275,21 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _built_catalog(settings: config.Settings, registry: Registry) -> Catalog:
+async def _built_catalog(
+    settings: config.Settings, registry: Registry
+) -> tuple[Catalog, dict[str, dict[str, str]]]:
+    """The catalog as start-up builds it, and where each discovered name came from."""
     from proxy import runtime
 
     built = await runtime.build(settings, registry)
+    sources = {
+        name: {t.upstream_model: driver.model_source(t.upstream_model)
+               for route in built.catalog.routes.values() for t in route.targets
+               if t.provider == name}
+        for name, driver in built.drivers.items()
+    }  # fmt: skip
     await built.aclose()
-    return built.catalog
+    return built.catalog, sources
 
 
 def cmd_canary(args: argparse.Namespace) -> int:
@@ -260,6 +306,13 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="keyrail", description="LLM API proxy")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -269,6 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
+    serve.add_argument(
+        "--workers", type=_positive, help="processes serving the port (default: config, 1)"
+    )
     serve.set_defaults(func=cmd_serve)
     check = sub.add_parser("check", help="validate a config file offline")
     check.add_argument("-c", "--config")

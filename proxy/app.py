@@ -12,7 +12,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from proxy import handlers, logs, management, metrics, pipeline, reload, runtime, shutdown
+from proxy import handlers, logs, management, metrics, pipeline, quota, reload, runtime, shutdown
 from proxy.clients.affinity import Conversations
 from proxy.clients.limits import Limits
 from proxy.clients.usage import ClientUsage
@@ -25,16 +25,18 @@ from proxy.keys import (
     LIMITS,
     LIVE,
     METRICS,
+    QUOTAS,
     RECENT_ERRORS,
     REGISTRY,
     SCHEDULER,
+    STATE,
 )
 from proxy.logs import install_redaction
 from proxy.metrics import ProviderMetrics
 from proxy.redact import secrets_of
 from proxy.registry import Registry
 from proxy.scheduler import Scheduler
-from proxy.state import MemoryLimitStore
+from proxy.state.shared import open_state
 from proxy.status import routes as status
 from proxy.status.recent import RecentErrors
 
@@ -66,14 +68,17 @@ def create_app(
         disable_cooling=settings.disable_cooling,
     )
     app[METRICS] = ProviderMetrics(window_seconds=settings.metrics_window_seconds)
-    # Client limits' counters (outlive reloads: a key that stays keeps its counts). The one
-    # place the limit store is chosen: a shared backend goes here.
-    app[LIMITS] = Limits(MemoryLimitStore())
+    # what workers and instances share (cooldowns, metrics): nothing, or Redis (`state:`)
+    app[STATE] = open_state(settings.state)
+    # Client limits' counters, from the state backend (in memory, or Redis shared by every
+    # instance); they outlive reloads: a key that stays keeps its counts.
+    app[LIMITS] = Limits(app[STATE].limits)
     app[CONVERSATIONS] = Conversations(  # sticky sessions' bindings; outlive reloads
         settings.session_ttl_seconds, settings.session_max_bindings
     )
     app[DEADLINES] = Deadlines()  # first-byte limits of the attempts in flight, on one timer
     app[LIVE] = live
+    app[QUOTAS] = quota.Quotas()  # each credential's last quota reading (drivers that tell)
     app[RECENT_ERRORS] = recent_errors
     shutdown.setup(app, drain, lambda: live.current.settings.shutdown_drain_seconds)
 
@@ -83,11 +88,20 @@ def create_app(
         reload.apply_to_scheduler(app[SCHEDULER], live.current)
         yield
         await live.current.aclose()
-        await app[LIMITS].store.aclose()
         app[DEADLINES].close()
 
     app.cleanup_ctx.append(logs.flush_ctx)  # buffered log lines reach stderr promptly
     app.cleanup_ctx.append(runtime_ctx)
+    quota.setup(app, app[QUOTAS])  # read quotas as they fall due; cool the spent
+
+    async def state_ctx(app: web.Application) -> AsyncIterator[None]:
+        # after the runtime: the credentials are registered before others' cooldowns merge
+        app[STATE].attach(app[SCHEDULER], app[METRICS])
+        await app[STATE].start()
+        yield
+        await app[STATE].aclose()
+
+    app.cleanup_ctx.append(state_ctx)
     reload.setup(app, config_path)  # watch config.yaml; swap the runtime when it changes
     handlers.setup(app, wrap)  # /health, /v1/models, POST /v1/* endpoints
     management.setup(app, wrap)  # /v0/management/*, behind remote-management.secret-key

@@ -159,6 +159,11 @@ class Settings:
     idle_timeout: float = 300.0
     request_read_timeout: float = 60.0
     shutdown_drain_seconds: float = 30.0
+    #: processes serving one port (`keyrail serve --workers N`; supervisor.py)
+    workers: int = 1
+    #: where state shared by workers and instances lives: "memory" (this process only) or a
+    #: Redis URL (`redis://`, `rediss://`, `unix://`; proxy/state/)
+    state: str = "memory"
     fallbacks: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     providers: tuple[ProviderBlock, ...] = ()
     #: Where it came from: a path, or "<default>".
@@ -181,6 +186,15 @@ def _at_least(low: float) -> _Check:
 
 def _port(v: Any) -> str | None:
     return None if 0 <= v <= 65535 else "must be a port number (0-65535)"
+
+
+STATE_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def _state(v: Any) -> str | None:
+    if v == "memory" or (v.startswith(STATE_SCHEMES) and len(v) > len("unix://")):
+        return None
+    return "must be 'memory' or a Redis URL (redis://HOST:PORT/DB, rediss://..., unix://PATH)"
 
 
 _NUM = (int, float)
@@ -213,6 +227,8 @@ _SCALARS: dict[str, tuple[str, type | tuple[type, ...], _Check | None]] = {
     "timeouts.idle-seconds": ("idle_timeout", _NUM, _at_least(0.001)),
     "timeouts.request-read-seconds": ("request_read_timeout", _NUM, _at_least(0.001)),
     "shutdown.drain-seconds": ("shutdown_drain_seconds", _NUM, _at_least(0)),
+    "workers": ("workers", int, _at_least(1)),
+    "state": ("state", str, _state),
 }
 _SECTIONS = {"routing", "streaming", "remote-management", "logging", "metrics", "limits",
              "timeouts", "shutdown"}  # fmt: skip
@@ -788,5 +804,19 @@ def bind_problem(settings: Settings) -> str | None:
         return (
             f"refusing to listen on {settings.host}:{settings.port} with the example file's "
             "placeholder client keys: replace them in 'api-keys'"
+        )
+    return None
+
+
+def workers_problem(settings: Settings) -> str | None:
+    """Why `workers` cannot run with this `state`, or None.
+
+    Several workers keep apart whatever is in memory: each would cool its own credentials,
+    count its own client limits and show its own slice of the metrics. They need shared state.
+    """
+    if settings.workers > 1 and settings.state == "memory":
+        return (
+            f"workers: {settings.workers} needs shared state: set 'state: redis://HOST:6379/0' "
+            "(the workers then share cooldowns, client limits and metrics), or run one worker"
         )
     return None

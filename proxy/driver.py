@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from proxy.config import ProviderBlock
     from proxy.dialects.assembler import EventStream
     from proxy.dialects.neutral import Request
+    from proxy.quota import Quota
 
 #: Bumped on a change to this module: the major when it breaks drivers, the minor when it adds
 #: (1.1: `Driver.dialects`, `Call.request`, `Reply.events`). Drivers declare the version they
@@ -105,18 +106,27 @@ class ByteStream(Protocol):
 class Reply:
     """A successful upstream answer: status, headers, and the body as a byte stream; or, from
     a translating driver, `events`: neutral events keyrail encodes in the client's dialect
-    (nothing reaches the client before the first one, so an error before it fails over)."""
+    (nothing reaches the client before the first one, so an error before it fails over).
+
+    A driver that can reach its upstream at several addresses names the one that answered in
+    `host`, and those it tried first that did not (each "host (why)") in `hosts_failed`: the
+    access line and the `X-Keyrail-Upstream-Host` headers show them.
+    """
 
     status: int
     headers: Mapping[str, str]
     body: ByteStream = field(default_factory=lambda: BytesStream())
     events: EventStream | None = None
+    host: str = ""
+    hosts_failed: tuple[str, ...] = ()
 
     @classmethod
-    def of_events(cls, events: EventStream) -> Reply:
+    def of_events(
+        cls, events: EventStream, *, host: str = "", hosts_failed: tuple[str, ...] = ()
+    ) -> Reply:
         """A translating driver's answer: an `EventStream` (see `proxy.dialects.EventStream`,
         or wrap an async generator and a close callback in `proxy.dialects.IteratorEvents`)."""
-        return cls(200, {}, events=events)
+        return cls(200, {}, events=events, host=host, hosts_failed=hosts_failed)
 
     async def read(self, limit: int = 64 * 1024 * 1024) -> bytes:
         """The whole body, then the stream closed. For non-streamed answers."""
@@ -206,6 +216,7 @@ class Driver(abc.ABC):
       options       its own config keys beyond the common ones, with their types
       required      which of `options` (or `base-url`) must be present
       default_base_url   the upstream address when the block gives no `base-url`
+      quota_interval     seconds between two `quota` reads of one credential (default 300)
     """
 
     api_version: ClassVar[str] = API_VERSION
@@ -214,6 +225,7 @@ class Driver(abc.ABC):
     options: ClassVar[Mapping[str, type | tuple[type, ...]]] = {}
     required: ClassVar[frozenset[str]] = frozenset()
     default_base_url: ClassVar[str] = ""
+    quota_interval: ClassVar[float] = 300.0
 
     def __init__(self, block: ProviderBlock, session: aiohttp.ClientSession) -> None:
         self.block = block
@@ -260,9 +272,31 @@ class Driver(abc.ABC):
                 provider=self.block.name,
             ) from exc
 
+    @classmethod
+    def check(cls, block: ProviderBlock) -> Sequence[str]:
+        """Warnings about a block that loads but will not work as its operator expects (a
+        default upstream that was shut down). `keyrail check` prints them and `serve` logs
+        them at start. Default: none."""
+        return ()
+
     async def list_models(self, credential: Credential) -> Sequence[str]:
         """Upstream model names, when the block lists none. Default: none."""
         return []
+
+    def model_source(self, name: str) -> str:
+        """Where a name `list_models` gave came from, for `keyrail models` (e.g. "discovered"
+        or "built-in"). Default: "driver"."""
+        return "driver"
+
+    async def quota(self, credential: Credential) -> Quota | None:
+        """The credential's usage against its allowance, when the upstream tells (optional).
+
+        keyrail calls it beside the requests, at most every `quota_interval` seconds per
+        credential, shows the answer in `/v1/metrics/providers` and `/metrics`, and cools a
+        credential whose quota is spent until `resets_at`. Raise (any exception, one clear
+        message) when the read fails. Default: None, nothing to report.
+        """
+        return None
 
     async def refresh(self, credential: Credential) -> Credential | None:
         """Renew an expired or rejected credential (OAuth drivers). None: cannot refresh."""

@@ -22,6 +22,8 @@ nor how errors are written onto a stream (streaming.py).
         UpstreamUnavailable        408/5xx, connect or read timeout: brief cooldown, next one
         UpstreamRejected           400/413/422 about the request: back to the client, touch nothing
         StreamInterrupted          the stream broke after its first byte: end it, never replay
+        ProviderDiscontinued       503: the service is gone for good; disable the credential
+                                   until a reload, answer every later request at once
 """
 
 from __future__ import annotations
@@ -212,6 +214,22 @@ class UpstreamRejected(UpstreamError):
 
 class StreamInterrupted(UpstreamError):
     """The upstream stream failed after its first byte. The stream ends; nothing is replayed."""
+
+
+class ProviderDiscontinued(UpstreamError):
+    """The upstream service was shut down for good (Roo Code Router's sunset answer).
+
+    The credential is disabled until a reload (no cooldown that ends and retries, so no
+    rotation storm), and every later request for its pool gets this 503 at once. The message
+    says what happened and what to do; it is ours, not the upstream's body.
+    """
+
+    def __init__(self, message: str, *, provider: str = "", upstream_body: bytes = b"") -> None:
+        super().__init__(message, status=503, provider=provider, upstream_body=upstream_body)
+        self.code = "provider_discontinued"
+
+    def body(self) -> bytes:
+        return ProxyError.body(self)
 
 
 def _code_for(status: int) -> str:

@@ -27,6 +27,7 @@ from proxy.errors import (
     CredentialRejected,
     DriverError,
     NoCredential,
+    ProviderDiscontinued,
     ProxyError,
     RateLimited,
     UpstreamError,
@@ -167,6 +168,8 @@ async def serve(
         raise _for_client(last_error, recovery)
     # Nothing was tried: every credential was already cooling down or disabled.
     soonest = recovery or Recovery(in_seconds=1.0, quota=False)
+    if soonest.discontinued:  # gone until a reload: say so at once, every time
+        raise ProviderDiscontinued(soonest.discontinued, provider=", ".join(route.providers))
     raise NoCredential(
         _cooling_message(route, soonest.quota),
         retry_after=_whole_seconds(soonest.in_seconds),
@@ -279,12 +282,22 @@ async def _refresh(driver: Driver, credential: Credential) -> Credential | None:
 
 def _decide(scheduler: Scheduler, target: Target, exc: UpstreamError) -> None:
     error = exc.message[:200]
-    if isinstance(exc, RateLimited):
+    if isinstance(exc, ProviderDiscontinued):
+        scheduler.discontinued(target, exc.message)
+    elif isinstance(exc, RateLimited):
         scheduler.rate_limited(target, exc.retry_after, error)
     elif isinstance(exc, CredentialRejected):
         scheduler.rejected(target, error)
     else:
         scheduler.transient(target, error)
+
+
+def decide_late(scheduler: Scheduler, target: Target, exc: UpstreamError) -> None:
+    """An error inside a stream that had already reached the client (MiniMax's in-band codes):
+    the stream is lost, but the credential's state still follows the error's decision. A
+    broken connection or an idle upstream decides nothing."""
+    if isinstance(exc, RateLimited | CredentialRejected | ProviderDiscontinued):
+        _decide(scheduler, target, exc)
 
 
 def _record(metrics: ProviderMetrics, target: Target, exc: UpstreamError, latency: float) -> None:

@@ -41,8 +41,10 @@ from proxy.pipeline import ACCESS, JSON, Wrap
 from proxy.runtime import RUNTIME
 from proxy.scheduler import availability
 from proxy.streaming import RelayOptions, StreamHead, model_renamer, relay, usage_in
+from proxy.supervisor import worker_id
 
 log = logging.getLogger("keyrail.handlers")
+WORKER = worker_id()
 # Upstream response headers worth passing on when `passthrough-headers` is on.
 _HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
@@ -62,7 +64,10 @@ async def health(request: web.Request) -> web.Response:
     ok (all ready), degraded (some), down (none). Never calls an upstream; never logged."""
     views = request.app[SCHEDULER].credential_views()
     providers = availability(request.app[LIVE].current.drivers, views)
-    return json_response({"status": "ok", "providers": providers})
+    answer: dict[str, object] = {"status": "ok", "providers": providers}
+    if WORKER:  # under `--workers N`: which process answered (supervisor.py)
+        answer["worker"] = WORKER
+    return json_response(answer)
 
 
 async def list_models(request: web.Request) -> web.Response:
@@ -197,6 +202,12 @@ async def proxy_request(request: web.Request) -> web.StreamResponse:
         extra = _passthrough(success.reply.headers) if runtime.settings.passthrough_headers else {}
         extra["X-Request-Id"] = rec.request_id
         extra["X-Keyrail-Provider"] = target.provider  # for canaries: which block answered
+        if success.reply.host:  # a driver with several upstream addresses: which one answered
+            rec.host = extra["X-Keyrail-Upstream-Host"] = success.reply.host
+        if success.reply.hosts_failed:  # and those that did not, before it
+            rec.hosts_failed = extra["X-Keyrail-Upstream-Host-Failed"] = "; ".join(
+                success.reply.hosts_failed
+            )
         attempt = Attempt(target.provider, target.driver, target.credential.id, 200, 0.0)
         if success.head is not None:
             response, result = await _relay(request, success.head, body, endpoint, rename,
@@ -207,6 +218,7 @@ async def proxy_request(request: web.Request) -> web.StreamResponse:
             attempt.completion_tokens = result.usage.completion_tokens
             if result.error is not None:
                 attempt.status, attempt.error = result.error.status, result.error.message[:200]
+                failover.decide_late(app[SCHEDULER], target, result.error)
                 rec.error = attempt.error
             rec.status = 200
         else:

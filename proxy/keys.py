@@ -12,9 +12,11 @@ from proxy.clients.limits import Limits
 from proxy.clients.usage import ClientUsage
 from proxy.deadlines import Deadlines
 from proxy.metrics import ProviderMetrics
+from proxy.quota import Quotas
 from proxy.registry import Registry
 from proxy.runtime import Live
 from proxy.scheduler import Scheduler
+from proxy.state.shared import LocalState
 from proxy.status.recent import RecentErrors
 
 LIVE = web.AppKey("live", Live)
@@ -22,6 +24,8 @@ SCHEDULER = web.AppKey("scheduler", Scheduler)
 METRICS = web.AppKey("metrics", ProviderMetrics)
 REGISTRY = web.AppKey("registry", Registry)
 DEADLINES = web.AppKey("deadlines", Deadlines)
+QUOTAS = web.AppKey("quotas", Quotas)
+STATE = web.AppKey("state", LocalState)
 LIMITS = web.AppKey("limits", Limits)
 CLIENT_USAGE = web.AppKey("client_usage", ClientUsage)
 CONVERSATIONS = web.AppKey("conversations", Conversations)

@@ -58,6 +58,8 @@ class RequestRecord:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     error: str = ""
+    host: str = ""  # the upstream address that answered, when the driver has several
+    hosts_failed: str = ""  # the addresses tried before it that did not answer
     #: the named client (an `api-keys` mapping) whose key the request carried; None for a
     #: plain key or no key
     client: Client | None = None
@@ -153,6 +155,10 @@ def access_line(rec: RequestRecord) -> tuple[str, dict[str, Any] | None]:
         f"latency_ms={rec.latency_ms:.1f} ttft_ms={ttft} prompt_tokens={rec.prompt_tokens} "
         f"completion_tokens={rec.completion_tokens} total_tokens={total}"
     )
+    if rec.host:
+        line += f" upstream_host={_value(rec.host)}"
+    if rec.hosts_failed:
+        line += f" hosts_failed={_value(rec.hosts_failed)}"
     client = rec.client
     if client is not None:
         line += f" client={_token(client.name)}"
@@ -170,6 +176,10 @@ def access_line(rec: RequestRecord) -> tuple[str, dict[str, Any] | None]:
             "prompt_tokens": rec.prompt_tokens, "completion_tokens": rec.completion_tokens,
             "total_tokens": total,
         }  # fmt: skip
+        if rec.host:
+            fields["upstream_host"] = rec.host
+        if rec.hosts_failed:
+            fields["hosts_failed"] = rec.hosts_failed
         if client is not None:
             fields["client"] = client.name
         if error:

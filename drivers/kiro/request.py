@@ -3,10 +3,14 @@
 Owns: system prompts (wrapped and put before the current message), user text and images
 (base64 only), assistant text and tool calls (→ `toolUses`), tool results (→ the user
 message's `toolResults`, orphans dropped), merging same-role neighbours so history alternates
-user/assistant, the last message as `currentMessage`, tool definitions, `inferenceConfig`, and
+user/assistant, the last message as `currentMessage`, tool definitions, `inferenceConfig`,
+thinking (the `<thinking_mode>` prefix on the system prompt, with its budget), and
 `profileArn` when the caller passes one. Whatever dialect the client spoke, keyrail hands the
 driver its request in the neutral model (proxy/dialects/neutral.py).
-Does not own: the model-name table (models.py), the HTTP call (driver.py).
+The body is minimal: the runtime host answers `REQUEST_BODY_INVALID` to the optional agent
+fields (`agentMode`, `agentTaskType`, `agentContinuationId`), so `agentTaskType` is sent only
+when the block opts in (`agent-task-type`). Does not own: the model-name table (models.py),
+which host gets `profileArn` (hosts.py), the HTTP call (driver.py).
 """
 
 from __future__ import annotations
@@ -24,6 +28,11 @@ ORIGIN = "AI_EDITOR"
 CONTINUE = "Continue"
 TOOL_RESULTS_ONLY = "Tool results provided."
 _DESCRIPTION_LIMIT = 10237  # bytes; longer tool descriptions get 400 "Improperly formed request."
+#: Thinking budget (tokens) when a client turns thinking on without one ([F] uses 16000).
+THINKING_BUDGET = 16000
+_EFFORT_BUDGETS = {"minimal": 2048, "low": 4096, "medium": 16000, "high": 32000, "xhigh": 32000}
+#: Fields the runtime host refuses; keyrail sends none of them unless told to.
+AGENT_FIELDS = ("agentMode", "agentTaskType", "agentContinuationId")
 
 
 @dataclass(slots=True)
@@ -120,14 +129,41 @@ def _assistant_message(turn: _Turn) -> dict[str, Any]:
     return message
 
 
+def thinking_budget(req: n.Request, model: str) -> int | None:
+    """The thinking budget the client asked for, or None (thinking off): a reasoning control
+    (effort or budget, from `reasoning_effort`, `reasoning` or Anthropic's `thinking`), or a
+    model name with `thinking` in it."""
+    control = req.reasoning
+    if control is not None and control.enabled:
+        if control.budget:
+            return control.budget
+        effort = str(control.effort or "").lower()
+        if effort != "none":
+            return _EFFORT_BUDGETS.get(effort, THINKING_BUDGET)
+        return None
+    return THINKING_BUDGET if "thinking" in model.lower() else None
+
+
+def thinking_prefix(budget: int) -> str:
+    """What turns Kiro's thinking on: tags before the system prompt (kiro.md §2.4)."""
+    return (
+        f"<thinking_mode>enabled</thinking_mode><max_thinking_length>{budget}</max_thinking_length>"
+    )
+
+
 def build(
     req: n.Request,
     model_id: str,
     *,
     profile_arn: str | None = None,
+    thinking: int | None = None,
+    agent_task_type: str | None = None,
 ) -> dict[str, Any]:
-    """The Kiro request for a neutral request. `profile_arn` only for social logins."""
+    """The Kiro request for a neutral request: minimal (no agent fields) unless
+    `agent_task_type` is given; `thinking` is a budget in tokens (None: off)."""
     system = "\n".join(s for s in req.system if s)
+    if thinking:
+        system = thinking_prefix(thinking) + ("\n" + system if system else "")
     turns = _turns(req.messages)
     if not turns or turns[0].role != "user":
         turns.insert(0, _Turn("user"))
@@ -153,13 +189,14 @@ def build(
         for t in past
     ]
     state: dict[str, Any] = {
-        "agentTaskType": "vibe",
         "chatTriggerType": "MANUAL",
         "conversationId": str(uuid.uuid4()),
         "currentMessage": {"userInputMessage": current},
     }
     if history:
         state["history"] = history
+    if agent_task_type:
+        state["agentTaskType"] = agent_task_type
     request: dict[str, Any] = {"conversationState": state}
     if profile_arn:
         request["profileArn"] = profile_arn

@@ -1,7 +1,8 @@
 """Kiro events → neutral events (proxy/dialects/neutral.py).
 
 Owns: what each event payload means (text, tool-use fragments, reasoning with its signature or
-redacted content, context usage, token metadata; unknown events ignored), tool calls with one
+redacted content and, with thinking on, the inline `<thinking>` text split out as reasoning by
+thinking.py, context usage, token metadata; unknown events ignored), tool calls with one
 index per tool use (start with id and name, arguments as they come, an end on `stop`,
 duplicates dropped), the finish reason, usage (when Kiro reports no token counts, the input is
 estimated from `contextUsagePercentage` or the request size, the output from characters, and
@@ -19,6 +20,7 @@ from typing import Any
 import orjson
 
 from drivers.kiro.eventstream import Message
+from drivers.kiro.thinking import REASONING, Splitter
 from proxy.dialects import neutral as n
 
 #: Exception frames that mean "the answer was cut at the output limit", not a failure.
@@ -45,7 +47,9 @@ class _ToolCall:
 class Translator:
     """Feed decoded messages; get neutral events. `last()` gives the closing ones."""
 
-    def __init__(self, model: str, *, context_window: int, request_chars: int) -> None:
+    def __init__(
+        self, model: str, *, context_window: int, request_chars: int, thinking: bool = False
+    ) -> None:
         self.model = model
         self._window = context_window
         self._request_chars = request_chars
@@ -54,6 +58,7 @@ class Translator:
         self._truncated = False
         self._context_percent: float | None = None
         self._token_usage: Mapping[str, Any] | None = None
+        self._splitter = Splitter() if thinking else None
 
     # -- input ------------------------------------------------------------------------------
 
@@ -90,7 +95,10 @@ class Translator:
             content = payload.get("content")
             if isinstance(content, str) and content:
                 self._chars += len(content)
-                out.append(n.TextDelta(content))
+                if self._splitter is None:
+                    out.append(n.TextDelta(content))
+                else:
+                    out.extend(_said(kind, piece) for kind, piece in self._splitter.feed(content))
             for use in payload.get("toolUses") or ():
                 if isinstance(use, dict):
                     out.extend(self._tool_use({**use, "stop": True}))
@@ -167,13 +175,21 @@ class Translator:
         return n.UsageUpdate(prompt, max(1, self._chars // 4), estimated=True)
 
     def last(self) -> list[n.Event]:
-        """The closing events: ends of unfinished tool calls, the usage, the finish."""
-        out: list[n.Event] = [n.ToolCallEnd(c.index) for c in self._tools.values() if not c.done]
+        """The closing events: what the thinking splitter held back, ends of unfinished tool
+        calls, the usage, the finish."""
+        out: list[n.Event] = []
+        if self._splitter is not None:
+            out.extend(_said(kind, piece) for kind, piece in self._splitter.end())
+        out.extend(n.ToolCallEnd(c.index) for c in self._tools.values() if not c.done)
         for call in self._tools.values():
             call.done = True
         out.append(self.usage())
         out.append(n.Finish(self.finish_reason))
         return out
+
+
+def _said(kind: str, piece: str) -> n.Event:
+    return n.ReasoningDelta(piece) if kind == REASONING else n.TextDelta(piece)
 
 
 def _message_of(payload: bytes) -> str:

@@ -76,7 +76,9 @@ class Bridge:
                 events = IteratorEvents(chat.decode_stream(body, provider), body.aclose)
             else:
                 events = IteratorEvents(_completion_events(reply), body.aclose)
-        return translated(self.codec, events, call.model, request, self.stream)
+        out = translated(self.codec, events, call.model, request, self.stream)
+        out.host, out.hosts_failed = reply.host, reply.hosts_failed  # for the access line
+        return out
 
 
 def translated(
