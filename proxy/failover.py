@@ -142,10 +142,10 @@ async def serve(
                     )
                 except UpstreamRejected as exc:
                     # About the request itself: another credential would get the same answer.
-                    _record(metrics, target, exc, now() - started)
+                    _record(metrics, target, exc, now() - started, bridge)
                     raise
                 except UpstreamError as exc:
-                    _record(metrics, target, exc, now() - started)
+                    _record(metrics, target, exc, now() - started, bridge)
                     _decide(scheduler, target, exc)
                     last_error = exc
                     attempts += 1
@@ -300,7 +300,13 @@ def decide_late(scheduler: Scheduler, target: Target, exc: UpstreamError) -> Non
         _decide(scheduler, target, exc)
 
 
-def _record(metrics: ProviderMetrics, target: Target, exc: UpstreamError, latency: float) -> None:
+def _record(
+    metrics: ProviderMetrics,
+    target: Target,
+    exc: UpstreamError,
+    latency: float,
+    bridge: Bridge | None,
+) -> None:
     metrics.record(
         Attempt(
             provider=target.provider,
@@ -309,6 +315,7 @@ def _record(metrics: ProviderMetrics, target: Target, exc: UpstreamError, latenc
             status=exc.status,
             latency=latency,
             error=exc.message[:200],
+            dialect=bridge.dialect if bridge is not None else "",
         )
     )
 

@@ -1,8 +1,9 @@
-"""HTTP handlers: the OpenAI-shaped surface of keyrail.
+"""HTTP handlers: the client-facing surface of keyrail.
 
 Owns: the routes (`/health`, `/v1/models`, `POST /v1/{chat/completions,completions,
-embeddings,responses}`), reading and checking the client's JSON once, answering a finished
-request (non-streamed bodies, `force-mapping`, usage) and filling in its access record.
+embeddings,responses,messages}`, `POST /v1/messages/count_tokens`), reading and checking
+the client's JSON once, answering a finished request (non-streamed bodies, `force-mapping`,
+usage) and filling in its access record.
 Does not own: what every request goes through around its handler (pipeline.py: the access
 line, error bodies, client keys), the failover loop (failover.py), the SSE relay
 (streaming.py), or the metrics endpoints (metrics.py).
@@ -24,6 +25,7 @@ from proxy.clients.affinity import Sticky, conversation_of
 from proxy.clients.keys import Client
 from proxy.clients.limits import Admission
 from proxy.config import Settings
+from proxy.dialects import messages
 from proxy.dialects.assembler import EncodedStream
 from proxy.dialects.bridge import Bridge
 from proxy.dialects.routes import CODECS, DIALECT_OF
@@ -44,6 +46,7 @@ from proxy.streaming import RelayOptions, StreamHead, model_renamer, relay, usag
 from proxy.supervisor import worker_id
 
 log = logging.getLogger("keyrail.handlers")
+MESSAGES = "messages"
 WORKER = worker_id()
 # Upstream response headers worth passing on when `passthrough-headers` is on.
 _HOP_BY_HOP = frozenset(
@@ -72,11 +75,27 @@ async def health(request: web.Request) -> web.Response:
 
 async def list_models(request: web.Request) -> web.Response:
     """The catalog's models; for a client key with `models` globs, only those it may call."""
-    data = request[RUNTIME].catalog.model_list()
+    catalog = request[RUNTIME].catalog
+    models = catalog.model_list()
     client = request[ACCESS].client
     if client is not None and client.models:
-        data = [m for m in data if client.allows(str(m["id"]))]
-    return json_response({"object": "list", "data": data})
+        models = [m for m in models if client.allows(str(m["id"]))]
+    if "anthropic-version" in request.headers:  # the anthropic SDKs and Claude Code
+        data = [_anthropic_model(str(m["id"]), catalog.created) for m in models]
+        return json_response(
+            {
+                "data": data,
+                "has_more": False,
+                "first_id": data[0]["id"] if data else None,
+                "last_id": data[-1]["id"] if data else None,
+            }
+        )
+    return json_response({"object": "list", "data": models})
+
+
+def _anthropic_model(model: str, created: int) -> dict[str, Any]:
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(created))
+    return {"type": "model", "id": model, "display_name": model, "created_at": when}
 
 
 async def get_model(request: web.Request) -> web.Response:
@@ -84,6 +103,8 @@ async def get_model(request: web.Request) -> web.Response:
     model = request.match_info["model"]
     _check_scope(request[ACCESS].client, model)
     route = catalog.resolve(model)
+    if "anthropic-version" in request.headers:
+        return json_response(_anthropic_model(route.model, catalog.created))
     return json_response(
         {
             "id": route.model,
@@ -146,6 +167,21 @@ def _model_of(body: dict[str, Any]) -> str:
     return model
 
 
+async def count_tokens(request: web.Request) -> web.Response:
+    """`POST /v1/messages/count_tokens`: a local estimate (messages.estimate_tokens: characters
+    / 4 over system, messages and tools); none of the built-in upstreams can count for us.
+    The model must be one keyrail serves (404 otherwise), as Anthropic's API answers."""
+    runtime = request[RUNTIME]
+    rec = request[ACCESS]
+    rec.dialect = "messages"
+    body = await read_json_object(request, runtime.settings.request_read_timeout)
+    rec.model = _model_of(body)
+    runtime.catalog.resolve(rec.model)
+    count = messages.estimate_tokens(messages.decode_request(body))
+    rec.prompt_tokens = count
+    return json_response({"input_tokens": count})
+
+
 async def proxy_request(request: web.Request) -> web.StreamResponse:
     """Serve one POST: route by model, fail over before the first byte, relay the answer."""
     path = request.path  # one of the routes in `setup`: /v1/{endpoint} or /{endpoint}
@@ -176,6 +212,7 @@ async def proxy_request(request: web.Request) -> web.StreamResponse:
                 sticky = Sticky(app[CONVERSATIONS], route.model, conversation)
         dialect = DIALECT_OF.get(endpoint)
         bridge = Bridge(CODECS[dialect], endpoint, body, stream) if dialect else None
+        rec.dialect = dialect or ""
         success = await failover.serve(
             route=route,
             endpoint=endpoint,
@@ -209,6 +246,7 @@ async def proxy_request(request: web.Request) -> web.StreamResponse:
                 success.reply.hosts_failed
             )
         attempt = Attempt(target.provider, target.driver, target.credential.id, 200, 0.0)
+        attempt.dialect = rec.dialect
         if success.head is not None:
             response, result = await _relay(request, success.head, body, endpoint, rename,
                                             extra, runtime.settings, success.started,
@@ -338,6 +376,7 @@ def setup(app: web.Application, wrap: Wrap) -> None:
     router.add_get("/models", wrap(list_models))
     router.add_get("/v1/models/{model:.+}", wrap(get_model))
     serve = wrap(proxy_request)
-    for endpoint in (CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES):
+    for endpoint in (CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, MESSAGES):
         router.add_post(f"/v1/{endpoint}", serve)
         router.add_post(f"/{endpoint}", serve)
+    router.add_post("/v1/messages/count_tokens", wrap(count_tokens))

@@ -62,6 +62,7 @@ class Attempt:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     error: str = ""  # short, non-secret
+    dialect: str = ""  # the client's chat dialect (chat, messages, responses), if any
 
 
 #: Bucket upper bounds in ms: 1, 1.25, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10, … up to 10^7 (2.8 h).
@@ -138,7 +139,7 @@ _NEVER = _Counts(epoch=-(1 << 62))
 
 
 class _Provider:
-    __slots__ = ("folded", "last_error", "last_seen", "retries", "slices")
+    __slots__ = ("dialects", "folded", "last_error", "last_seen", "retries", "slices")
 
     def __init__(self) -> None:
         self.slices = [_NEVER] * SLICES
@@ -148,6 +149,7 @@ class _Provider:
         self.retries = 0  # attempts that were not the first of their client request
         self.last_seen: float | None = None
         self.last_error: tuple[float, int, str] | None = None
+        self.dialects: dict[str, int] = {}  # lifetime attempts by the client's dialect
 
 
 class ProviderMetrics:
@@ -191,6 +193,8 @@ class ProviderMetrics:
         ttft_bucket = -1 if ttft is None else bisect_left(BOUNDS_MS, ttft * 1000.0)
         window.add(status_class, latency_bucket, attempt, ttft_bucket)
         p.last_seen = now
+        if attempt.dialect:
+            p.dialects[attempt.dialect] = p.dialects.get(attempt.dialect, 0) + 1
         if status_class:
             p.last_error = (now, attempt.status, attempt.error)
         trail = ATTEMPTS.get()
@@ -250,9 +254,16 @@ class ProviderMetrics:
                 "last_error": _last_error(p.last_error),
                 "credentials": creds.get(provider, dict.fromkeys(("total", *CREDENTIAL_STATES), 0)),
                 "lifetime": {**_totals(_lifetime(p)), "retries": p.retries},
+                # lifetime attempts by the client's dialect (chat, messages, responses)
+                "dialects": dict(p.dialects),
                 "quota": dict((quotas or {}).get(provider, {})),
             }
         return out
+
+    def dialects(self, provider: str) -> dict[str, int]:
+        """A provider's lifetime attempts by the client's dialect."""
+        p = self._providers.get(provider)
+        return dict(p.dialects) if p is not None else {}
 
     def series(self, provider: str) -> dict[str, list[Any]]:
         """A provider's window slice by slice, oldest first (for the status page's charts):
@@ -440,8 +451,16 @@ class _PrometheusView(Collector):
             "Attempts that were not the first of their client request.",
             labels=("provider",),
         )
+        by_dialect = CounterMetricFamily(
+            "keyrail_upstream_requests_by_dialect",
+            "Upstream attempts by provider block and the client's dialect "
+            "(chat, messages, responses).",
+            labels=("provider", "dialect"),
+        )
         for provider, driver in configured.items():
             p, d = r(provider), r(driver)
+            for dialect, count in sorted(self._metrics.dialects(provider).items()):
+                by_dialect.add_metric([p, dialect], count)
             c, n = self._metrics.lifetime(provider)
             for status_class, count in zip(STATUS_CLASSES, c.statuses, strict=True):
                 requests.add_metric([p, d, status_class], count)
@@ -461,7 +480,7 @@ class _PrometheusView(Collector):
                 counts[view.provider, view.state] += 1
         for (provider, state), count in counts.items():
             states.add_metric([r(provider), state], count)
-        yield from (requests, latency, ttft, tokens, retries, states)
+        yield from (requests, by_dialect, latency, ttft, tokens, retries, states)
         yield from self._quota_families(configured)
 
     def _quota_families(self, configured: Mapping[str, str]) -> Iterator[Metric]:

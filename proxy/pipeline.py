@@ -4,8 +4,9 @@
    (shutdown.py owns the drain);
 2. access: a request id, the access record the handlers fill, and its line at the end, with
    a line for every upstream attempt that failed on the way (logs.py owns the formats);
-3. errors: every failure leaves as an OpenAI error body, redacted (upstreams may echo a key),
-   never as a traceback;
+3. errors: every failure leaves as an error body in the route's dialect (Anthropic's shape on
+   `/v1/messages`, OpenAI's elsewhere), redacted (upstreams may echo a key), never as a
+   traceback;
 4. runtime: the request keeps the config it started with, even across a reload (runtime.py);
 5. client keys: `/v1/*` needs one of `api-keys` (auth.py owns the check); a named client's
    request is counted in its usage when it ends (proxy/clients/usage.py).
@@ -31,7 +32,8 @@ from aiohttp import web
 
 from proxy import auth, shutdown
 from proxy.clients.usage import ClientUsage
-from proxy.errors import ProxyError, error_body
+from proxy.dialects.routes import codec_for_path
+from proxy.errors import InvalidRequest, ProxyError, error_body
 from proxy.logs import RequestRecord, log_failed_attempt, log_request
 from proxy.metrics import ATTEMPTS, Attempt
 from proxy.redact import REDACTOR
@@ -131,13 +133,16 @@ def add_unrouted(router: web.UrlDispatcher, wrap: Wrap) -> None:
 
 
 def _failure_response(request: web.Request, rec: RequestRecord, exc: Exception) -> web.Response:
-    """The OpenAI error body for a failure; re-raises what is not one (a redirect, a reset)."""
+    """The error body for a failure, in the route's dialect; re-raises what is not one (a
+    redirect, a reset)."""
     if isinstance(exc, ProxyError):
         if not rec.error:
             rec.error = exc.message[:200]
+        codec = codec_for_path(request.path)
+        status, body = codec.error(exc) if codec is not None else (exc.status, exc.body())
         # Upstream error bodies are relayed, and some echo the key they were sent: redact.
-        body = REDACTOR.redact_bytes(exc.body())
-        return web.Response(body=body, status=exc.status, content_type=JSON, headers=exc.headers)
+        body = REDACTOR.redact_bytes(body)
+        return web.Response(body=body, status=status, content_type=JSON, headers=exc.headers)
     if isinstance(exc, web.HTTPException):
         if exc.status < 400:
             raise exc
@@ -146,12 +151,13 @@ def _failure_response(request: web.Request, rec: RequestRecord, exc: Exception) 
             message = f"Unknown endpoint: {request.method} {request.path}"
         elif exc.status == 413:
             message = "Request body too large"
-        body = error_body(
-            message,
-            type="invalid_request_error",
-            code=_STATUS_CODES.get(exc.status, "invalid_request"),
-        )
         headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+        codec = codec_for_path(request.path)
+        code = _STATUS_CODES.get(exc.status, "invalid_request")
+        if codec is not None and codec.name != "chat":  # e.g. a body too large for /v1/messages
+            status, body = codec.error(InvalidRequest(message, status=exc.status, code=code))
+            return web.Response(body=body, status=status, content_type=JSON, headers=headers)
+        body = error_body(message, type="invalid_request_error", code=code)
         return web.Response(body=body, status=exc.status, content_type=JSON, headers=headers)
     if isinstance(exc, ConnectionResetError):
         raise exc  # the client is gone: nobody to answer

@@ -20,7 +20,7 @@ import abc
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
-from proxy.dialects.neutral import Completion, Event, Failure, Request
+from proxy.dialects.neutral import Completion, Event, Failure, Heartbeat, Request
 from proxy.errors import ProxyError
 
 
@@ -97,6 +97,9 @@ class EncodedStream:
         async for event in self.events:
             if isinstance(event, Failure):
                 raise event.error
+            if isinstance(event, Heartbeat):
+                yield self.encoder.keepalive  # the upstream is alive: feeds the idle watchdog
+                continue
             data = encode(event)
             if data:
                 yield data

@@ -3,8 +3,9 @@
 Owns: the neutral request (`Request`: system text, `Message`s made of parts, tools, tool
 choice, sampling, limits, stop sequences, reasoning control, metadata) and the neutral events
 an answer is made of (`TextDelta`, `ReasoningDelta`, `ToolCallStart` / `ToolCallDelta` /
-`ToolCallEnd`, `UsageUpdate`, `Finish`, `Failure`), and `Completion`, the events of one answer
-summed up (what a non-streamed answer is rendered from).
+`ToolCallEnd`, `UsageUpdate`, `Finish`, `Failure`; `Heartbeat` says only "still alive"),
+and `Completion`, the events of one answer summed up (what a non-streamed answer is rendered
+from).
 Does not own: any wire format (chat.py, messages.py, responses.py), nor turning events into a
 stream (assembler.py). Imports nothing from keyrail but the error classes.
 
@@ -204,9 +205,16 @@ class Failure:
     error: UpstreamError
 
 
+@dataclass(slots=True)
+class Heartbeat:
+    """The upstream is alive but has nothing to say yet (Cursor sends these while a model
+    thinks). No output: the stream gets its dialect's keepalive, which feeds the relay's idle
+    watchdog, so a long silent pause with heartbeats is not taken for a dead upstream."""
+
+
 Event = (
     TextDelta | ReasoningDelta | ToolCallStart | ToolCallDelta | ToolCallEnd | UsageUpdate
-    | Finish | Failure
+    | Finish | Failure | Heartbeat
 )  # fmt: skip
 
 
