@@ -70,8 +70,7 @@ HI = [{"role": "user", "content": "hi"}]
 
 def manual_clock(kr) -> ManualClock:
     clock = ManualClock(MIDNIGHT + 5)  # 5 s into a minute and into a UTC day
-    kr.app[LIMITS].store = MemoryLimitStore(clock)
-    kr.app[LIMITS].clock = clock
+    kr.app[LIMITS].use(MemoryLimitStore(clock))
     return clock
 
 

@@ -4,7 +4,7 @@ Owns: which counters a client has in the limit store (`<ref>:rpm`, `:tpm`, `:day
 the order they are taken in and undone on a refusal, the token estimate made before the call
 and its correction once the upstream has reported usage, the `ClientRateLimited` a refusal
 raises, and what `/v1/metrics/clients` shows of a client's limits. Does not own: the counters
-themselves (proxy/state: memory or a shared backend), or who the client is (auth.py).
+themselves (proxy/state: memory, or Redis shared by instances), or who the client is (auth.py).
 
     rpm            requests per calendar minute (UTC), counted when admitted
     tpm            tokens (prompt + completion) per calendar minute
@@ -15,6 +15,9 @@ Token limits admit a request while the window is below the limit (a request's co
 known before it runs) and count an estimate at once (a quarter of the body's bytes), so that
 a burst of concurrent requests cannot all pass on an unspent budget; when the request ends the
 estimate is replaced by what the upstream reported (or refunded when nothing was served).
+
+With the in-process store the same steps run through its synchronous twins, with the time
+read once: one coroutine per counter cost more than everything else a limited request does.
 """
 
 from __future__ import annotations
@@ -26,81 +29,109 @@ from typing import Any
 from proxy.clients.keys import Client
 from proxy.errors import ClientRateLimited
 from proxy.state.base import Clock, LimitStore, wall_clock, window_of
+from proxy.state.memory import MemoryLimitStore
 
 MINUTE, DAY = 60, 86400
 #: bytes of request body per estimated prompt token (a rough, generous rule of thumb)
 BYTES_PER_TOKEN = 4
 
 
+class _Plan:
+    """A client's counters, worked out once: (store key, limit, window, counts tokens, what)."""
+
+    __slots__ = ("counters", "slot", "slot_limit", "token_keys")
+
+    def __init__(self, client: Client) -> None:
+        ref = client.ref
+        self.counters = tuple(
+            (ref + suffix, limit, window, tokens, what)
+            for limit, suffix, window, tokens, what in (
+                (client.rpm, ":rpm", MINUTE, False, "requests per minute (rpm)"),
+                (client.tpm, ":tpm", MINUTE, True, "tokens per minute (tpm)"),
+                (client.daily_tokens, ":day", DAY, True, "tokens per day (daily-tokens)"),
+            )
+            if limit is not None
+        )
+        #: the token counters, to correct when the request ends: (store key, window)
+        self.token_keys = tuple((key, window) for key, _l, window, tokens, _w in self.counters
+                                if tokens)  # fmt: skip
+        self.slot = ref + ":conc" if client.max_concurrent is not None else ""
+        self.slot_limit = client.max_concurrent or 0
+
+
 @dataclass(slots=True)
 class Admission:
     """What one admitted request took, to give back or correct when it ends."""
 
-    client: Client
-    estimate: int  # tokens counted in advance in tpm and daily-tokens
+    plan: _Plan
+    estimate: int  # tokens counted in advance in tpm and daily-tokens (0: none)
     slot: bool  # holds one of max-concurrent
 
 
 class Limits:
     """Client limits over a `LimitStore`; only clients with `limited` ever reach it."""
 
-    def __init__(self, store: LimitStore, clock: Clock = wall_clock) -> None:
+    def __init__(self, store: LimitStore, clock: Clock | None = None) -> None:
+        self.use(store, clock)
+
+    def use(self, store: LimitStore, clock: Clock | None = None) -> None:
+        """Count in `store` from now on (`clock`: the store's, for when windows end)."""
         self.store = store
-        self.clock = clock  # the store's clock: for when a window ends, in `view`
+        self._local = store if isinstance(store, MemoryLimitStore) else None
+        self.clock: Clock = clock or getattr(store, "clock", None) or wall_clock
 
     async def admit(self, client: Client, body_bytes: int) -> Admission:
         """Take what this request needs from the client's limits, or raise ClientRateLimited
         (having given back whatever it took before the refusal)."""
-        store, ref = self.store, client.ref
-        estimate = max(1, body_bytes // BYTES_PER_TOKEN)
+        plan = client.plan
+        if plan is None:
+            plan = client.plan = _Plan(client)
+        estimate = max(1, body_bytes // BYTES_PER_TOKEN) if plan.token_keys else 0
+        local = self._local
+        if local is not None:
+            return _admit_now(local, client, plan, estimate)
+        store = self.store
         slot = False
         taken: list[tuple[str, int, int]] = []  # (key, amount, window) to undo on refusal
         try:
-            if client.max_concurrent is not None:
-                if not await store.acquire(ref + ":conc", client.max_concurrent):
-                    raise ClientRateLimited(
-                        f"Client '{client.name}' already has {client.max_concurrent} requests "
-                        "in flight (max-concurrent).",
-                        retry_after=1,
-                    )
+            if plan.slot:
+                if not await store.acquire(plan.slot, plan.slot_limit):
+                    raise _busy(client)
                 slot = True
-            for limit, key, amount, window, what in (
-                (client.rpm, ":rpm", 1, MINUTE, "requests per minute (rpm)"),
-                (client.tpm, ":tpm", estimate, MINUTE, "tokens per minute (tpm)"),
-                (client.daily_tokens, ":day", estimate, DAY, "tokens per day (daily-tokens)"),
-            ):
-                if limit is None:
-                    continue
-                took = await store.take(ref + key, amount, limit, window)
+            for key, limit, window, tokens, what in plan.counters:
+                amount = estimate if tokens else 1
+                took = await store.take(key, amount, limit, window)
                 if not took.allowed:
-                    raise ClientRateLimited(
-                        f"Client '{client.name}' is over its limit of {limit} {what}.",
-                        retry_after=max(1, math.ceil(took.retry_after)),
-                    )
-                taken.append((ref + key, amount, window))
+                    raise _over(client, limit, what, took.retry_after)
+                taken.append((key, amount, window))
         except ClientRateLimited:
             for key, amount, window in taken:
                 await store.add(key, -amount, window)
             if slot:
-                await store.release(ref + ":conc")
+                await store.release(plan.slot)
             raise
-        counted = client.tpm is not None or client.daily_tokens is not None
-        return Admission(client, estimate if counted else 0, slot)
+        return Admission(plan, estimate, slot)
 
     async def settle(self, admission: Admission, tokens: int | None) -> None:
         """The request ended: free its slot and put its real token count in place of the
         estimate. `tokens` is what the upstream reported; None when it reported nothing
         (the estimate stands) and 0 when nothing was served (the estimate is refunded)."""
-        client, store = admission.client, self.store
-        if admission.slot:
-            await store.release(client.ref + ":conc")
-        if admission.estimate and tokens is not None:
-            correction = tokens - admission.estimate
+        plan = admission.plan
+        correction = 0 if tokens is None else tokens - admission.estimate
+        local = self._local
+        if local is not None:
+            if admission.slot:
+                local.release_now(plan.slot)
             if correction:
-                if client.tpm is not None:
-                    await store.add(client.ref + ":tpm", correction, MINUTE)
-                if client.daily_tokens is not None:
-                    await store.add(client.ref + ":day", correction, DAY)
+                now = local.clock()
+                for key, window in plan.token_keys:
+                    local.add_at(key, correction, window, now)
+            return
+        if admission.slot:
+            await self.store.release(plan.slot)
+        if correction:
+            for key, window in plan.token_keys:
+                await self.store.add(key, correction, window)
 
     async def view(self, client: Client) -> dict[str, Any]:
         """Each configured limit with what is used and left in its current window."""
@@ -127,3 +158,35 @@ class Limits:
                 "remaining": max(0, client.max_concurrent - in_use),
             }
         return out
+
+
+def _admit_now(local: MemoryLimitStore, client: Client, plan: _Plan, estimate: int) -> Admission:
+    """`admit` on the in-process store: the same steps, synchronously, at one time."""
+    slot = bool(plan.slot)
+    if slot and not local.acquire_now(plan.slot, plan.slot_limit):
+        raise _busy(client)
+    now = local.clock()
+    for i, (key, limit, window, tokens, what) in enumerate(plan.counters):
+        left = local.take_at(key, estimate if tokens else 1, limit, window, now)
+        if left:
+            for key_, _l, window_, tokens_, _w in plan.counters[:i]:  # undo what was taken
+                local.add_at(key_, -(estimate if tokens_ else 1), window_, now)
+            if slot:
+                local.release_now(plan.slot)
+            raise _over(client, limit, what, left)
+    return Admission(plan, estimate, slot)
+
+
+def _busy(client: Client) -> ClientRateLimited:
+    return ClientRateLimited(
+        f"Client '{client.name}' already has {client.max_concurrent} requests in flight "
+        "(max-concurrent).",
+        retry_after=1,
+    )
+
+
+def _over(client: Client, limit: int, what: str, retry_after: float) -> ClientRateLimited:
+    return ClientRateLimited(
+        f"Client '{client.name}' is over its limit of {limit} {what}.",
+        retry_after=max(1, math.ceil(retry_after)),
+    )
