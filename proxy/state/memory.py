@@ -4,95 +4,112 @@ Owns: windowed counters and concurrency slots in plain dicts, for one process. D
 the semantics (base.py documents them; this follows them exactly) nor anything shared between
 workers or instances (a Redis backend does that behind the same interface).
 
-Each operation is synchronous underneath (`take_at`, `add_at`, `acquire_now`, `release_now`,
-with the time passed in), so it is atomic on the event loop; the interface's coroutines wrap
-them. Client limits call the synchronous twins directly when this is their store: a coroutine
-per counter was most of what a limited request cost (bench/README.md). Memory is bounded by
-the number of distinct keys (one per configured client and limit): a counter keeps only its
-current window, replaced when the next window starts.
+Every counter is a small mutable cell in a dict (`[window index, count]`, or `[in use]` for a
+slot), updated in place, and every operation is synchronous underneath, so it is atomic on
+the event loop; the interface's coroutines wrap it. The in-process fast path: client limits
+hold on to their cells (`window_cell`, `slot_cell`) and take several counters in one call
+(`take_cells`, `add_cells`), because a coroutine and a dict lookup per counter were most of
+what a limited request cost (bench/README.md). Memory is bounded by the number of distinct
+keys (one per configured client and limit): a cell keeps only its current window.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from proxy.state.base import Clock, LimitStore, Take, wall_clock
+
+#: one counter of a `take_cells` / `add_cells` call: (cell, limit, window seconds, scaled);
+#: a scaled counter counts the call's `amount`, the others count 1
+CellEntry = tuple[list[int], int, int, bool]
 
 
 class MemoryLimitStore:
     """Counters in this process; `clock` is injectable for tests."""
 
     def __init__(self, clock: Clock = wall_clock) -> None:
-        self._clock = clock
-        #: (key, window_seconds) -> (window index, count in that window)
-        self._windows: dict[tuple[str, int], tuple[int, int]] = {}
-        self._slots: dict[str, int] = {}
+        self.clock = clock
+        #: (key, window_seconds) -> [window index, count in that window]
+        self._windows: dict[tuple[str, int], list[int]] = {}
+        #: key -> [slots in use]
+        self._slots: dict[str, list[int]] = {}
 
-    @property
-    def clock(self) -> Clock:
-        return self._clock
+    # -- cells: the in-process fast path -----------------------------------------------------
 
-    # -- synchronous: `now` from `clock()`, taken once by a caller that does several ---------
+    def window_cell(self, key: str, window_seconds: int) -> list[int]:
+        """The cell of `key`'s counter for windows of `window_seconds` (made if new)."""
+        return self._windows.setdefault((key, window_seconds), [-1, 0])
 
-    def take_at(self, key: str, amount: int, limit: int, window_seconds: int, now: float) -> float:
-        """`take` at time `now`: 0.0 when admitted, else the seconds until the window ends."""
-        index = int(now // window_seconds)
-        slot = (key, window_seconds)
-        held = self._windows.get(slot)
-        count = held[1] if held is not None and held[0] == index else 0
-        if count >= limit:
-            return (index + 1) * window_seconds - now
-        self._windows[slot] = (index, count + amount)
-        return 0.0
+    def slot_cell(self, key: str) -> list[int]:
+        """The cell of `key`'s concurrency slots (made if new)."""
+        return self._slots.setdefault(key, [0])
 
-    def add_at(self, key: str, amount: int, window_seconds: int, now: float) -> None:
-        index = int(now // window_seconds)
-        slot = (key, window_seconds)
-        held = self._windows.get(slot)
-        count = held[1] if held is not None and held[0] == index else 0
-        self._windows[slot] = (index, count + amount)
+    @staticmethod
+    def take_cells(entries: Sequence[CellEntry], amount: int, now: float) -> tuple[int, float]:
+        """`take` on several counters at once, all or nothing: (-1, 0.0) when every one is
+        below its limit (each then counts 1, or `amount` when scaled), else (the index of the
+        first that is not, seconds until its window ends) and nothing is counted."""
+        for i, (cell, limit, window, _scaled) in enumerate(entries):
+            index = int(now // window)
+            if cell[0] != index:  # a new window: the counter starts over
+                cell[0], cell[1] = index, 0
+            if cell[1] >= limit:
+                return i, (index + 1) * window - now
+        for cell, _limit, _window, scaled in entries:
+            cell[1] += amount if scaled else 1
+        return -1, 0.0
 
-    def used_at(self, key: str, window_seconds: int, now: float) -> int:
-        held = self._windows.get((key, window_seconds))
-        return held[1] if held is not None and held[0] == int(now // window_seconds) else 0
+    @staticmethod
+    def add_cells(entries: Sequence[CellEntry], amount: int, now: float) -> None:
+        """`add` `amount` to each scaled counter's current window."""
+        for cell, _limit, window, scaled in entries:
+            if scaled:
+                index = int(now // window)
+                if cell[0] != index:
+                    cell[0], cell[1] = index, 0
+                cell[1] += amount
 
-    def acquire_now(self, key: str, limit: int) -> bool:
-        held = self._slots.get(key, 0)
-        if held >= limit:
+    @staticmethod
+    def acquire_cell(cell: list[int], limit: int) -> bool:
+        if cell[0] >= limit:
             return False
-        self._slots[key] = held + 1
+        cell[0] += 1
         return True
 
-    def release_now(self, key: str) -> None:
-        held = self._slots.get(key, 0)
-        if held <= 1:
-            self._slots.pop(key, None)
-        else:
-            self._slots[key] = held - 1
+    @staticmethod
+    def release_cell(cell: list[int]) -> None:
+        if cell[0] > 0:
+            cell[0] -= 1
 
-    # -- the LimitStore interface --------------------------------------------------------------
+    # -- the LimitStore interface ------------------------------------------------------------
 
     async def take(self, key: str, amount: int, limit: int, window_seconds: int) -> Take:
-        now = self._clock()
-        left = self.take_at(key, amount, limit, window_seconds, now)
-        if left:
-            return Take(False, left)
-        return Take(True, 0.0)
+        cell = self.window_cell(key, window_seconds)
+        refused, left = self.take_cells(((cell, limit, window_seconds, True),), amount,
+                                        self.clock())  # fmt: skip
+        return Take(False, left) if refused >= 0 else Take(True, 0.0)
 
     async def add(self, key: str, amount: int, window_seconds: int) -> None:
-        self.add_at(key, amount, window_seconds, self._clock())
+        cell = self.window_cell(key, window_seconds)
+        self.add_cells(((cell, 0, window_seconds, True),), amount, self.clock())
 
     async def used(self, key: str, window_seconds: int) -> int:
-        return self.used_at(key, window_seconds, self._clock())
+        cell = self._windows.get((key, window_seconds))
+        current = cell is not None and cell[0] == int(self.clock() // window_seconds)
+        return cell[1] if cell is not None and current else 0
 
     async def acquire(self, key: str, limit: int) -> bool:
-        return self.acquire_now(key, limit)
+        return self.acquire_cell(self.slot_cell(key), limit)
 
     async def release(self, key: str) -> None:
-        self.release_now(key)
+        cell = self._slots.get(key)
+        if cell is not None:
+            self.release_cell(cell)
 
     async def in_use(self, key: str) -> int:
-        return self._slots.get(key, 0)
+        cell = self._slots.get(key)
+        return cell[0] if cell is not None else 0
 
     async def aclose(self) -> None:
         return None
