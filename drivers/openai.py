@@ -5,6 +5,11 @@ Byte passthrough: the client's body goes upstream with only `model` rewritten (p
 come back untouched. One credential per `api-key-entries` item (a blank key sends no
 `Authorization`; `disable-cooling: true` on an item exempts that key from cooldowns).
 Models come from the block's `models`, else from `GET {base-url}/models`.
+
+Dialects: chat clients always pass through. A Responses client passes through to
+`{base-url}/responses` when the block's `dialects` lists `responses` (the default: `[chat,
+responses]`); with `dialects: [chat]` (an upstream without a Responses API: vLLM, most
+gateways) keyrail translates it, like every Anthropic Messages client, through the chat API.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from yarl import URL
 
 from proxy.config import ProviderBlock
 from proxy.driver import (
+    BODY_LIMIT,
     CHAT,
     COMPLETIONS,
     EMBEDDINGS,
@@ -34,10 +40,13 @@ from proxy.errors import StreamInterrupted, UpstreamUnavailable, classify_upstre
 from proxy.retry_hints import retry_after_seconds
 from proxy.scheduler import DISABLE_COOLING
 
+_NATIVE = frozenset({"chat", "responses"})
+
 
 class OpenAICompatibleDriver(Driver):
     endpoints = frozenset({CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES})
-    options = {"api-key-entries": list, "models-endpoint": str}
+    options = {"api-key-entries": list, "models-endpoint": str, "dialects": list}
+    dialects = frozenset({"chat", "responses"})
     required = frozenset({"base-url"})
 
     @classmethod
@@ -61,6 +70,9 @@ class OpenAICompatibleDriver(Driver):
 
     def __init__(self, block: ProviderBlock, session: aiohttp.ClientSession) -> None:
         super().__init__(block, session)
+        listed = block.options.get("dialects")
+        if listed:  # which client dialects this upstream serves itself (chat always)
+            self.dialects = frozenset({"chat", *(str(d) for d in listed)} & _NATIVE)
         # Built once, not per request: the URL of each endpoint, the headers of each credential.
         self._urls = {endpoint: URL(f"{self.base_url}/{endpoint}") for endpoint in self.endpoints}
         self._cached_headers: dict[tuple[str, str], dict[str, str]] = {}
@@ -151,10 +163,12 @@ class _Reply(Reply):
         self._response = response
         self._provider = provider
 
-    async def read(self, limit: int = 64 * 1024 * 1024) -> bytes:
+    async def read(self, limit: int = BODY_LIMIT) -> bytes:
         length = self._response.content_length
-        if length is None or length > limit:
-            return await super().read(limit)  # chunked or too big: counted chunk by chunk
+        if length is None or length > limit or "Content-Encoding" in self._response.headers:
+            # Chunked, too big, or compressed (its Content-Length says nothing of what it
+            # inflates to): counted chunk by chunk as it is inflated.
+            return await super().read(limit)
         try:
             return await self._response.read()  # releases the connection at the end
         except (aiohttp.ClientError, TimeoutError) as exc:

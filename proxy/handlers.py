@@ -37,7 +37,7 @@ from proxy.errors import (
     RequestError,
     UpstreamError,
 )
-from proxy.keys import CONVERSATIONS, DEADLINES, LIMITS, LIVE, METRICS, SCHEDULER
+from proxy.keys import CONVERSATIONS, DEADLINES, LIMITS, LIVE, METRICS, SCHEDULER, STATE
 from proxy.metrics import Attempt
 from proxy.pipeline import ACCESS, JSON, Wrap
 from proxy.runtime import RUNTIME
@@ -70,6 +70,9 @@ async def health(request: web.Request) -> web.Response:
     answer: dict[str, object] = {"status": "ok", "providers": providers}
     if WORKER:  # under `--workers N`: which process answered (supervisor.py)
         answer["worker"] = WORKER
+    shared = request.app[STATE]
+    if shared.shared:  # still "ok" without Redis: requests are served from local state
+        answer["state"] = {"backend": "redis", "connected": shared.healthy}
     return json_response(answer)
 
 

@@ -294,8 +294,8 @@ class CursorDriver(Driver):
     async def list_models(self, credential: Credential) -> Sequence[str]:
         if self.sidecar is not None:
             return await self.sidecar.list_models(credential)
-        token, _ = await self.access_token(credential)
         try:
+            token, _ = await self.access_token(credential)
             payload = await self._unary(MODELS_PATH, b"", token, credential)
             models = [model_id for model_id, _thinking in messages.model_list(payload)]
         except (UpstreamError, WireError) as exc:
