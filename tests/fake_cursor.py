@@ -153,6 +153,8 @@ class FakeCursor:
         self.h2_client_settings: dict[int, int] = {}
         self.h2_connection_window_bonus = 0
         self.rst_before_data = False
+        self.goaway_before_data = False
+        self.models_enveloped = False  # a unary answer wrapped in an envelope anyway
         self.turn_done = asyncio.Event()
         self._serial = itertools.count(1)
         self._sse: dict[str, tuple[TurnIO, list[int]]] = {}
@@ -225,6 +227,8 @@ class FakeCursor:
             return web.json_response({"code": "unauthenticated", "message": "no"}, status=401)
         details = [message((1, m), (2, b"" if "sonnet" in m else None)) for m in self.models]
         body = message(*((1, d) for d in details))
+        if self.models_enveloped:
+            body = envelope(body)
         return web.Response(body=body, content_type="application/proto")
 
     # -- HTTP/1.1: RunSSE + BidiAppend ----------------------------------------------------------
@@ -319,6 +323,11 @@ class FakeCursor:
 
         async def serve(stream_id: int, headers: dict[str, str], io: TurnIO) -> None:
             try:
+                if self.goaway_before_data:
+                    conn.close_connection(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
+                    flush()
+                    writer.close()
+                    return
                 if self.rst_before_data:
                     conn.reset_stream(stream_id, h2.errors.ErrorCodes.INTERNAL_ERROR)
                     streams.pop(stream_id, None)

@@ -422,13 +422,17 @@ async def test_h2_settings_images_and_default_system_prompt(env: Env, start_keyr
     await client.close()
 
 
-async def test_stream_reset_before_data_is_a_502(env: Env, start_keyrail: Start) -> None:
-    env.fake.rst_before_data = True
+@pytest.mark.parametrize("how", ["rst_before_data", "goaway_before_data"])
+async def test_stream_reset_or_goaway_before_data_is_a_502(
+    env: Env, start_keyrail: Start, how: str
+) -> None:
+    setattr(env.fake, how, True)
+    env.fake.models_enveloped = True  # discovery still works: the envelope is stripped
     client = await client_for(start_keyrail, block(env, "h2", [new_key(env.fake)]))
+    assert {m.id for m in (await client.models.list()).data} == set(env.fake.models)
     with pytest.raises(openai.APIStatusError) as caught:
         await client.chat.completions.create(model="gpt-5.5", messages=HI)
     assert caught.value.status_code == 502
-    env.fake.rst_before_data = False
     await client.close()
 
 
@@ -440,4 +444,38 @@ async def test_model_list_failure_serves_the_fallback_ids(env: Env, start_keyrai
     client = await client_for(start_keyrail, blocks)
     models = {m.id for m in (await client.models.list()).data}
     assert {"composer-2", "claude-4-sonnet", "gpt-4o", "default"} <= models
+    await client.close()
+
+
+async def test_responses_dialect_text_and_function_call_round_trip(
+    env: Env, start_keyrail: Start
+) -> None:
+    client = await client_for(start_keyrail, block(env, "h2", [new_key(env.fake)]))
+    reply = await client.responses.create(model="gpt-5.5", input="hi")
+    assert reply.output_text == "Hello from Cursor."
+    tool = {"type": "function", "name": "get_weather", "description": "The weather",
+            "parameters": WEATHER_TOOL["function"]["parameters"]}  # type: ignore[index]  # fmt: skip
+    first = await client.responses.create(
+        model="gpt-5.5",
+        input="weather in Paris?",
+        tools=[tool],  # type: ignore[list-item]
+    )
+    [call] = [item for item in first.output if item.type == "function_call"]
+    assert call.name == "get_weather" and orjson.loads(call.arguments) == {"city": "Paris"}
+    second = await client.responses.create(
+        model="gpt-5.5",
+        tools=[tool],  # type: ignore[list-item]
+        input=[
+            {"role": "user", "content": "weather in Paris?"},
+            {
+                "type": "function_call",
+                "call_id": call.call_id,
+                "name": call.name,
+                "arguments": call.arguments,
+            },
+            {"type": "function_call_output", "call_id": call.call_id, "output": "sunny"},
+        ],
+    )
+    assert second.output_text == "Result: sunny."
+    assert len(env.fake.runs) == 2  # the second call went on on the parked stream
     await client.close()

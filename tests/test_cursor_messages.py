@@ -13,8 +13,9 @@ import anthropic
 import pytest
 
 from drivers.cursor import auth
-from proxy.testing.grammar import Recorder, check_messages, sse_events
+from proxy.testing.grammar import Recorder
 from tests.fake_cursor import Env, block, new_key, running
+from tests.test_messages_kiro import checked  # each stream read, checked against the grammar
 
 Start = Callable[..., Awaitable[Any]]
 KEY = "client-key"
@@ -40,15 +41,6 @@ async def client_for(
     return anthropic.AsyncAnthropic(
         base_url=kr.url, api_key=KEY, max_retries=0, http_client=recorder.client()
     )
-
-
-def checked(recorder: Recorder) -> list[list[tuple[str, Any]]]:
-    out = []
-    for raw in recorder.take():
-        events = sse_events(raw)
-        check_messages(events)
-        out.append(events)
-    return out
 
 
 def user(text: str) -> list[Any]:

@@ -269,6 +269,6 @@ async def test_upstream_address(options: dict[str, Any], base: str, expected: st
         driver = MinimaxDriver(block, session)
         assert driver.base_url == expected
         assert driver.origin == expected.removesuffix("/v1")
-    mars = ProviderBlock(driver="minimax", name="mm", options={"api-key": "k", "region": "mars"})
-    with pytest.raises(ValueError):
-        MinimaxDriver.credentials(mars)
+    mars = ProviderBlock(driver="minimax", name="mm", options={"region": "mars"})
+    (region, keys) = MinimaxDriver.check_options(mars)
+    assert "'region' must be global or cn" in region and "'api-key' or 'token-file'" in keys

@@ -400,7 +400,7 @@ class CursorDriver(Driver):
                     turn.on_unauthenticated()
                 raise event
             if isinstance(event, Ended):
-                await turn.finish()
+                turn.finish()
                 return answer.last(), True
             if isinstance(event, messages.Heartbeat):
                 continue  # before the first output the first-byte timeout is the judge
@@ -501,7 +501,7 @@ class _Events:
                 )
             if isinstance(item, Ended):
                 self._over = True
-                await turn.finish()
+                turn.finish()
                 break
             for event in answer.feed(item):
                 yield event
