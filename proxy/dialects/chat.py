@@ -485,8 +485,10 @@ class ChunkDecoder:
                 out.append(n.ToolCallDelta(position, orjson.dumps(args).decode()))
 
 
-async def decode_stream(body: ByteStream, provider: str) -> AsyncIterator[n.Event]:
-    """A chat upstream's SSE as neutral events (an in-band `{"error"}` raises)."""
+async def decode_stream(body: ByteStream, provider: str) -> AsyncIterator[list[n.Event]]:
+    """A chat upstream's SSE as neutral events, a list per network read (one async step per
+    read, not per event: this is the translated path's hot loop). An in-band `{"error"}`
+    raises."""
     parser = SSEParser()
     decoder = ChunkDecoder()
     async for data in body:
@@ -495,16 +497,16 @@ async def decode_stream(body: ByteStream, provider: str) -> AsyncIterator[n.Even
         except StreamInterrupted as exc:  # past the parser's limits: name the provider
             message = exc.message.replace("upstream sent", f"upstream {provider} sent", 1)
             raise StreamInterrupted(message, status=502, provider=provider) from None
+        out: list[n.Event] = []
         for event in events:
             payload = event_data(event)
-            if payload is None or payload == b"[DONE]":
-                continue
-            for ev in _decode_payload(payload, decoder, provider):
-                yield ev
+            if payload is not None and payload != b"[DONE]":
+                out += _decode_payload(payload, decoder, provider)
+        if out:
+            yield out
     tail = parser.flush()
     if tail and (payload := event_data(tail)) is not None and payload != b"[DONE]":
-        for ev in _decode_payload(payload, decoder, provider):
-            yield ev
+        yield _decode_payload(payload, decoder, provider)
 
 
 def _decode_payload(payload: bytes, decoder: ChunkDecoder, provider: str) -> list[n.Event]:
