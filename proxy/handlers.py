@@ -27,7 +27,17 @@ from proxy.keys import DEADLINES, LIVE, METRICS, SCHEDULER
 from proxy.metrics import Attempt
 from proxy.pipeline import ACCESS, JSON, Wrap
 from proxy.runtime import RUNTIME
-from proxy.streaming import RelayOptions, StreamHead, model_renamer, relay, usage_in
+from proxy.streaming import (
+    DONE_END,
+    RESPONSES_END,
+    RelayOptions,
+    RelayResult,
+    StreamEnd,
+    StreamHead,
+    model_renamer,
+    relay,
+    usage_in,
+)
 
 log = logging.getLogger("keyrail.handlers")
 # Upstream response headers worth passing on when `passthrough-headers` is on.
@@ -133,6 +143,7 @@ async def proxy_request(request: web.Request) -> web.StreamResponse:
     runtime = request[RUNTIME]  # one config for the whole request, even across a reload
     success: failover.Success | None = None
     attempt: Attempt | None = None  # the successful one, until it is recorded
+    result: RelayResult | None = None  # what the relay saw, kept if the client leaves
     try:
         body = await read_json_object(request, runtime.settings.request_read_timeout)
         rec.model = _model_of(body)
@@ -166,15 +177,10 @@ async def proxy_request(request: web.Request) -> web.StreamResponse:
         extra["X-Keyrail-Provider"] = target.provider  # for canaries: which block answered
         attempt = Attempt(target.provider, target.driver, target.credential.id, 200, 0.0)
         if success.head is not None:
-            response, result = await _relay(request, success.head, body, endpoint, rename,
-                                            extra, runtime.settings, success.started)  # fmt: skip
-            attempt.ttft = result.ttft
-            attempt.prompt_tokens = result.usage.prompt_tokens
-            attempt.completion_tokens = result.usage.completion_tokens
-            if result.error is not None:
-                attempt.status, attempt.error = result.error.status, result.error.message[:200]
-                rec.error = attempt.error
-            rec.status = 200
+            result = RelayResult()
+            response = await _relay(request, success.head, body, endpoint, rename, extra,
+                                    runtime.settings, success.started, result)  # fmt: skip
+            _relayed(attempt, rec, result)
         else:
             data = success.body or b""
             if rename is not None and (renamer := model_renamer(rename)) is not None:
@@ -204,13 +210,35 @@ async def proxy_request(request: web.Request) -> web.StreamResponse:
             rec.upstream_status = exc.status
         raise
     except asyncio.CancelledError:
-        rec.status = 499  # the client went away; the upstream request was closed with it
+        # The client went away; the upstream request was closed with it. A stream whose end
+        # event had already been relayed is complete: the openai SDK closes right after
+        # `[DONE]`, and that is a success, with its TTFT and tokens.
+        rec.status = 499
         if success is not None and success.head is not None:
             await success.head.reply.body.aclose()
         if success is not None and attempt is not None:  # served until the client left
+            if result is not None:  # TTFT and usage as far as they went
+                _relayed(attempt, rec, result)
+                if not result.completed:
+                    rec.status = 499
             attempt.latency = time.perf_counter() - success.started
             metrics.record(attempt)
+            rec.ttft_ms = None if attempt.ttft is None else attempt.ttft * 1000
+            rec.prompt_tokens = attempt.prompt_tokens
+            rec.completion_tokens = attempt.completion_tokens
         raise
+
+
+def _relayed(attempt: Attempt, rec: Any, result: RelayResult) -> None:
+    """Fill the attempt and the access record from what the relay saw."""
+    attempt.ttft = result.ttft
+    attempt.prompt_tokens = result.usage.prompt_tokens
+    attempt.completion_tokens = result.usage.completion_tokens
+    if result.error is not None:
+        attempt.status, attempt.error = result.error.status, result.error.message[:200]
+        rec.error = attempt.error
+        rec.upstream_status = result.error.status
+    rec.status = 200
 
 
 async def _relay(
@@ -222,10 +250,11 @@ async def _relay(
     extra: dict[str, str],
     settings: Settings,
     started: float,
-) -> tuple[web.StreamResponse, Any]:
+    result: RelayResult,
+) -> web.StreamResponse:
     options = body.get("stream_options")
     wants_usage = isinstance(options, dict) and bool(options.get("include_usage"))
-    return await relay(
+    response, _ = await relay(
         request,
         head,
         RelayOptions(
@@ -233,11 +262,21 @@ async def _relay(
             idle_seconds=settings.idle_timeout,
             client_wants_usage=wants_usage or endpoint != CHAT,
             rename_model=rename,
-            ensure_done=endpoint in (CHAT, COMPLETIONS),
+            end=_STREAM_ENDS.get(endpoint),
             extra_headers=extra,
         ),
         started,
+        result,
     )
+    return response
+
+
+#: The terminal event of each endpoint's stream (a stream is complete once it is relayed).
+_STREAM_ENDS: dict[str, StreamEnd] = {
+    CHAT: DONE_END,
+    COMPLETIONS: DONE_END,
+    RESPONSES: RESPONSES_END,
+}
 
 
 def _fallback_routes(runtime: Any, model: str) -> list[Any]:

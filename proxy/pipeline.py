@@ -81,7 +81,10 @@ class Pipeline:
                 rec.status = response.status
                 return response
             except asyncio.CancelledError:
-                rec.status = 499  # the client went away
+                # The client went away. A handler that had finished its answer first (a stream
+                # relayed to its end event) has said so with its status.
+                if rec.status != 200:
+                    rec.status = 499
                 if request.writer.output_size == 0 and shutdown.absorb_cut():
                     rec.status = 503  # the drain's cut, before anything was sent
                     return shutdown.unavailable()
