@@ -15,7 +15,10 @@ import pytest
 
 # The suite's asserts explain themselves only if pytest rewrites them, before they are imported.
 pytest.register_assert_rewrite(
-    "proxy.testing.conformance", "proxy.testing.plugin", "proxy.testing.upstream"
+    "proxy.testing.conformance",
+    "proxy.testing.limit_store",
+    "proxy.testing.plugin",
+    "proxy.testing.upstream",
 )
 
 from proxy.testing.conformance import DriverConformance  # noqa: E402
