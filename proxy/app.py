@@ -15,12 +15,13 @@ from aiohttp import web
 from proxy import handlers, logs, management, metrics, pipeline, reload, runtime, shutdown
 from proxy.config import Settings
 from proxy.deadlines import Deadlines
-from proxy.keys import DEADLINES, LIVE, METRICS, REGISTRY, SCHEDULER
+from proxy.keys import DEADLINES, LIVE, METRICS, REGISTRY, SCHEDULER, WAITS
 from proxy.logs import install_redaction
 from proxy.metrics import ProviderMetrics
 from proxy.redact import secrets_of
 from proxy.registry import Registry
 from proxy.scheduler import Scheduler
+from proxy.waits import RecoveryWaits
 
 
 def create_app(
@@ -47,6 +48,7 @@ def create_app(
         max_cooldown=settings.max_cooldown_seconds,
         disable_cooling=settings.disable_cooling,
     )
+    app[WAITS] = RecoveryWaits()  # requests waiting for credentials to recover, in turn
     app[METRICS] = ProviderMetrics(window_seconds=settings.metrics_window_seconds)
     app[DEADLINES] = Deadlines()  # first-byte limits of the attempts in flight, on one timer
     app[LIVE] = live

@@ -23,7 +23,7 @@ from proxy.catalog import excluded_by
 from proxy.config import Settings
 from proxy.driver import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES
 from proxy.errors import InvalidRequest, ProxyError, RequestError, UpstreamError
-from proxy.keys import DEADLINES, LIVE, METRICS, SCHEDULER
+from proxy.keys import DEADLINES, LIVE, METRICS, SCHEDULER, WAITS
 from proxy.metrics import Attempt
 from proxy.pipeline import ACCESS, JSON, Wrap
 from proxy.runtime import RUNTIME
@@ -162,6 +162,7 @@ async def proxy_request(request: web.Request) -> web.StreamResponse:
             metrics=metrics,
             settings=runtime.loop_settings,
             deadlines=app[DEADLINES],
+            waits=app[WAITS],
             resolve_fallbacks=(
                 (lambda model: _fallback_routes(runtime, model))
                 if runtime.settings.fallbacks

@@ -12,9 +12,11 @@ from proxy.metrics import ProviderMetrics
 from proxy.registry import Registry
 from proxy.runtime import Live
 from proxy.scheduler import Scheduler
+from proxy.waits import RecoveryWaits
 
 LIVE = web.AppKey("live", Live)
 SCHEDULER = web.AppKey("scheduler", Scheduler)
 METRICS = web.AppKey("metrics", ProviderMetrics)
 REGISTRY = web.AppKey("registry", Registry)
 DEADLINES = web.AppKey("deadlines", Deadlines)
+WAITS = web.AppKey("waits", RecoveryWaits)

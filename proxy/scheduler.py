@@ -67,6 +67,8 @@ class Recovery:
 
     in_seconds: float
     quota: bool  # True when that candidate is cooling after a 429 (else disabled/transient)
+    reason: str = ""  # QUOTA, UNAUTHORIZED or TRANSIENT: why that candidate is not ready
+    credential_id: str = ""  # that candidate's credential (its last error says more)
 
 
 @dataclass(frozen=True, slots=True)
@@ -384,9 +386,23 @@ class Scheduler:
                 best, best_at = c, at
         if best is None:
             return None
-        cooling = self._cooling.get((best.credential.id, best.upstream_model))
-        quota = cooling is not None and cooling.reason == QUOTA and cooling.until == best_at
-        return Recovery(in_seconds=best_at - now, quota=quota)
+        cid = best.credential.id
+        cooling = self._cooling.get((cid, best.upstream_model))
+        if cooling is not None and cooling.until == best_at:
+            reason = cooling.reason
+        else:
+            disabled = self._disabled.get(cid)
+            reason = disabled.reason if disabled is not None else TRANSIENT
+        return Recovery(best_at - now, reason == QUOTA, reason, cid)
+
+    def last_error(self, credential_id: str) -> str:
+        """The last error recorded for a credential (secret-free), or ""."""
+        return self._last_error.get(credential_id, "")
+
+    def ready_count(self, candidates: Sequence[Candidate]) -> int:
+        """How many of the candidates are ready now."""
+        now = self.clock()
+        return sum(1 for c in candidates if self._ready_at(c) <= now)
 
     def credential_views(self) -> list[CredentialView]:
         """Every registered credential, by its non-secret id, in registration order."""

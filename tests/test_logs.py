@@ -318,14 +318,14 @@ openai-compatibility:
                         await asyncio.sleep(0.05)  # polling for start-up, bounded above
             body = {"model": "m", "messages": [{"role": "user", "content": "401"}]}
             async with http.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body) as r:
-                assert r.status == 401 and "CANARY" not in await r.text()
+                assert r.status == 502 and "CANARY" not in await r.text()
     finally:
         proc.send_signal(signal.SIGINT)
         _, err = await asyncio.wait_for(proc.communicate(), 15)
     lines = [orjson.loads(line) for line in err.decode().splitlines()]  # every line is JSON
     assert any("CANARY10" in s.headers.get("Authorization", "") for s in fake.seen)
     (access,) = [x for x in lines if x["logger"] == "keyrail.access"]
-    assert access["status"] == 401 and access["upstream_status"] == 401
+    assert access["status"] == 502 and access["upstream_status"] == 401
     assert access["provider"] == "echo" and access["credential"].startswith("echo/")
     (failed,) = [x for x in lines if x["logger"] == "keyrail.upstream"]
     assert "[REDACTED]" in failed["error"]
