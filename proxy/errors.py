@@ -208,9 +208,9 @@ class UpstreamAuthFailed(UpstreamError):
         prefix = f"upstream {rejected.provider} "
         detail = detail[len(prefix) :] if detail.startswith(prefix) else detail
         super().__init__(
-            f"provider {rejected.provider} rejected keyrail's credential ({detail}); "
-            "your key to keyrail was accepted: keyrail's operator must fix this provider's "
-            "key or token",
+            f"keyrail's credential for provider {rejected.provider} failed: {detail}. Your "
+            "key to keyrail was accepted; keyrail's operator must fix this provider's key or "
+            "token",
             status=502,
             provider=rejected.provider,
         )

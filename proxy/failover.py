@@ -358,9 +358,9 @@ def _nothing_ready(route: Route, soonest: Recovery, scheduler: Scheduler) -> NoC
         return NoCredential(message, retry_after=seconds, quota=True)
     if soonest.reason == UNAUTHORIZED:
         message = (
-            f"provider {providers} rejected keyrail's credentials for model {route.model}{why}; "
-            "your key to keyrail was accepted: keyrail's operator must fix this provider's "
-            "key or token"
+            f"keyrail's credentials for provider {providers} are disabled for model "
+            f"{route.model}{why}. Your key to keyrail was accepted; keyrail's operator must fix "
+            "this provider's key or token"
         )
         error = NoCredential(message, retry_after=seconds, quota=False)
         error.code = "upstream_auth_failed"
