@@ -192,6 +192,7 @@ CANARY_CONFIG = """
 api-keys: [sk-CANARY01clientkey, CANARY02-plain-client-key]
 transient-error-cooldown-seconds: 0
 request-retry: 0
+max-retry-interval: 0
 remote-management: {{secret-key: CANARY03-management}}
 openai-compatibility:
   - name: echo
@@ -257,13 +258,14 @@ async def test_canary_secrets_appear_in_no_output(start_upstream, start_keyrail,
     assert await call({"Authorization": "CANARY02-plain-client-key"}, "m-echo", "hi") == 200
     assert await call(good, "m-unknown", "hi") == 404
     assert await call(good, "m-echo", "", raw=b'{"model": "m-echo", bad json') == 400
-    for model, last, then in (("m-echo", "403", 503), ("m-plain", "429", 429),
-                              ("m-third", "401", 503)):  # fmt: skip
+    # an upstream 401/403 is the provider refusing keyrail's credential: 502, not the app's 401
+    for model, last, status, then in (("m-echo", "403", 502, 503), ("m-plain", "429", 429, 429),
+                                      ("m-third", "401", 502, 503)):  # fmt: skip
         for said in ("500", "400"):
             assert await call(good, model, said) == int(said)
         assert await call(good, model, "break", stream=True) == 200
         assert await call(good, model, "in-band", stream=True) == 502
-        assert await call(good, model, last) == int(last)  # disables / cools the credential
+        assert await call(good, model, last) == status  # disables / cools the credential
         assert await call(good, model, "hi") == then  # keyrail's own answer: nothing to try
     assert await call(good, "m-gone", "hi") == 502
     # the echoing upstream really was sent the secrets, and really echoed them
@@ -391,7 +393,7 @@ async def test_secrets_added_by_a_reload_are_masked(start_upstream, tmp_path, ca
         async with aiohttp.ClientSession() as http:
             body = {"model": "m", "messages": [{"role": "user", "content": "401"}]}
             async with http.post(kr.v1 + "/chat/completions", json=body) as r:
-                assert r.status == 401
+                assert r.status == 502  # upstream_auth_failed: keyrail's key was refused
                 text = await r.text()
     finally:
         for server in servers:
