@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import gc
 import logging
 import re
 import signal
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -82,9 +84,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if problem:
         log.error("%s", problem)
         return 2
+    try:  # bound here, so that a busy port is one line, not a traceback after "listening"
+        sock = socket.create_server((settings.host, settings.port))
+    except OSError as exc:
+        print(_bind_failure(settings.host, settings.port, exc), file=sys.stderr)
+        return 1
     log.info(
         "keyrail on http://%s:%d (config: %s; %d provider blocks)",
-        settings.host, settings.port, settings.source, len(settings.providers),
+        settings.host, sock.getsockname()[1], settings.source, len(settings.providers),
     )  # fmt: skip
     app = create_app(settings, registry, config_path=config.default_path(args.config))
 
@@ -97,8 +104,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     loop = _new_loop()
     web.run_app(
         app,
-        host=settings.host,
-        port=settings.port,
+        sock=sock,
         loop=loop,
         handler_cancellation=True,  # a client that leaves cancels its upstream request at once
         # streams get `shutdown.drain-seconds` in the app's own drain; this is for the rest
@@ -107,6 +113,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print=None,
     )
     return 0
+
+
+def _bind_failure(host: str, port: int, exc: OSError) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            f"keyrail: port {port} is already in use on {host or '0.0.0.0'}; stop what is "
+            "listening there, or start keyrail on another port with --port"
+        )
+    return f"keyrail: cannot listen on {host}:{port}: {exc.strerror or exc}"
 
 
 async def _settle_gc(app: object) -> None:
@@ -151,7 +166,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         if block.disabled:
             continue
         try:  # what a driver reads from its block (token files, key entries) is read here too
-            credentials[block.name] = registry.get(block.driver).credentials(block)
+            driver = registry.get(block.driver)
+            credentials[block.name] = driver.credentials(block)
+            for finding in driver.check(block):
+                print(f"warning: {finding}")
         except (ProxyError, OSError, ValueError) as exc:
             message = exc.message if isinstance(exc, ProxyError) else str(exc)
             problems.append(f"{_item_position(block.where, text)}: {block.name}: {message}")

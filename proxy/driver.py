@@ -227,6 +227,13 @@ class Driver(abc.ABC):
                 provider=self.block.name,
             ) from exc
 
+    @classmethod
+    def check(cls, block: ProviderBlock) -> Sequence[str]:
+        """Offline findings about a block that `keyrail check` prints as warnings, each
+        "FILE:LINE:COL: message" (`block.at(key)` says where a key is written), e.g. a token
+        file that cannot be read. Never calls an upstream. Default: none."""
+        return []
+
     async def list_models(self, credential: Credential) -> Sequence[str]:
         """Upstream model names, when the block lists none. Default: none."""
         return []

@@ -56,8 +56,10 @@ def json_response(
 
 async def health(request: web.Request) -> web.Response:
     """Liveness plus each enabled provider's availability from its credentials' states:
-    ok (all ready), degraded (some), down (none). Never calls an upstream; never logged."""
-    total: dict[str, int] = dict.fromkeys(request.app[LIVE].current.drivers, 0)
+    ok (all ready), degraded (some), down (none, or it serves no model: `reasons` says why).
+    Never calls an upstream; never logged."""
+    current = request.app[LIVE].current
+    total: dict[str, int] = dict.fromkeys(current.drivers, 0)
     ready = dict(total)
     for view in request.app[SCHEDULER].credential_views():
         if view.provider in total:
@@ -67,7 +69,12 @@ async def health(request: web.Request) -> web.Response:
         name: "ok" if n and ready[name] == n else ("degraded" if ready[name] else "down")
         for name, n in total.items()
     }
-    return json_response({"status": "ok", "providers": providers})
+    if not current.idle:
+        return json_response({"status": "ok", "providers": providers})
+    for name in current.idle:
+        providers[name] = "down"
+    reasons = {name: f"serves no model: {why}" for name, why in current.idle.items()}
+    return json_response({"status": "ok", "providers": providers, "reasons": reasons})
 
 
 async def list_models(request: web.Request) -> web.Response:

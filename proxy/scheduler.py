@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Container, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 from proxy.driver import Credential
@@ -67,8 +67,10 @@ class Recovery:
 
     in_seconds: float
     quota: bool  # True when that candidate is cooling after a 429 (else disabled/transient)
-    reason: str = ""  # QUOTA, UNAUTHORIZED or TRANSIENT: why that candidate is not ready
-    credential_id: str = ""  # that candidate's credential (its last error says more)
+    #: QUOTA, UNAUTHORIZED or TRANSIENT: why that candidate is not ready
+    reason: str = field(default="", compare=False)
+    #: that candidate's credential (its last error says more)
+    credential_id: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True, slots=True)
