@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 LINT_PATHS := proxy drivers tests $(wildcard bench examples)
 
-.PHONY: run test lint fmt bench bench-peers clean
+.PHONY: run test test-deploy lint fmt bench bench-peers screenshots clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,11 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+
+# The Dockerfile's commands without Docker (tests/test_deploy.py): pip install into a fresh
+# venv from the registries, serve from it, pass its HEALTHCHECK. About a minute.
+test-deploy: $(STAMP)
+	KEYRAIL_TEST_DEPLOY=1 $(BIN)/python -m pytest -q tests/test_deploy.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check $(LINT_PATHS)
@@ -48,6 +53,10 @@ bench-peers: $(STAMP)
 	test -x $(PEERS)/bin/python || $(PYTHON) -m venv $(PEERS)
 	$(PEERS)/bin/pip install --quiet '$(LITELLM)'
 	$(BIN)/python -m bench verify-litellm
+
+# The status page's screenshots in docs/status/, taken by its browser tests (needs chromium).
+screenshots: $(STAMP)
+	KEYRAIL_STATUS_SCREENSHOTS=docs/status $(BIN)/python -m pytest -q tests/test_status_page.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

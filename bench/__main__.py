@@ -3,7 +3,8 @@
 Owns: the command line. `python -m bench` runs every scenario (what `make bench` does) and,
 when valgrind is installed, counts instructions per request too; `--scenario NAME`
 (repeatable) runs some; `verify-litellm` runs the strace check; `instructions` counts
-instructions per request under callgrind alone.
+instructions per request under callgrind alone; `scale` compares one worker with two and
+`state: redis` with `memory` (scale.py; needs wrk and redis-server).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
         "command",
         nargs="?",
         default="run",
-        choices=("run", "verify-litellm", "list", "instructions"),
+        choices=("run", "verify-litellm", "list", "instructions", "scale"),
     )
     parser.add_argument(
         "--scenario",
@@ -79,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "instructions":
         return _instructions()
+    if args.command == "scale":
+        from bench import scale
+
+        return scale.main(args.seconds, not args.no_instructions)
     if args.command == "verify-litellm":
         verdict = peers.verify_litellm(peers.PEERS / "verify")  # kept for inspection
         print(verdict)

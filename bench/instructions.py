@@ -60,9 +60,9 @@ async def count(
         )
         for name, start in starts:
             out = workdir / f"{name}.callgrind"
-            target = start(_valgrind(out))
+            target = start(valgrind(out))
             try:
-                counts.append(await _count_one(name, target, out, body, requests, concurrency))
+                counts.append(await count_one(name, target, out, body, requests, concurrency))
             finally:
                 target.stop()
     finally:
@@ -70,11 +70,11 @@ async def count(
     return counts
 
 
-def _valgrind(out: Path) -> list[str]:
+def valgrind(out: Path) -> list[str]:
     return ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}"]
 
 
-async def _count_one(
+async def count_one(
     name: str, target: Target, out: Path, body: bytes, requests: int, concurrency: int
 ) -> Count:
     assert target.proc is not None

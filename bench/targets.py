@@ -171,10 +171,12 @@ class Fleet:
         providers: int = 1,
         keys_each: int = 1,
         wrap: list[str] | None = None,
+        extra: dict[str, object] | None = None,
     ) -> Target:
+        """`extra`: more top-level config keys (`workers`, `state`: bench/scale.py)."""
         port = free_port()
         config = self.workdir / f"{name}.yaml"
-        config.write_text(keyrail_config(port, self.upstream_url, providers, keys_each))
+        config.write_text(keyrail_config(port, self.upstream_url, providers, keys_each, extra))
         exe = shutil.which("keyrail", path=str(Path(sys.executable).parent)) or "keyrail"
         argv = [exe, "serve", "-c", str(config)]
         target = self._spawn(name, argv, port, self.target_cpus, wrap=wrap)
@@ -219,7 +221,13 @@ class Fleet:
             target.stop()
 
 
-def keyrail_config(port: int, upstream: str, providers: int, keys_each: int) -> str:
+def keyrail_config(
+    port: int,
+    upstream: str,
+    providers: int,
+    keys_each: int,
+    extra: dict[str, object] | None = None,
+) -> str:
     """A keyrail config: `providers` blocks of `keys_each` keys, all serving the bench model.
 
     JSON is YAML, so the file is written with orjson. Every block serves the same model: one
@@ -239,5 +247,6 @@ def keyrail_config(port: int, upstream: str, providers: int, keys_each: int) -> 
         "port": port,
         "api-keys": [CLIENT_KEY],
         "openai-compatibility": blocks,
+        **(extra or {}),
     }
     return orjson.dumps(config, option=orjson.OPT_INDENT_2).decode() + "\n"

@@ -10,6 +10,7 @@ from proxy.driver import (
     CHAT,
     COMPLETIONS,
     EMBEDDINGS,
+    NEUTRAL,
     RESPONSES,
     BytesStream,
     ByteStream,
@@ -32,6 +33,7 @@ from proxy.errors import (
     UpstreamUnavailable,
     classify_upstream,
 )
+from proxy.quota import Quota
 from proxy.retry_hints import retry_after_seconds
 from proxy.streaming import SSEParser, data_event, event_data
 
@@ -42,6 +44,7 @@ __all__ = [
     "CHAT",
     "COMPLETIONS",
     "EMBEDDINGS",
+    "NEUTRAL",
     "RESPONSES",
     "ByteStream",
     "BytesStream",
@@ -53,6 +56,7 @@ __all__ = [
     "ModelEntry",
     "ProviderBlock",
     "ProxyError",
+    "Quota",
     "RateLimited",
     "Reply",
     "ResponseStream",

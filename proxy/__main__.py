@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import errno
 import gc
 import logging
@@ -20,7 +21,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from proxy import config, logs, redact
+from proxy import config, logs, redact, supervisor
 from proxy.catalog import Catalog
 from proxy.errors import ConfigError, ProxyError
 from proxy.registry import Registry, options_lookup
@@ -61,31 +62,39 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print("\n".join(exc.problems), file=sys.stderr)
         return 1
-    overrides = {}
+    overrides: dict[str, object] = {}
     if args.host is not None:
         overrides["host"] = args.host
     if args.port is not None:
         overrides["port"] = args.port
     if overrides:
-        import dataclasses
-
-        settings = dataclasses.replace(settings, **overrides)
+        settings = dataclasses.replace(settings, **overrides)  # type: ignore[arg-type]
     # text or JSON lines; no configured secret in any of them
     logs.configure(settings.log_format, settings.debug, redact.secrets_of(settings))
     logging.getLogger("aiohttp.server").addFilter(_one_line_protocol_errors)
     for warning in settings.warnings:
         log.warning("%s", warning)
+    for block in settings.providers:
+        if block.driver in registry and not block.disabled:
+            for finding in registry.get(block.driver).check(block):
+                log.warning("%s: %s: %s", block.where, block.name, finding)
     if not settings.providers:
         log.warning(
             "no provider blocks: write a config.yaml (see config/config.example.yaml) "
             "or set OPENAI_API_KEY for the built-in default"
         )
-    problem = config.bind_problem(settings)
+    if args.workers is not None:
+        settings = dataclasses.replace(settings, workers=args.workers)
+    problem = config.bind_problem(settings) or config.workers_problem(settings)
     if problem:
         log.error("%s", problem)
         return 2
+    worker = supervisor.worker_id()
+    if settings.workers > 1 and not worker:
+        return _supervise(args, settings)
     try:  # bound here, so that a busy port is one line, not a traceback after "listening"
-        sock = socket.create_server((settings.host, settings.port))
+        # (a supervisor's workers share the port: supervisor.py)
+        sock = socket.create_server((settings.host, settings.port), reuse_port=bool(worker))
     except OSError as exc:
         print(_bind_failure(settings.host, settings.port, exc), file=sys.stderr)
         return 1
@@ -122,6 +131,25 @@ def _bind_failure(host: str, port: int, exc: OSError) -> str:
             "listening there, or start keyrail on another port with --port"
         )
     return f"keyrail: cannot listen on {host}:{port}: {exc.strerror or exc}"
+
+
+def _supervise(args: argparse.Namespace, settings: config.Settings) -> int:
+    """`--workers N` (N > 1): the config is valid; run N workers of it (supervisor.py)."""
+    from proxy import supervisor
+
+    try:
+        port = supervisor.reserve_port(settings.host, settings.port)
+    except OSError as exc:
+        print(_bind_failure(settings.host, settings.port, exc), file=sys.stderr)
+        return 1
+    path = config.default_path(args.config)
+    log.info(
+        "keyrail on http://%s:%d with %d workers (config: %s; state: %s)",
+        settings.host, port, settings.workers, settings.source, redact.url_label(settings.state),
+    )  # fmt: skip
+    argv = supervisor.worker_argv(str(path) if path else None, settings.host, port)
+    boss = supervisor.Supervisor(argv, settings.workers, settings.shutdown_drain_seconds)
+    return _new_loop().run_until_complete(boss.run())
 
 
 async def _settle_gc(app: object) -> None:
@@ -161,15 +189,17 @@ def cmd_check(args: argparse.Namespace) -> int:
     bind = config.bind_problem(settings)
     if bind:
         problems.append(f"{_key_position(settings.source, text, 'host')}: {bind}")
+    if scale := config.workers_problem(settings):
+        problems.append(f"{_key_position(settings.source, text, 'workers')}: {scale}")
     credentials = {}
     for block in settings.providers:
         if block.disabled:
             continue
         try:  # what a driver reads from its block (token files, key entries) is read here too
-            driver = registry.get(block.driver)
-            credentials[block.name] = driver.credentials(block)
-            for finding in driver.check(block):
-                print(f"warning: {finding}")
+            driver_class = registry.get(block.driver)
+            credentials[block.name] = driver_class.credentials(block)
+            for finding in driver_class.check(block):
+                print(f"warning: {_item_position(block.where, text)}: {block.name}: {finding}")
         except (ProxyError, OSError, ValueError) as exc:
             message = exc.message if isinstance(exc, ProxyError) else str(exc)
             problems.append(f"{_item_position(block.where, text)}: {block.name}: {message}")
@@ -223,6 +253,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     unlisted = [b.name for b in settings.providers if not b.disabled and not b.models]
     disabled = [b.name for b in settings.providers if b.disabled]
+    sources: dict[str, dict[str, str]] = {}  # provider → upstream name → where it came from
     if args.offline:
         credentials = {
             b.name: registry.get(b.driver).credentials(b)
@@ -231,7 +262,8 @@ def cmd_models(args: argparse.Namespace) -> int:
         }
         cat = catalog_mod.build(settings, credentials, {})
     else:
-        cat = asyncio.run(_built_catalog(settings, registry))
+        cat, sources = asyncio.run(_built_catalog(settings, registry))
+    listed = {b.name for b in settings.providers if b.models}
     rows = []
     for mid, route in sorted(cat.routes.items()):
         mark = " [pool: " + ", ".join(route.providers) + "]" if mid in cat.collisions else ""
@@ -239,8 +271,10 @@ def cmd_models(args: argparse.Namespace) -> int:
         for t in sorted(route.targets, key=lambda t: -t.priority):  # tried first, first
             seen.setdefault((t.provider, t.priority, t.upstream_model), []).append(t.credential.id)
         for (provider, priority, upstream), creds in seen.items():
-            rows.append((mid + mark, provider, str(priority), upstream, ", ".join(creds)))
-    header = ("MODEL", "PROVIDER", "PRIORITY", "UPSTREAM", "CREDENTIALS")
+            source = "config" if provider in listed else sources.get(provider, {}).get(upstream)
+            rows.append((mid + mark, provider, str(priority), upstream, ", ".join(creds),
+                         source or "driver"))  # fmt: skip
+    header = ("MODEL", "PROVIDER", "PRIORITY", "UPSTREAM", "CREDENTIALS", "SOURCE")
     width = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(header)]
     fmt = "  ".join(f"{{:<{w}}}" for w in width)
     print(fmt.format(*header))
@@ -256,12 +290,21 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _built_catalog(settings: config.Settings, registry: Registry) -> Catalog:
+async def _built_catalog(
+    settings: config.Settings, registry: Registry
+) -> tuple[Catalog, dict[str, dict[str, str]]]:
+    """The catalog as start-up builds it, and where each discovered name came from."""
     from proxy import runtime
 
     built = await runtime.build(settings, registry)
+    sources = {
+        name: {t.upstream_model: driver.model_source(t.upstream_model)
+               for route in built.catalog.routes.values() for t in route.targets
+               if t.provider == name}
+        for name, driver in built.drivers.items()
+    }  # fmt: skip
     await built.aclose()
-    return built.catalog
+    return built.catalog, sources
 
 
 def cmd_canary(args: argparse.Namespace) -> int:
@@ -278,6 +321,13 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="keyrail", description="LLM API proxy")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -287,6 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
+    serve.add_argument(
+        "--workers", type=_positive, help="processes serving the port (default: config, 1)"
+    )
     serve.set_defaults(func=cmd_serve)
     check = sub.add_parser("check", help="validate a config file offline")
     check.add_argument("-c", "--config")

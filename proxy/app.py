@@ -12,15 +12,28 @@ from pathlib import Path
 
 from aiohttp import web
 
-from proxy import handlers, logs, management, metrics, pipeline, reload, runtime, shutdown
+from proxy import handlers, logs, management, metrics, pipeline, quota, reload, runtime, shutdown
 from proxy.config import Settings
 from proxy.deadlines import Deadlines
-from proxy.keys import DEADLINES, LIVE, METRICS, REGISTRY, SCHEDULER, WAITS
+from proxy.keys import (
+    DEADLINES,
+    LIVE,
+    METRICS,
+    QUOTAS,
+    RECENT_ERRORS,
+    REGISTRY,
+    SCHEDULER,
+    STATE,
+    WAITS,
+)
 from proxy.logs import install_redaction
 from proxy.metrics import ProviderMetrics
 from proxy.redact import secrets_of
 from proxy.registry import Registry
 from proxy.scheduler import Scheduler
+from proxy.state.shared import open_state
+from proxy.status import routes as status
+from proxy.status.recent import RecentErrors
 from proxy.waits import RecoveryWaits
 
 
@@ -40,7 +53,8 @@ def create_app(
         handler_args={"max_field_size": 16 * 1024},
     )
     # Every route's handler runs inside it: drain, access line, error bodies, runtime, client keys.
-    wrap = pipeline.Pipeline(drain, live).wrap
+    recent_errors = RecentErrors()  # the last error answers, for the status page
+    wrap = pipeline.Pipeline(drain, live, recent_errors).wrap
     app[REGISTRY] = registry
     app[SCHEDULER] = Scheduler(  # credential state; outlives config reloads
         strategy=settings.routing_strategy,
@@ -50,8 +64,12 @@ def create_app(
     )
     app[WAITS] = RecoveryWaits()  # requests waiting for credentials to recover, in turn
     app[METRICS] = ProviderMetrics(window_seconds=settings.metrics_window_seconds)
+    # what workers and instances share (cooldowns, metrics): nothing, or Redis (`state:`)
+    app[STATE] = open_state(settings.state)
     app[DEADLINES] = Deadlines()  # first-byte limits of the attempts in flight, on one timer
     app[LIVE] = live
+    app[QUOTAS] = quota.Quotas()  # each credential's last quota reading (drivers that tell)
+    app[RECENT_ERRORS] = recent_errors
     shutdown.setup(app, drain, lambda: live.current.settings.shutdown_drain_seconds)
 
     async def runtime_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -64,9 +82,20 @@ def create_app(
 
     app.cleanup_ctx.append(logs.flush_ctx)  # buffered log lines reach stderr promptly
     app.cleanup_ctx.append(runtime_ctx)
+    quota.setup(app, app[QUOTAS])  # read quotas as they fall due; cool the spent
+
+    async def state_ctx(app: web.Application) -> AsyncIterator[None]:
+        # after the runtime: the credentials are registered before others' cooldowns merge
+        app[STATE].attach(app[SCHEDULER], app[METRICS])
+        await app[STATE].start()
+        yield
+        await app[STATE].aclose()
+
+    app.cleanup_ctx.append(state_ctx)
     reload.setup(app, config_path)  # watch config.yaml; swap the runtime when it changes
     handlers.setup(app, wrap)  # /health, /v1/models, POST /v1/* endpoints
     management.setup(app, wrap)  # /v0/management/*, behind remote-management.secret-key
     metrics.setup(app, wrap)  # /v1/metrics/providers, /metrics (Prometheus)
+    status.setup(app, wrap)  # /status: the live page, and /v1/status, its data
     pipeline.add_unrouted(app.router, wrap)  # last: 404 and 405 as OpenAI errors
     return app

@@ -18,9 +18,10 @@ from aiohttp import web
 from proxy.errors import AuthError
 
 #: The metrics paths: open, unless `metrics.require-api-key: true`.
-METRICS_PATHS = frozenset({"/metrics", "/v1/metrics/providers"})
-#: Paths anyone may read: probes and the runbook's unauthenticated metrics curl.
-OPEN_PATHS = frozenset({"/health", "/healthz"}) | METRICS_PATHS
+METRICS_PATHS = frozenset({"/metrics", "/v1/metrics/providers", "/v1/status"})
+#: Paths anyone may read: probes, the runbook's unauthenticated metrics curl, and the status
+#: page itself (it holds no data: it asks `/v1/status` for it, with a key when one is needed).
+OPEN_PATHS = frozenset({"/health", "/healthz", "/status"}) | METRICS_PATHS
 
 
 class ClientKeys:

@@ -2,8 +2,10 @@
 
 Owns: sending the request (streamed by default, `--no-stream` for a plain one), timing it
 (latency to the end, TTFT to the first content), reading which provider block answered from
-keyrail's `X-Keyrail-Provider` header, and the one-line verdict with its exit code (0 when the
-answer arrived whole, 1 otherwise). Does not own: anything on the server side.
+keyrail's `X-Keyrail-Provider` header (and which upstream host, and which hosts failed before
+it, from `X-Keyrail-Upstream-Host` / `X-Keyrail-Upstream-Host-Failed`), and the one-line
+verdict with its exit code (0 when the answer arrived whole, 1 otherwise). Does not own:
+anything on the server side.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ class Verdict:
     ok: bool
     status: int = 0
     provider: str = ""
+    host: str = ""
+    hosts_failed: str = ""
     request_id: str = ""
     latency_ms: float = 0.0
     ttft_ms: float | None = None
@@ -44,6 +48,10 @@ class Verdict:
             f"ttft_ms={ttft}",
             f"request_id={self.request_id or '-'}",
         ]
+        if self.host:  # a driver with several upstream addresses: the one that answered
+            parts.append(f"host={self.host}")
+        if self.hosts_failed:
+            parts.append(f"hosts_failed={self.hosts_failed!r}")
         if self.retry_after:
             parts.append(f"retry_after={self.retry_after}")
         if self.ok:
@@ -82,6 +90,8 @@ async def run(
         ):
             verdict.status = response.status
             verdict.provider = response.headers.get("X-Keyrail-Provider", "")
+            verdict.host = response.headers.get("X-Keyrail-Upstream-Host", "")
+            verdict.hosts_failed = response.headers.get("X-Keyrail-Upstream-Host-Failed", "")
             verdict.request_id = response.headers.get("X-Request-Id", "")
             verdict.retry_after = response.headers.get("Retry-After", "")
             if response.status != 200:

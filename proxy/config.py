@@ -95,12 +95,6 @@ class ProviderBlock:
     options: Mapping[str, Any] = field(default_factory=dict)
     #: "FILE:LINE" of the item, for messages.
     where: str = ""
-    #: "FILE:LINE:COL" of each key the item spells ("": of the item), for findings.
-    key_at: Mapping[str, str] = field(default_factory=dict, compare=False)
-
-    def at(self, key: str) -> str:
-        """Where `key` is written ("FILE:LINE:COL"), else the item's "FILE:LINE"."""
-        return self.key_at.get(key) or self.key_at.get("") or self.where
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +127,11 @@ class Settings:
     idle_timeout: float = 300.0
     request_read_timeout: float = 60.0
     shutdown_drain_seconds: float = 30.0
+    #: processes serving one port (`keyrail serve --workers N`; supervisor.py)
+    workers: int = 1
+    #: where state shared by workers and instances lives: "memory" (this process only) or a
+    #: Redis URL (`redis://`, `rediss://`, `unix://`; proxy/state/)
+    state: str = "memory"
     fallbacks: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     providers: tuple[ProviderBlock, ...] = ()
     #: Where it came from: a path, or "<default>".
@@ -155,6 +154,15 @@ def _at_least(low: float) -> _Check:
 
 def _port(v: Any) -> str | None:
     return None if 0 <= v <= 65535 else "must be a port number (0-65535)"
+
+
+STATE_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def _state(v: Any) -> str | None:
+    if v == "memory" or (v.startswith(STATE_SCHEMES) and len(v) > len("unix://")):
+        return None
+    return "must be 'memory' or a Redis URL (redis://HOST:PORT/DB, rediss://..., unix://PATH)"
 
 
 _NUM = (int, float)
@@ -184,6 +192,8 @@ _SCALARS: dict[str, tuple[str, type | tuple[type, ...], _Check | None]] = {
     "timeouts.idle-seconds": ("idle_timeout", _NUM, _at_least(0.001)),
     "timeouts.request-read-seconds": ("request_read_timeout", _NUM, _at_least(0.001)),
     "shutdown.drain-seconds": ("shutdown_drain_seconds", _NUM, _at_least(0)),
+    "workers": ("workers", int, _at_least(1)),
+    "state": ("state", str, _state),
 }
 _SECTIONS = {"routing", "streaming", "remote-management", "logging", "metrics", "limits",
              "timeouts", "shutdown"}  # fmt: skip
@@ -424,6 +434,8 @@ def _url_problem(key: str, value: str) -> str | None:
     schemes = _URL_SCHEMES[key]
     if not text or text.lower().startswith(schemes):
         return None
+    if key == "proxy-url" and text in ("direct", "none"):
+        return None  # no proxy for this block, whatever the global one says
     bare = text.split("://", 1)[-1]
     return (
         f"'{key}' must be a URL starting with {' or '.join(schemes)}, not {value!r} "
@@ -504,10 +516,8 @@ def _read_blocks(
         where = f"{problems.source}:{_position(value, i)[0]}"
         fields: dict[str, Any] = {}
         driver_opts: dict[str, Any] = {}
-        key_at: dict[str, str] = {"": problems.at(value, i)}  # "": the item itself
         for k in item:
             v = item[k]
-            key_at[str(k)] = problems.at(item, k)
             if k not in allowed:
                 if k in _TOP_LEVEL:
                     hint = (
@@ -570,7 +580,6 @@ def _read_blocks(
             refresh_url=str(fields.get("refresh-url", "")).strip(),
             options=driver_opts,
             where=where,
-            key_at=key_at,
         )
 
 
@@ -682,5 +691,19 @@ def bind_problem(settings: Settings) -> str | None:
         return (
             f"refusing to listen on {settings.host}:{settings.port} with the example file's "
             "placeholder client keys: replace them in 'api-keys'"
+        )
+    return None
+
+
+def workers_problem(settings: Settings) -> str | None:
+    """Why `workers` cannot run with this `state`, or None.
+
+    Several workers keep apart whatever is in memory: each would cool its own credentials,
+    count its own client limits and show its own slice of the metrics. They need shared state.
+    """
+    if settings.workers > 1 and settings.state == "memory":
+        return (
+            f"workers: {settings.workers} needs shared state: set 'state: redis://HOST:6379/0' "
+            "(the workers then share cooldowns, client limits and metrics), or run one worker"
         )
     return None

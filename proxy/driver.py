@@ -6,8 +6,15 @@ Owns: `Driver` (one class, one required coroutine `send`), and the values that c
 Does not own: choosing credentials (scheduler.py), routing (catalog.py), relaying bytes to the
 client (streaming.py), or loading drivers (registry.py).
 
-A driver speaks OpenAI on its output side: a `Reply` body is OpenAI JSON (or OpenAI SSE for
-`call.stream`), whatever the upstream speaks. Failures are exceptions from `proxy.errors`:
+A driver declares the client dialects its upstream speaks natively in `dialects` (`"chat"`,
+`"responses"`, `"messages"`; see proxy/dialects). For a client in one of them the driver gets the
+client's body (`call.body`, only `model` rewritten) and returns the upstream's bytes, which
+pass through untouched. For any other client, keyrail translates through the neutral model
+(proxy/dialects/neutral.py): a byte driver that speaks `"chat"` gets a chat body made from the
+client's request and its chat answer is translated back; a translating driver (`dialects =
+NEUTRAL`) reads the neutral request in `call.request` and returns a `Reply` whose `events` is an
+async stream of neutral events (`Reply.of_events`), which keyrail encodes in whatever dialect
+the client speaks, streamed or not. Failures are exceptions from `proxy.errors`:
 `send` raises `RateLimited`, `CredentialRejected`, `UpstreamUnavailable` or `UpstreamRejected`
 for an answer that is an error, and the body iterator raises `StreamInterrupted` when the
 stream breaks later. That is all the core needs to rotate, cool down, reject or disable.
@@ -27,9 +34,18 @@ from proxy.errors import StreamInterrupted, UpstreamUnavailable
 
 if TYPE_CHECKING:
     from proxy.config import ProviderBlock
+    from proxy.dialects.assembler import EventStream
+    from proxy.dialects.neutral import Request
+    from proxy.quota import Quota
 
-#: Bumped on a breaking change to this module. Drivers declare the major they were written for.
-API_VERSION = "1"
+#: Bumped on a change to this module: the major when it breaks drivers, the minor when it adds
+#: (1.1: `Driver.dialects`, `Call.request`, `Reply.events`). Drivers declare the version they
+#: were written for; keyrail loads any driver of its own major.
+API_VERSION = "1.1"
+
+#: `Driver.dialects` of a translating driver: it speaks no client dialect natively, reads the
+#: neutral `call.request` and answers neutral events.
+NEUTRAL: frozenset[str] = frozenset()
 
 #: Endpoints (paths below /v1) a driver can declare in `Driver.endpoints`.
 CHAT = "chat/completions"
@@ -61,6 +77,10 @@ class Call:
     `body` is the client's parsed JSON with `model` already rewritten to the upstream name
     (`model` repeats it); every other field is the client's, untouched. `headers` are the
     block's configured `headers`. `endpoint` is one of the module constants (CHAT, ...).
+
+    `dialect` is the client's dialect. When it is not one the driver speaks, `request` holds
+    the client's request as a neutral `Request` (`model` rewritten too), and `body` is either
+    the chat body made from it (a driver speaking `"chat"`) or the client's own body.
     """
 
     endpoint: str
@@ -69,6 +89,8 @@ class Call:
     stream: bool
     headers: Mapping[str, str] = field(default_factory=dict)
     request_id: str = ""
+    dialect: str = "chat"
+    request: Request | None = None
 
 
 @runtime_checkable
@@ -82,11 +104,29 @@ class ByteStream(Protocol):
 
 @dataclass(slots=True)
 class Reply:
-    """A successful upstream answer: status, headers, and the body as a byte stream."""
+    """A successful upstream answer: status, headers, and the body as a byte stream; or, from
+    a translating driver, `events`: neutral events keyrail encodes in the client's dialect
+    (nothing reaches the client before the first one, so an error before it fails over).
+
+    A driver that can reach its upstream at several addresses names the one that answered in
+    `host`, and those it tried first that did not (each "host (why)") in `hosts_failed`: the
+    access line and the `X-Keyrail-Upstream-Host` headers show them.
+    """
 
     status: int
     headers: Mapping[str, str]
-    body: ByteStream
+    body: ByteStream = field(default_factory=lambda: BytesStream())
+    events: EventStream | None = None
+    host: str = ""
+    hosts_failed: tuple[str, ...] = ()
+
+    @classmethod
+    def of_events(
+        cls, events: EventStream, *, host: str = "", hosts_failed: tuple[str, ...] = ()
+    ) -> Reply:
+        """A translating driver's answer: an `EventStream` (see `proxy.dialects.EventStream`,
+        or wrap an async generator and a close callback in `proxy.dialects.IteratorEvents`)."""
+        return cls(200, {}, events=events, host=host, hosts_failed=hosts_failed)
 
     async def read(self, limit: int = 64 * 1024 * 1024) -> bytes:
         """The whole body, then the stream closed. For non-streamed answers."""
@@ -169,18 +209,23 @@ class Driver(abc.ABC):
     (proxy, timeouts and TLS already set up).
 
     Class attributes a driver may set:
-      api_version   the major of `proxy.driver.API_VERSION` it was written for
+      api_version   the `proxy.driver.API_VERSION` it was written for (its major must match)
       endpoints     which endpoints it serves; others get a clear 400
+      dialects      the client dialects its upstream speaks natively (passed through as
+                    bytes); NEUTRAL for a translating driver (neutral request in, events out)
       options       its own config keys beyond the common ones, with their types
       required      which of `options` (or `base-url`) must be present
       default_base_url   the upstream address when the block gives no `base-url`
+      quota_interval     seconds between two `quota` reads of one credential (default 300)
     """
 
     api_version: ClassVar[str] = API_VERSION
     endpoints: ClassVar[frozenset[str]] = frozenset({CHAT})
+    dialects: frozenset[str] = frozenset({"chat"})
     options: ClassVar[Mapping[str, type | tuple[type, ...]]] = {}
     required: ClassVar[frozenset[str]] = frozenset()
     default_base_url: ClassVar[str] = ""
+    quota_interval: ClassVar[float] = 300.0
 
     def __init__(self, block: ProviderBlock, session: aiohttp.ClientSession) -> None:
         self.block = block
@@ -229,14 +274,29 @@ class Driver(abc.ABC):
 
     @classmethod
     def check(cls, block: ProviderBlock) -> Sequence[str]:
-        """Offline findings about a block that `keyrail check` prints as warnings, each
-        "FILE:LINE:COL: message" (`block.at(key)` says where a key is written), e.g. a token
-        file that cannot be read. Never calls an upstream. Default: none."""
-        return []
+        """Warnings about a block that loads but will not work as its operator expects (a
+        default upstream that was shut down, a token file that cannot be read). Never calls an
+        upstream. `keyrail check` prints them and `serve` logs them at start. Default: none."""
+        return ()
 
     async def list_models(self, credential: Credential) -> Sequence[str]:
         """Upstream model names, when the block lists none. Default: none."""
         return []
+
+    def model_source(self, name: str) -> str:
+        """Where a name `list_models` gave came from, for `keyrail models` (e.g. "discovered"
+        or "built-in"). Default: "driver"."""
+        return "driver"
+
+    async def quota(self, credential: Credential) -> Quota | None:
+        """The credential's usage against its allowance, when the upstream tells (optional).
+
+        keyrail calls it beside the requests, at most every `quota_interval` seconds per
+        credential, shows the answer in `/v1/metrics/providers` and `/metrics`, and cools a
+        credential whose quota is spent until `resets_at`. Raise (any exception, one clear
+        message) when the read fails. Default: None, nothing to report.
+        """
+        return None
 
     async def refresh(self, credential: Credential) -> Credential | None:
         """Renew an expired or rejected credential (OAuth drivers). None: cannot refresh."""

@@ -22,6 +22,8 @@ nor how errors are written onto a stream (streaming.py).
         StreamInterrupted          the stream broke after its first byte: end it, never replay
         UpstreamAuthFailed         what the client gets when the last attempt's credential was
                                    rejected: 502 upstream_auth_failed, never 401 invalid_api_key
+        ProviderDiscontinued       503: the service is gone for good; disable the credential
+                                   until a reload, answer every later request at once
 
 Only keyrail's own client-key check answers 401 `invalid_api_key` (AuthError): an app that
 gets it knows its key to keyrail is wrong. A provider refusing keyrail's credential (401/403
@@ -215,6 +217,22 @@ class UpstreamAuthFailed(UpstreamError):
             provider=rejected.provider,
         )
         self.code = "upstream_auth_failed"
+
+
+class ProviderDiscontinued(UpstreamError):
+    """The upstream service was shut down for good (Roo Code Router's sunset answer).
+
+    The credential is disabled until a reload (no cooldown that ends and retries, so no
+    rotation storm), and every later request for its pool gets this 503 at once. The message
+    says what happened and what to do; it is ours, not the upstream's body.
+    """
+
+    def __init__(self, message: str, *, provider: str = "", upstream_body: bytes = b"") -> None:
+        super().__init__(message, status=503, provider=provider, upstream_body=upstream_body)
+        self.code = "provider_discontinued"
+
+    def body(self) -> bytes:
+        return ProxyError.body(self)
 
 
 def _code_for(status: int) -> str:

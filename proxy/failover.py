@@ -21,11 +21,13 @@ from typing import Any
 
 from proxy.catalog import Route, Target
 from proxy.deadlines import Deadlines
+from proxy.dialects.bridge import Bridge
 from proxy.driver import Call, Credential, Driver, Reply
 from proxy.errors import (
     CredentialRejected,
     DriverError,
     NoCredential,
+    ProviderDiscontinued,
     ProxyError,
     RateLimited,
     UpstreamAuthFailed,
@@ -74,6 +76,7 @@ async def serve(
     waits: RecoveryWaits | None = None,
     resolve_fallbacks: Callable[[str], Sequence[Route]] | None = None,
     clock: Callable[[], float] | None = None,
+    bridge: Bridge | None = None,
 ) -> Success:
     """Run the failover loop for one request; return the first success or raise.
 
@@ -84,14 +87,16 @@ async def serve(
     waiting, not each pass's. A pass ends when every credential was tried (or is out of
     reach); `request-retry` more passes follow, each only if the last one cooled something
     (else it would hot-loop on the same answers).
+    `bridge` (chat dialects): each attempt passes through or is translated (dialects/bridge.py);
+    without one (completions, embeddings) the body goes as it is.
     """
     now = clock or time.perf_counter  # uvloop's loop.time() counts whole milliseconds
     task = asyncio.current_task()
     assert task is not None, "serve() runs in a task"
-    targets = _servable(route, endpoint, drivers)
+    targets = _servable(route, endpoint, drivers, bridge)
     pools = [(route, targets)] if targets else []
     for fallback in resolve_fallbacks(route.model) if resolve_fallbacks else ():
-        if fallback_targets := _servable(fallback, endpoint, drivers):
+        if fallback_targets := _servable(fallback, endpoint, drivers, bridge):
             pools.append((fallback, fallback_targets))
     if not pools:
         raise DriverError(
@@ -117,25 +122,30 @@ async def serve(
                 tried.append(target)
                 tried_per_pool[i] += 1
                 driver = drivers[target.provider]
-                call = Call(
-                    endpoint=endpoint,
-                    model=target.upstream_model,
-                    body={**body, "model": target.upstream_model},
-                    stream=stream,
-                    headers=driver.block.headers,
-                    request_id=request_id,
-                )
+                if bridge is not None:
+                    call = bridge.call(
+                        driver, target.upstream_model, driver.block.headers, request_id
+                    )
+                else:
+                    call = Call(
+                        endpoint=endpoint,
+                        model=target.upstream_model,
+                        body={**body, "model": target.upstream_model},
+                        stream=stream,
+                        headers=driver.block.headers,
+                        request_id=request_id,
+                    )
                 started, scheduled = now(), scheduler.clock()
                 try:
                     success = await _attempt(
-                        task, driver, call, target, stream, settings, deadlines
+                        task, driver, call, target, stream, settings, deadlines, bridge
                     )
                 except UpstreamRejected as exc:
                     # About the request itself: another credential would get the same answer.
-                    _record(metrics, target, exc, now() - started)
+                    _record(metrics, target, exc, now() - started, bridge)
                     raise
                 except UpstreamError as exc:
-                    _record(metrics, target, exc, now() - started)
+                    _record(metrics, target, exc, now() - started, bridge)
                     _decide(scheduler, target, exc)
                     last_error = exc
                     attempts += 1
@@ -177,7 +187,10 @@ async def serve(
     if last_error is not None:
         raise _for_client(last_error, recovery)
     # Nothing was tried: every credential was already cooling down or disabled.
-    raise _nothing_ready(route, recovery or Recovery(1.0, False, TRANSIENT), scheduler)
+    soonest = recovery or Recovery(in_seconds=1.0, quota=False, reason=TRANSIENT)
+    if soonest.discontinued:  # gone until a reload: say so at once, every time
+        raise ProviderDiscontinued(soonest.discontinued, provider=", ".join(route.providers))
+    raise _nothing_ready(route, soonest, scheduler)
 
 
 async def _wait(
@@ -217,18 +230,27 @@ class _PoolState:
         return None if soonest is None or soonest is READY else soonest.in_seconds
 
 
-def _servable(route: Route, endpoint: str, drivers: dict[str, Driver]) -> Sequence[Target]:
-    """The route's targets whose driver serves `endpoint`; the route's own tuple when all do,
-    so that the scheduler's per-pool layout stays cached."""
+def _servable(
+    route: Route, endpoint: str, drivers: dict[str, Driver], bridge: Bridge | None
+) -> Sequence[Target]:
+    """The route's targets whose driver serves `endpoint` (natively, or translated through
+    `bridge`); the route's own tuple when all do, so that the scheduler's per-pool layout
+    stays cached."""
+
+    def serves(driver: Driver) -> bool:
+        if bridge is None:
+            return endpoint in driver.endpoints
+        return bridge.serves(driver)
+
     providers = route.providers
     if len(providers) == 1:  # the usual case: no generator, no list
-        return route.targets if endpoint in drivers[providers[0]].endpoints else ()
+        return route.targets if serves(drivers[providers[0]]) else ()
     for provider in providers:
-        if endpoint not in drivers[provider].endpoints:
+        if not serves(drivers[provider]):
             break
     else:
         return route.targets
-    return [t for t in route.targets if endpoint in drivers[t.provider].endpoints]
+    return [t for t in route.targets if serves(drivers[t.provider])]
 
 
 def _soonest(
@@ -272,6 +294,7 @@ async def _attempt(
     stream: bool,
     settings: LoopSettings,
     deadlines: Deadlines,
+    bridge: Bridge | None,
     refreshed: Credential | None = None,
 ) -> Success:
     """One attempt, up to its first data event (stream) or its whole body (not streamed).
@@ -283,6 +306,8 @@ async def _attempt(
     try:
         with deadlines.limit(task, settings.first_byte_timeout):
             reply = await driver.send(call, credential)
+            if bridge is not None:
+                reply = bridge.reply(call, reply, target.provider)
             if stream:
                 head = StreamHead(reply, target.provider)
                 try:
@@ -310,7 +335,9 @@ async def _attempt(
         refreshed = await _refresh(driver, credential)
         if refreshed is None:
             raise
-    return await _attempt(task, driver, call, target, stream, settings, deadlines, refreshed)
+    return await _attempt(
+        task, driver, call, target, stream, settings, deadlines, bridge, refreshed
+    )
 
 
 async def _refresh(driver: Driver, credential: Credential) -> Credential | None:
@@ -323,7 +350,9 @@ async def _refresh(driver: Driver, credential: Credential) -> Credential | None:
 
 def _decide(scheduler: Scheduler, target: Target, exc: UpstreamError) -> None:
     error = exc.message[:200]
-    if isinstance(exc, RateLimited):
+    if isinstance(exc, ProviderDiscontinued):
+        scheduler.discontinued(target, exc.message)
+    elif isinstance(exc, RateLimited):
         scheduler.rate_limited(target, exc.retry_after, error)
     elif isinstance(exc, CredentialRejected):
         scheduler.rejected(target, error)
@@ -331,7 +360,21 @@ def _decide(scheduler: Scheduler, target: Target, exc: UpstreamError) -> None:
         scheduler.transient(target, error)
 
 
-def _record(metrics: ProviderMetrics, target: Target, exc: UpstreamError, latency: float) -> None:
+def decide_late(scheduler: Scheduler, target: Target, exc: UpstreamError) -> None:
+    """An error inside a stream that had already reached the client (MiniMax's in-band codes):
+    the stream is lost, but the credential's state still follows the error's decision. A
+    broken connection or an idle upstream decides nothing."""
+    if isinstance(exc, RateLimited | CredentialRejected | ProviderDiscontinued):
+        _decide(scheduler, target, exc)
+
+
+def _record(
+    metrics: ProviderMetrics,
+    target: Target,
+    exc: UpstreamError,
+    latency: float,
+    bridge: Bridge | None,
+) -> None:
     metrics.record(
         Attempt(
             provider=target.provider,
@@ -340,6 +383,7 @@ def _record(metrics: ProviderMetrics, target: Target, exc: UpstreamError, latenc
             status=exc.status,
             latency=latency,
             error=exc.message[:200],
+            dialect=bridge.dialect if bridge is not None else "",
         )
     )
 

@@ -1,8 +1,9 @@
-"""HTTP handlers: the OpenAI-shaped surface of keyrail.
+"""HTTP handlers: the client-facing surface of keyrail.
 
 Owns: the routes (`/health`, `/v1/models`, `POST /v1/{chat/completions,completions,
-embeddings,responses}`), reading and checking the client's JSON once, answering a finished
-request (non-streamed bodies, `force-mapping`, usage) and filling in its access record.
+embeddings,responses,messages}`, `POST /v1/messages/count_tokens`), reading and checking
+the client's JSON once, answering a finished request (non-streamed bodies, `force-mapping`,
+usage) and filling in its access record.
 Does not own: what every request goes through around its handler (pipeline.py: the access
 line, error bodies, client keys), the failover loop (failover.py), the SSE relay
 (streaming.py), or the metrics endpoints (metrics.py).
@@ -21,14 +22,20 @@ from aiohttp import web
 from proxy import failover
 from proxy.catalog import excluded_by
 from proxy.config import Settings
+from proxy.dialects import messages
+from proxy.dialects.assembler import EncodedStream
+from proxy.dialects.bridge import Bridge
+from proxy.dialects.routes import CODECS, DIALECT_OF
 from proxy.driver import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES
 from proxy.errors import InvalidRequest, ProxyError, RequestError, UpstreamError
 from proxy.keys import DEADLINES, LIVE, METRICS, SCHEDULER, WAITS
 from proxy.metrics import Attempt
 from proxy.pipeline import ACCESS, JSON, Wrap
 from proxy.runtime import RUNTIME
+from proxy.scheduler import availability
 from proxy.streaming import (
     DONE_END,
+    MESSAGES_END,
     RESPONSES_END,
     RelayOptions,
     RelayResult,
@@ -38,8 +45,11 @@ from proxy.streaming import (
     relay,
     usage_in,
 )
+from proxy.supervisor import worker_id
 
 log = logging.getLogger("keyrail.handlers")
+MESSAGES = "messages"
+WORKER = worker_id()
 # Upstream response headers worth passing on when `passthrough-headers` is on.
 _HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
@@ -59,32 +69,43 @@ async def health(request: web.Request) -> web.Response:
     ok (all ready), degraded (some), down (none, or it serves no model: `reasons` says why).
     Never calls an upstream; never logged."""
     current = request.app[LIVE].current
-    total: dict[str, int] = dict.fromkeys(current.drivers, 0)
-    ready = dict(total)
-    for view in request.app[SCHEDULER].credential_views():
-        if view.provider in total:
-            total[view.provider] += 1
-            ready[view.provider] += view.state == "ready"
-    providers = {
-        name: "ok" if n and ready[name] == n else ("degraded" if ready[name] else "down")
-        for name, n in total.items()
-    }
-    if not current.idle:
-        return json_response({"status": "ok", "providers": providers})
-    for name in current.idle:
-        providers[name] = "down"
-    reasons = {name: f"serves no model: {why}" for name, why in current.idle.items()}
-    return json_response({"status": "ok", "providers": providers, "reasons": reasons})
+    views = request.app[SCHEDULER].credential_views()
+    providers = availability(current.drivers, views)
+    answer: dict[str, object] = {"status": "ok", "providers": providers}
+    if current.idle:
+        for name in current.idle:
+            providers[name] = "down"
+        answer["reasons"] = {name: f"serves no model: {why}" for name, why in current.idle.items()}
+    if WORKER:  # under `--workers N`: which process answered (supervisor.py)
+        answer["worker"] = WORKER
+    return json_response(answer)
 
 
 async def list_models(request: web.Request) -> web.Response:
     catalog = request.app[LIVE].current.catalog
+    if "anthropic-version" in request.headers:  # the anthropic SDKs and Claude Code
+        data = [_anthropic_model(str(m["id"]), catalog.created) for m in catalog.model_list()]
+        return json_response(
+            {
+                "data": data,
+                "has_more": False,
+                "first_id": data[0]["id"] if data else None,
+                "last_id": data[-1]["id"] if data else None,
+            }
+        )
     return json_response({"object": "list", "data": catalog.model_list()})
+
+
+def _anthropic_model(model: str, created: int) -> dict[str, Any]:
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(created))
+    return {"type": "model", "id": model, "display_name": model, "created_at": when}
 
 
 async def get_model(request: web.Request) -> web.Response:
     catalog = request.app[LIVE].current.catalog
     route = catalog.resolve(request.match_info["model"])
+    if "anthropic-version" in request.headers:
+        return json_response(_anthropic_model(route.model, catalog.created))
     return json_response(
         {
             "id": route.model,
@@ -140,6 +161,21 @@ def _model_of(body: dict[str, Any]) -> str:
     return model
 
 
+async def count_tokens(request: web.Request) -> web.Response:
+    """`POST /v1/messages/count_tokens`: a local estimate (messages.estimate_tokens: characters
+    / 4 over system, messages and tools); none of the built-in upstreams can count for us.
+    The model must be one keyrail serves (404 otherwise), as Anthropic's API answers."""
+    runtime = request[RUNTIME]
+    rec = request[ACCESS]
+    rec.dialect = "messages"
+    body = await read_json_object(request, runtime.settings.request_read_timeout)
+    rec.model = _model_of(body)
+    runtime.catalog.resolve(rec.model)
+    count = messages.estimate_tokens(messages.decode_request(body))
+    rec.prompt_tokens = count
+    return json_response({"input_tokens": count})
+
+
 async def proxy_request(request: web.Request) -> web.StreamResponse:
     """Serve one POST: route by model, fail over before the first byte, relay the answer."""
     path = request.path  # one of the routes in `setup`: /v1/{endpoint} or /{endpoint}
@@ -158,6 +194,9 @@ async def proxy_request(request: web.Request) -> web.StreamResponse:
         if "stream" in body and not isinstance(body["stream"], bool) and body["stream"] is not None:
             raise InvalidRequest("'stream' must be a boolean.", param="stream")
         route = runtime.catalog.resolve(rec.model)
+        dialect = DIALECT_OF.get(endpoint)
+        bridge = Bridge(CODECS[dialect], endpoint, body, stream) if dialect else None
+        rec.dialect = dialect or ""
         success = await failover.serve(
             route=route,
             endpoint=endpoint,
@@ -175,6 +214,7 @@ async def proxy_request(request: web.Request) -> web.StreamResponse:
                 if runtime.settings.fallbacks
                 else None
             ),
+            bridge=bridge,
         )
         target = success.target
         rec.provider, rec.credential_id = target.provider, target.credential.id
@@ -183,12 +223,22 @@ async def proxy_request(request: web.Request) -> web.StreamResponse:
         extra = _passthrough(success.reply.headers) if runtime.settings.passthrough_headers else {}
         extra["X-Request-Id"] = rec.request_id
         extra["X-Keyrail-Provider"] = target.provider  # for canaries: which block answered
+        if success.reply.host:  # a driver with several upstream addresses: which one answered
+            rec.host = extra["X-Keyrail-Upstream-Host"] = success.reply.host
+        if success.reply.hosts_failed:  # and those that did not, before it
+            rec.hosts_failed = extra["X-Keyrail-Upstream-Host-Failed"] = "; ".join(
+                success.reply.hosts_failed
+            )
         attempt = Attempt(target.provider, target.driver, target.credential.id, 200, 0.0)
+        attempt.dialect = rec.dialect
         if success.head is not None:
             result = RelayResult()
             response = await _relay(request, success.head, body, endpoint, rename, extra,
-                                    runtime.settings, success.started, result)  # fmt: skip
+                                    runtime.settings, success.started, bridge,
+                                    result)  # fmt: skip
             _relayed(attempt, rec, result)
+            if result.error is not None:
+                failover.decide_late(app[SCHEDULER], target, result.error)
         else:
             data = success.body or b""
             if rename is not None and (renamer := model_renamer(rename)) is not None:
@@ -258,32 +308,37 @@ async def _relay(
     extra: dict[str, str],
     settings: Settings,
     started: float,
+    bridge: Bridge | None,
     result: RelayResult,
 ) -> web.StreamResponse:
     options = body.get("stream_options")
     wants_usage = isinstance(options, dict) and bool(options.get("include_usage"))
-    response, _ = await relay(
-        request,
-        head,
-        RelayOptions(
-            keepalive_seconds=settings.keepalive_seconds,
-            idle_seconds=settings.idle_timeout,
-            client_wants_usage=wants_usage or endpoint != CHAT,
-            rename_model=rename,
-            end=_STREAM_ENDS.get(endpoint),
-            extra_headers=extra,
-        ),
-        started,
-        result,
+    relay_options = RelayOptions(
+        keepalive_seconds=settings.keepalive_seconds,
+        idle_seconds=settings.idle_timeout,
+        client_wants_usage=wants_usage or endpoint != CHAT,
+        rename_model=rename,
+        end=_STREAM_ENDS.get(endpoint),
+        extra_headers=extra,
     )
+    if bridge is not None and bridge.dialect != "chat":
+        relay_options.keepalive = bridge.codec.keepalive
+        relay_options.error_event = bridge.codec.stream_error
+        relay_options.end = _STREAM_ENDS.get(bridge.dialect)
+    translated = head.reply.body
+    if isinstance(translated, EncodedStream):  # the encoder knows its stream's state
+        relay_options.error_event = translated.encoder.fail
+    response, _ = await relay(request, head, relay_options, started, result)
     return response
 
 
-#: The terminal event of each endpoint's stream (a stream is complete once it is relayed).
+#: The terminal event of each endpoint's (or client dialect's) stream: a stream is complete
+#: once it has been relayed, and one the upstream ends without it is a failure.
 _STREAM_ENDS: dict[str, StreamEnd] = {
     CHAT: DONE_END,
     COMPLETIONS: DONE_END,
     RESPONSES: RESPONSES_END,
+    MESSAGES: MESSAGES_END,
 }
 
 
@@ -322,6 +377,7 @@ def setup(app: web.Application, wrap: Wrap) -> None:
     router.add_get("/models", wrap(list_models))
     router.add_get("/v1/models/{model:.+}", wrap(get_model))
     serve = wrap(proxy_request)
-    for endpoint in (CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES):
+    for endpoint in (CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, MESSAGES):
         router.add_post(f"/v1/{endpoint}", serve)
         router.add_post(f"/{endpoint}", serve)
+    router.add_post("/v1/messages/count_tokens", wrap(count_tokens))

@@ -9,9 +9,12 @@ from aiohttp import web
 
 from proxy.deadlines import Deadlines
 from proxy.metrics import ProviderMetrics
+from proxy.quota import Quotas
 from proxy.registry import Registry
 from proxy.runtime import Live
 from proxy.scheduler import Scheduler
+from proxy.state.shared import LocalState
+from proxy.status.recent import RecentErrors
 from proxy.waits import RecoveryWaits
 
 LIVE = web.AppKey("live", Live)
@@ -19,4 +22,7 @@ SCHEDULER = web.AppKey("scheduler", Scheduler)
 METRICS = web.AppKey("metrics", ProviderMetrics)
 REGISTRY = web.AppKey("registry", Registry)
 DEADLINES = web.AppKey("deadlines", Deadlines)
+QUOTAS = web.AppKey("quotas", Quotas)
+STATE = web.AppKey("state", LocalState)
+RECENT_ERRORS = web.AppKey("recent_errors", RecentErrors)
 WAITS = web.AppKey("waits", RecoveryWaits)

@@ -57,6 +57,9 @@ class RequestRecord:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     error: str = ""
+    dialect: str = ""  # the client's chat dialect (chat, messages, responses), if any
+    host: str = ""  # the upstream address that answered, when the driver has several
+    hosts_failed: str = ""  # the addresses tried before it that did not answer
 
 
 _PLAIN = re.compile(r"[\w./:@+-]+")
@@ -149,6 +152,12 @@ def access_line(rec: RequestRecord) -> tuple[str, dict[str, Any] | None]:
         f"latency_ms={rec.latency_ms:.1f} ttft_ms={ttft} prompt_tokens={rec.prompt_tokens} "
         f"completion_tokens={rec.completion_tokens} total_tokens={total}"
     )
+    if rec.dialect:
+        line += f" dialect={rec.dialect}"
+    if rec.host:
+        line += f" upstream_host={_value(rec.host)}"
+    if rec.hosts_failed:
+        line += f" hosts_failed={_value(rec.hosts_failed)}"
     error = redact(rec.error) if rec.error else ""
     if error:
         line += f" error={_value(error)}"
@@ -161,8 +170,12 @@ def access_line(rec: RequestRecord) -> tuple[str, dict[str, Any] | None]:
             "retries": rec.retries, "latency_ms": round(rec.latency_ms, 1),
             "ttft_ms": None if rec.ttft_ms is None else round(rec.ttft_ms, 1),
             "prompt_tokens": rec.prompt_tokens, "completion_tokens": rec.completion_tokens,
-            "total_tokens": total,
+            "total_tokens": total, "dialect": rec.dialect or None,
         }  # fmt: skip
+        if rec.host:
+            fields["upstream_host"] = rec.host
+        if rec.hosts_failed:
+            fields["hosts_failed"] = rec.hosts_failed
         if error:
             fields["error"] = error
         fields["path"], fields["model"] = redact(rec.path), redact(rec.model)

@@ -3,8 +3,9 @@
 Owns: recording one `Attempt` (one upstream try, attributed to the block that served it), the
 rolling window and lifetime totals behind `GET /v1/metrics/providers` (a provider-keyed object,
 or `?format=list`), and the Prometheus text of `GET /metrics`. Does not own: credential states
-(the scheduler reports them), the access log (logs.py), or which paths need a client key
-(auth.py).
+(the scheduler reports them), quota readings (quota.py: shown here as each provider's `quota`
+object, credential id → used, limit, resets_at), the access log (logs.py), or which paths need
+a client key (auth.py).
 
 Counts are of upstream attempts, not client requests: a request that failed over from one
 block to another counts once at each. Success is a 2xx answer; anything else is a failure,
@@ -59,6 +60,7 @@ class Attempt:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     error: str = ""  # short, non-secret
+    dialect: str = ""  # the client's chat dialect (chat, messages, responses), if any
 
 
 #: Bucket upper bounds in ms: 1, 1.25, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10, … up to 10^7 (2.8 h).
@@ -135,7 +137,7 @@ _NEVER = _Counts(epoch=-(1 << 62))
 
 
 class _Provider:
-    __slots__ = ("folded", "last_error", "last_seen", "retries", "slices")
+    __slots__ = ("dialects", "folded", "last_error", "last_seen", "retries", "slices")
 
     def __init__(self) -> None:
         self.slices = [_NEVER] * SLICES
@@ -145,6 +147,7 @@ class _Provider:
         self.retries = 0  # attempts that were not the first of their client request
         self.last_seen: float | None = None
         self.last_error: tuple[float, int, str] | None = None
+        self.dialects: dict[str, int] = {}  # lifetime attempts by the client's dialect
 
 
 class ProviderMetrics:
@@ -188,6 +191,8 @@ class ProviderMetrics:
         ttft_bucket = -1 if ttft is None else bisect_left(BOUNDS_MS, ttft * 1000.0)
         window.add(status_class, latency_bucket, attempt, ttft_bucket)
         p.last_seen = now
+        if attempt.dialect:
+            p.dialects[attempt.dialect] = p.dialects.get(attempt.dialect, 0) + 1
         if status_class:
             p.last_error = (now, attempt.status, attempt.error)
         trail = ATTEMPTS.get()
@@ -205,9 +210,13 @@ class ProviderMetrics:
         return total
 
     def snapshot(
-        self, credentials: Iterable[CredentialView], drivers: Mapping[str, str]
+        self,
+        credentials: Iterable[CredentialView],
+        drivers: Mapping[str, str],
+        quotas: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> dict[str, dict[str, Any]]:
-        """`/v1/metrics/providers`: every provider in `drivers` (provider → driver name)."""
+        """`/v1/metrics/providers`: every provider in `drivers` (provider → driver name);
+        `quotas` is provider → credential id → quota object (`Quotas.by_provider`)."""
         now = self.clock()
         creds: dict[str, dict[str, int]] = {}
         for view in credentials:
@@ -243,13 +252,112 @@ class ProviderMetrics:
                 "last_error": _last_error(p.last_error),
                 "credentials": creds.get(provider, dict.fromkeys(("total", *CREDENTIAL_STATES), 0)),
                 "lifetime": {**_totals(_lifetime(p)), "retries": p.retries},
+                # lifetime attempts by the client's dialect (chat, messages, responses)
+                "dialects": dict(p.dialects),
+                "quota": dict((quotas or {}).get(provider, {})),
             }
         return out
+
+    def dialects(self, provider: str) -> dict[str, int]:
+        """A provider's lifetime attempts by the client's dialect."""
+        p = self._providers.get(provider)
+        return dict(p.dialects) if p is not None else {}
+
+    def series(self, provider: str) -> dict[str, list[Any]]:
+        """A provider's window slice by slice, oldest first (for the status page's charts):
+        requests, failures, 429s and tokens per slice, and each slice's p50 latency in ms
+        (None for a slice without traffic)."""
+        p = self._providers.get(provider)
+        current = int(self.clock() // self._slice_seconds)
+        by_epoch = {s.epoch: s for s in p.slices} if p is not None else {}
+        out: dict[str, list[Any]] = {
+            "requests": [], "failures": [], "rate_limited": [], "tokens": [], "latency_p50_ms": []
+        }  # fmt: skip
+        for epoch in range(current - SLICES + 1, current + 1):
+            s = by_epoch.get(epoch, _NEVER)
+            n = sum(s.statuses)
+            out["requests"].append(n)
+            out["failures"].append(n - s.statuses[0])
+            out["rate_limited"].append(s.statuses[3])
+            out["tokens"].append(s.prompt + s.completion)
+            out["latency_p50_ms"].append(percentile(s.latency, 0.50))
+        return out
+
+    @property
+    def slice_seconds(self) -> float:
+        return self._slice_seconds
+
+    # -- sharing (proxy/state/): one deployment's metrics from every process's ------------
+
+    def export(self) -> bytes:
+        """Everything counted here, for other processes to `absorb` (JSON, sparse buckets)."""
+        providers = {}
+        for name, p in self._providers.items():
+            providers[name] = {
+                "slices": [_pack(s) for s in p.slices if s is not _NEVER],
+                "folded": _pack(p.folded),
+                "retries": p.retries,
+                "last_seen": p.last_seen,
+                "last_error": p.last_error,
+            }
+        return orjson.dumps({"slice_seconds": self._slice_seconds, "providers": providers})
+
+    def absorb(self, exported: bytes) -> None:
+        """Add another process's `export` into these counts (a deployment-wide view is a
+        fresh `ProviderMetrics` that absorbs every process's export)."""
+        data = orjson.loads(exported)
+        same_slices = data.get("slice_seconds") == self._slice_seconds
+        for name, theirs in data.get("providers", {}).items():
+            p = self._providers.get(name)
+            if p is None:
+                p = self._providers[name] = _Provider()
+            p.folded.merge(_unpack(theirs["folded"]))
+            for packed in theirs["slices"]:
+                counts = _unpack(packed)
+                i = counts.epoch % SLICES
+                mine = p.slices[i]
+                if not same_slices:  # another window length: only lifetime totals agree
+                    p.folded.merge(counts)
+                elif mine.epoch == counts.epoch:
+                    mine.merge(counts)
+                elif mine.epoch < counts.epoch:
+                    p.folded.merge(mine)
+                    p.slices[i] = counts
+                else:
+                    p.folded.merge(counts)
+            p.retries += theirs["retries"]
+            seen = theirs["last_seen"]
+            if seen is not None and (p.last_seen is None or seen > p.last_seen):
+                p.last_seen = seen
+            error = theirs["last_error"]
+            if error is not None and (p.last_error is None or error[0] > p.last_error[0]):
+                p.last_error = (error[0], error[1], error[2])
 
     def lifetime(self, provider: str) -> tuple[_Counts, int]:
         """A provider's lifetime counts and retries (zeros when it has had no traffic)."""
         p = self._providers.get(provider)
         return (_lifetime(p), p.retries) if p is not None else (_Counts(), 0)
+
+
+def _sparse(counts: list[int]) -> list[tuple[int, int]]:
+    return [(i, n) for i, n in enumerate(counts) if n]
+
+
+def _pack(c: _Counts) -> list[Any]:
+    sparse = _sparse
+    return [c.epoch, c.statuses, sparse(c.latency), sparse(c.ttft), c.latency_sum, c.ttft_sum,
+            c.prompt, c.completion]  # fmt: skip
+
+
+def _unpack(packed: list[Any]) -> _Counts:
+    c = _Counts(packed[0])
+    c.statuses = list(packed[1])
+    for i, n in packed[2]:
+        c.latency[i] = n
+    for i, n in packed[3]:
+        c.ttft[i] = n
+    c.latency_sum, c.ttft_sum, c.prompt, c.completion = packed[4:8]
+    return c
 
 
 def _lifetime(p: _Provider) -> _Counts:
@@ -308,10 +416,12 @@ class _PrometheusView(Collector):
         metrics: ProviderMetrics,
         configured: Callable[[], Mapping[str, str]],
         credentials: Callable[[], Iterable[CredentialView]],
+        quotas: Callable[[], Mapping[str, Mapping[str, Any]]] = dict,
     ) -> None:
         self._metrics = metrics
         self._configured = configured
         self._credentials = credentials
+        self._quotas = quotas
 
     def collect(self) -> Iterator[Metric]:
         configured = self._configured()
@@ -339,8 +449,16 @@ class _PrometheusView(Collector):
             "Attempts that were not the first of their client request.",
             labels=("provider",),
         )
+        by_dialect = CounterMetricFamily(
+            "keyrail_upstream_requests_by_dialect",
+            "Upstream attempts by provider block and the client's dialect "
+            "(chat, messages, responses).",
+            labels=("provider", "dialect"),
+        )
         for provider, driver in configured.items():
             p, d = r(provider), r(driver)
+            for dialect, count in sorted(self._metrics.dialects(provider).items()):
+                by_dialect.add_metric([p, dialect], count)
             c, n = self._metrics.lifetime(provider)
             for status_class, count in zip(STATUS_CLASSES, c.statuses, strict=True):
                 requests.add_metric([p, d, status_class], count)
@@ -360,7 +478,37 @@ class _PrometheusView(Collector):
                 counts[view.provider, view.state] += 1
         for (provider, state), count in counts.items():
             states.add_metric([r(provider), state], count)
-        yield from (requests, latency, ttft, tokens, retries, states)
+        yield from (requests, by_dialect, latency, ttft, tokens, retries, states)
+        yield from self._quota_families(configured)
+
+    def _quota_families(self, configured: Mapping[str, str]) -> Iterator[Metric]:
+        r = REDACTOR.redact
+        labels = ("provider", "credential")
+        used = GaugeMetricFamily(
+            "keyrail_quota_used",
+            "A credential's quota used, as its driver last read it.",
+            labels=labels,
+        )
+        limit = GaugeMetricFamily(
+            "keyrail_quota_limit", "A credential's quota allowance.", labels=labels
+        )
+        resets = GaugeMetricFamily(
+            "keyrail_quota_resets_at_seconds",
+            "When a credential's quota resets (Unix time).",
+            labels=labels,
+        )
+        for provider, by_credential in self._quotas().items():
+            if provider not in configured:
+                continue
+            for cid, q in by_credential.items():
+                if "used" not in q:
+                    continue  # no successful reading yet
+                key = [r(provider), r(cid)]
+                used.add_metric(key, q["used"])
+                limit.add_metric(key, q["limit"])
+                if q.get("resets_at_unix") is not None:
+                    resets.add_metric(key, q["resets_at_unix"])
+        yield from (used, limit, resets)
 
 
 def _buckets(counts: list[int]) -> list[tuple[str, float]]:
@@ -378,30 +526,62 @@ def _buckets(counts: list[int]) -> list[tuple[str, float]]:
 
 
 def setup(app: web.Application, wrap: Wrap) -> None:
-    """`GET /v1/metrics/providers` and `GET /metrics`, each app with its own registry, each
-    handler inside `wrap` (the pipeline)."""
-    from proxy.keys import LIVE, METRICS, SCHEDULER  # keys.py imports this module
+    """`GET /v1/metrics/providers` and `GET /metrics`, each handler inside `wrap` (the
+    pipeline). With shared state (proxy/state/) both answer for every process of the
+    deployment; `?scope=local` answers for this process alone."""
+    from proxy.keys import LIVE, METRICS, QUOTAS, SCHEDULER, STATE  # keys.py imports this module
 
     def configured() -> dict[str, str]:
         """Every configured block (provider → driver), with traffic or not."""
         return {b.name: b.driver for b in app[LIVE].current.settings.providers}
 
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_PrometheusView(app[METRICS], configured, app[SCHEDULER].credential_views))
+    quotas = app[QUOTAS].by_provider
+
+    async def counted(request: web.Request) -> tuple[ProviderMetrics, str]:
+        """The metrics to answer with, and their scope ("deployment" or "local")."""
+        scope = request.query.get("scope", "")
+        if scope not in ("", "local", "deployment"):
+            raise InvalidRequest("'scope' must be 'local' or 'deployment'.", param="scope")
+        local = app[METRICS]
+        state = app[STATE]
+        if scope == "local" or not state.shared:
+            return local, "local"
+        peers = await state.peer_metrics()
+        if peers is None:  # Redis is away: what this process knows
+            return local, "local"
+        view = ProviderMetrics(local.window_seconds, local.clock)
+        view.absorb(local.export())
+        for exported in peers:
+            view.absorb(exported)
+        return view, "deployment"
 
     async def providers(request: web.Request) -> web.Response:
         fmt = request.query.get("format", "")
         if fmt not in ("", "list"):
             raise InvalidRequest("'format' must be 'list' or absent.", param="format")
-        snapshot = app[METRICS].snapshot(app[SCHEDULER].credential_views(), configured())
+        view, scope = await counted(request)
+        snapshot = view.snapshot(app[SCHEDULER].credential_views(), configured(), quotas())
         data: Any = {"object": "list", "data": list(snapshot.values())} if fmt else snapshot
         return web.Response(
-            body=orjson.dumps(data, option=orjson.OPT_INDENT_2), content_type="application/json"
+            body=orjson.dumps(data, option=orjson.OPT_INDENT_2),
+            content_type="application/json",
+            headers={SCOPE_HEADER: scope},
         )
 
     async def prometheus(request: web.Request) -> web.Response:
+        view, scope = await counted(request)
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(
+            _PrometheusView(view, configured, app[SCHEDULER].credential_views, quotas)
+        )
         body = generate_latest(registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.Response(
+            body=body, headers={"Content-Type": CONTENT_TYPE_LATEST, SCOPE_HEADER: scope}
+        )
 
     app.router.add_get("/v1/metrics/providers", wrap(providers))
     app.router.add_get("/metrics", wrap(prometheus))
+
+
+#: Which processes a metrics answer counts: "deployment" (all that share the state) or "local".
+SCOPE_HEADER = "X-Keyrail-Metrics-Scope"

@@ -5,8 +5,9 @@
 2. access: a request id (in every answer's `X-Request-Id`, errors included), the access
    record the handlers fill, and its line at the end, with a line for every upstream attempt
    that failed on the way (logs.py owns the formats);
-3. errors: every failure leaves as an OpenAI error body, redacted (upstreams may echo a key),
-   never as a traceback;
+3. errors: every failure leaves as an error body in the route's dialect (Anthropic's shape on
+   `/v1/messages`, OpenAI's elsewhere), redacted (upstreams may echo a key), never as a
+   traceback;
 4. runtime: the request keeps the config it started with, even across a reload (runtime.py);
 5. client keys: `/v1/*` needs one of `api-keys` (auth.py owns the check).
 
@@ -30,11 +31,13 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from proxy import auth, shutdown
-from proxy.errors import ProxyError, error_body
+from proxy.dialects.routes import codec_for_path
+from proxy.errors import InvalidRequest, ProxyError, error_body
 from proxy.logs import RequestRecord, log_failed_attempt, log_request
 from proxy.metrics import ATTEMPTS, Attempt
 from proxy.redact import REDACTOR
 from proxy.runtime import RUNTIME, Live
+from proxy.status.recent import RecentErrors
 
 log = logging.getLogger("keyrail.pipeline")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -44,19 +47,20 @@ JSON = "application/json"
 #: The access record of the request being served: handlers fill it, the pipeline logs it.
 ACCESS = web.RequestKey("access", RequestRecord)
 #: Probes and scrapes are answered but not logged: they would drown the access log.
-QUIET_PATHS = frozenset({"/health", "/healthz", "/metrics"})
+QUIET_PATHS = frozenset({"/health", "/healthz", "/metrics", "/status", "/v1/status"})
 _STATUS_CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
 
 
 class Pipeline:
     """`wrap(handler)` gives the handler every route is registered with."""
 
-    def __init__(self, drain: shutdown.Drain, live: Live) -> None:
+    def __init__(self, drain: shutdown.Drain, live: Live, recent: RecentErrors) -> None:
         self._drain = drain
         self._live = live
+        self._recent = recent
 
     def wrap(self, handler: Handler) -> Handler:
-        drain, live = self._drain, self._live
+        drain, live, recent = self._drain, self._live, self._recent
 
         # One coroutine around the handler: every level of `await` costs on every resumption.
         async def through_pipeline(request: web.Request) -> web.StreamResponse:
@@ -104,7 +108,7 @@ class Pipeline:
                 ATTEMPTS.reset(collecting)
                 runtime.leave()
                 drain.leave(task)
-                _log(request, rec, trail, started)
+                _log(request, rec, trail, started, recent)
 
         return through_pipeline
 
@@ -133,13 +137,16 @@ def add_unrouted(router: web.UrlDispatcher, wrap: Wrap) -> None:
 
 
 def _failure_response(request: web.Request, rec: RequestRecord, exc: Exception) -> web.Response:
-    """The OpenAI error body for a failure; re-raises what is not one (a redirect, a reset)."""
+    """The error body for a failure, in the route's dialect; re-raises what is not one (a
+    redirect, a reset)."""
     if isinstance(exc, ProxyError):
         if not rec.error:
             rec.error = exc.message[:200]
+        codec = codec_for_path(request.path)
+        status, body = codec.error(exc) if codec is not None else (exc.status, exc.body())
         # Upstream error bodies are relayed, and some echo the key they were sent: redact.
-        body = REDACTOR.redact_bytes(exc.body())
-        return web.Response(body=body, status=exc.status, content_type=JSON, headers=exc.headers)
+        body = REDACTOR.redact_bytes(body)
+        return web.Response(body=body, status=status, content_type=JSON, headers=exc.headers)
     if isinstance(exc, web.HTTPException):
         if exc.status < 400:
             raise exc
@@ -148,12 +155,13 @@ def _failure_response(request: web.Request, rec: RequestRecord, exc: Exception) 
             message = f"Unknown endpoint: {request.method} {request.path}"
         elif exc.status == 413:
             message = "Request body too large"
-        body = error_body(
-            message,
-            type="invalid_request_error",
-            code=_STATUS_CODES.get(exc.status, "invalid_request"),
-        )
         headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+        codec = codec_for_path(request.path)
+        code = _STATUS_CODES.get(exc.status, "invalid_request")
+        if codec is not None and codec.name != "chat":  # e.g. a body too large for /v1/messages
+            status, body = codec.error(InvalidRequest(message, status=exc.status, code=code))
+            return web.Response(body=body, status=status, content_type=JSON, headers=headers)
+        body = error_body(message, type="invalid_request_error", code=code)
         return web.Response(body=body, status=exc.status, content_type=JSON, headers=headers)
     if isinstance(exc, ConnectionResetError):
         raise exc  # the client is gone: nobody to answer
@@ -162,7 +170,13 @@ def _failure_response(request: web.Request, rec: RequestRecord, exc: Exception) 
     return web.Response(body=body, status=500, content_type=JSON)
 
 
-def _log(request: web.Request, rec: RequestRecord, trail: list[Attempt], started: float) -> None:
+def _log(
+    request: web.Request,
+    rec: RequestRecord,
+    trail: list[Attempt],
+    started: float,
+    recent: RecentErrors,
+) -> None:
     for failed in trail:
         if not 200 <= failed.status < 300:
             log_failed_attempt(rec.request_id, failed)
@@ -172,3 +186,5 @@ def _log(request: web.Request, rec: RequestRecord, trail: list[Attempt], started
     if request.path not in QUIET_PATHS:
         rec.latency_ms = (time.perf_counter() - started) * 1000
         log_request(rec)
+        if rec.status >= 400:
+            recent.add(rec)  # for the status page

@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from proxy.config import Settings
 
@@ -130,6 +131,14 @@ class Redactor:
 REDACTOR = Redactor()
 
 
+def url_label(url: str) -> str:
+    """A URL as it may be shown: without its user and password."""
+    parts = urlsplit(url)
+    if not parts.netloc or "@" not in parts.netloc:
+        return url
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+
+
 def secrets_of(settings: Settings) -> Iterator[str]:
     """Every secret the settings hold: client keys, the management secret, and in each
     provider block the values of secret-named options (`api-key`, `access-token`, …) and of
@@ -137,6 +146,8 @@ def secrets_of(settings: Settings) -> Iterator[str]:
     yield from settings.api_keys
     if settings.management_secret:
         yield settings.management_secret
+    if password := urlsplit(settings.state).password:  # `state: redis://:PASSWORD@host`
+        yield password
     for block in settings.providers:
         yield from _secret_values(block.options, named=False)
         yield from _secret_values(block.headers, named=False)

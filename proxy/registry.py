@@ -81,7 +81,7 @@ class Registry:
         if not (isinstance(loaded, type) and issubclass(loaded, Driver)):
             raise DriverError(f"driver '{name}' ({eps[0].value}) is not a proxy.Driver subclass")
         major = str(getattr(loaded, "api_version", "")).split(".")[0]
-        if major != API_VERSION:
+        if major != API_VERSION.split(".")[0]:
             raise DriverError(
                 f"driver '{name}' was written for driver API {loaded.api_version}, "
                 f"keyrail speaks {API_VERSION}"

@@ -5,10 +5,11 @@ inode, so it is seen like an in-place write), debouncing, comparing the content 
 validating the new file (an invalid one leaves the old config serving and logs each
 `FILE:LINE:COL` problem), building the new runtime while the old one keeps serving, carrying
 scheduler state over for credentials that still exist, swapping, and closing the old runtime
-once the requests and streams that started on it have finished. `host`, `port` and
-`limits.request-body-mb` changes are logged as needing a restart. `Reloader.reload` is also
-what SIGHUP and `POST /v0/management/reload` call. Does not own: parsing (config.py), building
-(runtime.py), token files named by provider blocks (their drivers' token store re-reads them).
+once the requests and streams that started on it have finished. `host`, `port`,
+`limits.request-body-mb`, `workers` and `state` changes are logged as needing a restart.
+`Reloader.reload` is also what SIGHUP and `POST /v0/management/reload` call. Does not own:
+parsing (config.py), building (runtime.py), token files named by provider blocks (their
+drivers' token store re-reads them).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from aiohttp import web
 from proxy import config, runtime
 from proxy.errors import ConfigError
 from proxy.keys import LIVE, METRICS, REGISTRY, SCHEDULER
+from proxy.redact import url_label
 from proxy.registry import options_lookup
 from proxy.scheduler import Scheduler
 
@@ -55,8 +57,9 @@ class Reloader:
     poll_seconds: float = POLL_SECONDS
     last: Outcome | None = None
     _digest: bytes = b""
-    #: what only a restart applies (host, port, body limit), as the file last said them
-    _file_fixed: tuple[str, int, float] | None = None
+    #: what only a restart applies (host, port, body limit, workers, state), as the file
+    #: last said them
+    _file_fixed: tuple[str, int, float, int, str] | None = None
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -117,6 +120,8 @@ class Reloader:
             host=running.host,
             port=running.port,
             request_body_limit_mb=running.request_body_limit_mb,
+            workers=running.workers,
+            state=running.state,
         )
         try:
             fresh = await runtime.build(new, registry)
@@ -211,14 +216,15 @@ def _signature(path: Path) -> tuple[int, int, int, int] | None:
     return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-def _fixed_at_start(settings: config.Settings) -> tuple[str, int, float]:
-    """What the server is built with: where it listens, and the request body limit (aiohttp
-    sets it on the application)."""
-    return (settings.host, settings.port, settings.request_body_limit_mb)
+def _fixed_at_start(settings: config.Settings) -> tuple[str, int, float, int, str]:
+    """What the server is built with: where it listens, the request body limit (aiohttp
+    sets it on the application), how many workers and where shared state lives."""
+    return (settings.host, settings.port, settings.request_body_limit_mb, settings.workers,
+            settings.state)  # fmt: skip
 
 
 def _restart_changes(
-    previous: tuple[str, int, float] | None, new: config.Settings
+    previous: tuple[str, int, float, int, str] | None, new: config.Settings
 ) -> tuple[str, ...]:
     if previous is None:
         return ()
@@ -232,10 +238,16 @@ def _restart_changes(
             f"'limits.request-body-mb' changed to {new.request_body_limit_mb:g}: restart "
             "keyrail to apply it"
         )
+    if new.workers != previous[3]:
+        changes.append(f"'workers' changed to {new.workers}: restart keyrail to apply it")
+    if new.state != previous[4]:
+        changes.append(f"'state' changed to {url_label(new.state)!r}: restart keyrail to apply it")
     return tuple(changes)
 
 
-def _fixed_in_file(data: bytes, path: Path, app: web.Application) -> tuple[str, int, float] | None:
+def _fixed_in_file(
+    data: bytes, path: Path, app: web.Application
+) -> tuple[str, int, float, int, str] | None:
     try:
         settings = config.parse(
             data.decode("utf-8"), options_lookup(app[REGISTRY]), source=str(path)

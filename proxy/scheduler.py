@@ -21,16 +21,25 @@ block, or per credential through `Credential.extra["disable-cooling"]`):
     429              cools (credential, model) for the hint capped by `max_cooldown`, else
                      1 s, 2 s, 4 s ... capped at 30 min (and at `max_cooldown`)
     401/402/403      disables the credential, every model, for 30 min; a reload re-enables it
+    discontinued     disables the credential, every model, until a reload (the service is gone)
+    quota spent      (a driver's quota reading, quota.py) disables the credential, every model,
+                     until the quota resets; a reading that is not spent lifts it
     408/5xx/timeout  cools (credential, model) for `transient_cooldown` (<= 0: no cooldown)
 A cooldown never shortens one already running.
+
+Sharing (proxy/state/): every change an outcome makes (a cooldown or disable that starts or
+grows, one that a success or `recover` clears) is handed to `on_change` as a `Change` in
+wall-clock time; a shared-state backend publishes it, and `apply` merges the changes other
+processes publish. Selection only ever reads local state, so it stays synchronous.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Container, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from proxy.driver import Credential
 
@@ -41,6 +50,9 @@ STRATEGIES = ("round-robin", "fill-first")
 DISABLE_COOLING = "disable-cooling"
 
 QUOTA, UNAUTHORIZED, TRANSIENT = "quota", "unauthorized", "transient"
+DISCONTINUED = "discontinued"
+#: `Change.kind`s
+COOL, DISABLE, CLEAR_COOL, CLEAR_DISABLE = "cool", "disable", "clear-cool", "clear-disable"
 
 
 class Candidate(Protocol):
@@ -65,8 +77,10 @@ C = TypeVar("C", bound=Candidate)
 class Recovery:
     """When the soonest of a pool's candidates becomes ready again."""
 
-    in_seconds: float
+    in_seconds: float  # math.inf when every candidate is discontinued
     quota: bool  # True when that candidate is cooling after a 429 (else disabled/transient)
+    #: when no candidate will ever recover (until a reload): why, in the driver's words
+    discontinued: str = ""
     #: QUOTA, UNAUTHORIZED or TRANSIENT: why that candidate is not ready
     reason: str = field(default="", compare=False)
     #: that candidate's credential (its last error says more)
@@ -80,10 +94,41 @@ class CredentialView:
     id: str
     provider: str
     state: str  # "ready" | "cooling_down" | "disabled"
-    reason: str = ""  # "quota" | "unauthorized" | "transient" | ""
-    until: float | None = None  # wall-clock time (time.time()) the state ends
+    reason: str = ""  # "quota" | "unauthorized" | "transient" | "discontinued" | ""
+    until: float | None = None  # wall-clock time (time.time()) the state ends; None: never
     last_error: str = ""
     cooling_models: tuple[str, ...] = ()  # upstream models this credential is cooling for
+
+
+def availability(providers: Iterable[str], views: Iterable[CredentialView]) -> dict[str, str]:
+    """Each provider's availability from its credentials' states, in the words `/health`,
+    management and the status page share: ok (all ready), degraded (some), down (none)."""
+    total: dict[str, int] = dict.fromkeys(providers, 0)
+    ready = dict(total)
+    for view in views:
+        if view.provider in total:
+            total[view.provider] += 1
+            ready[view.provider] += view.state == "ready"
+    return {
+        name: "ok" if n and ready[name] == n else ("degraded" if ready[name] else "down")
+        for name, n in total.items()
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """A credential's state changed: what other processes are told (proxy/state/).
+
+    Times are wall-clock (`time.time()`): one process's monotonic clock means nothing to
+    another. A clear undoes only what was recorded before its `at`.
+    """
+
+    kind: str  # COOL | DISABLE | CLEAR_COOL | CLEAR_DISABLE
+    credential_id: str
+    model: str  # the upstream model ("" for a disable, which holds for every model)
+    until: float  # when the cooldown or disable ends (0 for a clear)
+    reason: str  # QUOTA | UNAUTHORIZED | TRANSIENT ("" for a clear)
+    at: float  # when it was recorded (for a clear: when the clearing attempt began)
 
 
 @dataclass(slots=True)
@@ -92,6 +137,7 @@ class _State:
     reason: str = ""
     backoff_level: int = 0
     since: float = 0.0  # when the last failure was recorded
+    note: str = ""  # for a discontinued credential: the message every later request gets
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +187,8 @@ class Scheduler:
         # counted cooldown ends: (pool, priority) -> (tier, version, valid until, counts).
         self._version = 0
         self._counts: dict[tuple[str, int], tuple[_Tier, int, float, list[int]]] = {}
+        #: told of every change an outcome makes (a shared-state backend publishes it)
+        self.on_change: Callable[[Change], None] | None = None
 
     def configure(
         self,
@@ -314,10 +362,12 @@ class Scheduler:
         if cooling is not None and (started is None or cooling.since <= started):
             del self._cooling[key]
             self._version += 1
+            self._share(CLEAR_COOL, cid, c.upstream_model, None, "", started)
         disabled = self._disabled.get(cid)
         if disabled is not None and (started is None or disabled.since <= started):
             del self._disabled[cid]
             self._version += 1
+            self._share(CLEAR_DISABLE, cid, "", None, "", started)
 
     def rate_limited(self, c: Candidate, retry_after: float | None, error: str = "") -> float:
         """429: cool (credential, model) for the hint (capped), else 1 s, 2 s, 4 s ...
@@ -333,15 +383,29 @@ class Scheduler:
         else:
             seconds = min(2.0**state.backoff_level, BACKOFF_CAP_SECONDS, self.max_cooldown)
             state.backoff_level += 1
-        self._extend(state, seconds, QUOTA)
+        if self._extend(state, seconds, QUOTA):
+            self._share(COOL, c.credential.id, c.upstream_model, state)
         return seconds
 
     def rejected(self, c: Candidate, error: str = "") -> None:
         """401/402/403: the credential is disabled for 30 minutes, for every model."""
         self._note(c, error)
         if not self._cooling_off(c):
-            self._extend(self._disabled.setdefault(c.credential.id, _State()), DISABLE_SECONDS,
-                         UNAUTHORIZED)  # fmt: skip
+            state = self._disabled.setdefault(c.credential.id, _State())
+            if self._extend(state, DISABLE_SECONDS, UNAUTHORIZED):
+                self._share(DISABLE, c.credential.id, "", state)
+
+    def discontinued(self, c: Candidate, message: str) -> None:
+        """The service behind the credential is gone: disabled, every model, until a reload.
+
+        Not subject to `disable-cooling`: retrying a shut-down service helps nobody. Not shared
+        with other processes (`on_change`): each finds it out with one call per credential.
+        """
+        self._note(c, message)
+        state = self._disabled.setdefault(c.credential.id, _State())
+        state.since, state.until, state.reason = self.clock(), math.inf, DISCONTINUED
+        state.note = message
+        self._version += 1
 
     def transient(self, c: Candidate, error: str = "") -> None:
         """408/5xx/connect or read timeout: cool (credential, model) for the transient cooldown."""
@@ -349,7 +413,23 @@ class Scheduler:
         if self._cooling_off(c) or self.transient_cooldown <= 0:
             return
         state = self._cooling.setdefault((c.credential.id, c.upstream_model), _State())
-        self._extend(state, self.transient_cooldown, TRANSIENT)
+        if self._extend(state, self.transient_cooldown, TRANSIENT):
+            self._share(COOL, c.credential.id, c.upstream_model, state)
+
+    def spent(self, credential_id: str, seconds: float, error: str = "") -> None:
+        """A quota reading: the credential's allowance is used up for `seconds` (not capped:
+        the upstream said when it resets). 0 lifts an earlier one; other disables stay."""
+        state = self._disabled.get(credential_id)
+        if seconds <= 0:
+            if state is not None and state.reason == QUOTA:
+                del self._disabled[credential_id]
+                self._version += 1
+            return
+        if self.disable_cooling:
+            return
+        if error:
+            self._last_error[credential_id] = error[:200]
+        self._extend(self._disabled.setdefault(credential_id, _State()), seconds, QUOTA)
 
     def _cooling_off(self, c: Candidate) -> bool:
         return (
@@ -358,13 +438,84 @@ class Scheduler:
             or bool(c.credential.extra.get(DISABLE_COOLING))
         )
 
-    def _extend(self, state: _State, seconds: float, reason: str) -> None:
+    def _extend(self, state: _State, seconds: float, reason: str) -> bool:
+        """Start or grow a cooldown or disable; True when it did (a shorter one never cuts a
+        running one)."""
         now = self.clock()
         state.since = now
         until = now + seconds
-        if until > state.until:  # a shorter hint never cuts a running cooldown
+        if until > state.until:
             state.until, state.reason = until, reason
             self._version += 1
+            return True
+        return False
+
+    def _share(
+        self,
+        kind: str,
+        cid: str,
+        model: str,
+        state: _State | None,
+        reason: str = "",
+        at: float | None = None,
+    ) -> None:
+        """Tell `on_change` (monotonic times here become wall-clock times there)."""
+        if self.on_change is None:
+            return
+        now, wall = self.clock(), self.wall_clock()
+        if state is not None:
+            until, reason, at = wall + state.until - now, state.reason, state.since
+        else:
+            until = 0.0
+        moment = wall if at is None else wall - (now - at)
+        self.on_change(Change(kind, cid, model, until, reason, moment))
+
+    def apply(self, change: Change) -> None:
+        """Merge a change another process made (never passed on to `on_change` again)."""
+        cid = change.credential_id
+        if cid not in self._credentials:
+            return  # not a credential of this config (yet): nothing to cool
+        now, wall = self.clock(), self.wall_clock()
+        at = now - (wall - change.at)
+        if change.kind in (COOL, DISABLE):
+            until = now + (change.until - wall)
+            if until <= now:
+                return
+            if change.kind == COOL:
+                state = self._cooling.setdefault((cid, change.model), _State())
+            else:
+                state = self._disabled.setdefault(cid, _State())
+            state.since = max(state.since, at)
+            if until > state.until:
+                state.until, state.reason = until, change.reason
+                self._version += 1
+            return
+        table: dict[Any, _State]
+        key: Any
+        table, key = (
+            (self._cooling, (cid, change.model)) if change.kind == CLEAR_COOL
+            else (self._disabled, cid)
+        )  # fmt: skip
+        held = table.get(key)
+        if held is not None and held.since <= at:
+            del table[key]
+            self._version += 1
+
+    def shared_states(self) -> list[Change]:
+        """Every cooldown and disable still running, as changes (for a backend that has just
+        (re)connected and merges what it missed)."""
+        now, wall = self.clock(), self.wall_clock()
+        out = [
+            Change(COOL, cid, model, wall + s.until - now, s.reason, wall - (now - s.since))
+            for (cid, model), s in self._cooling.items()
+            if s.until > now
+        ]
+        out += [
+            Change(DISABLE, cid, "", wall + s.until - now, s.reason, wall - (now - s.since))
+            for cid, s in self._disabled.items()
+            if s.until > now
+        ]
+        return out
 
     def _note(self, c: Candidate, error: str) -> None:
         if error:
@@ -389,13 +540,20 @@ class Scheduler:
         if best is None:
             return None
         cid = best.credential.id
+        if best_at == math.inf:
+            disabled = self._disabled.get(cid)
+            note = disabled.note if disabled is not None else ""
+            return Recovery(math.inf, False, note or DISCONTINUED, UNAUTHORIZED, cid)
         cooling = self._cooling.get((cid, best.upstream_model))
+        disabled = self._disabled.get(cid)
+        quota = any(
+            s is not None and s.reason == QUOTA and s.until == best_at for s in (cooling, disabled)
+        )
         if cooling is not None and cooling.until == best_at:
             reason = cooling.reason
         else:
-            disabled = self._disabled.get(cid)
             reason = disabled.reason if disabled is not None else TRANSIENT
-        return Recovery(best_at - now, reason == QUOTA, reason, cid)
+        return Recovery(best_at - now, quota, "", reason, cid)
 
     def last_error(self, credential_id: str) -> str:
         """The last error recorded for a credential (secret-free), or ""."""
@@ -420,8 +578,9 @@ class Scheduler:
             models = cooling.get(cid, [])
             names = tuple(sorted(m for m, _ in models))
             if disabled is not None and disabled.until > now:
+                until = None if disabled.until == math.inf else wall + disabled.until - now
                 views.append(CredentialView(cid, provider, "disabled", disabled.reason,
-                                            wall + disabled.until - now, error, names))  # fmt: skip
+                                            until, error, names))  # fmt: skip
             elif models:
                 latest = max((s for _, s in models), key=lambda s: s.until)
                 views.append(CredentialView(cid, provider, "cooling_down", latest.reason,
@@ -442,7 +601,9 @@ class Scheduler:
         disabled = [k for k in self._disabled if chosen(k)]
         for key in cooling:
             del self._cooling[key]
+            self._share(CLEAR_COOL, key[0], key[1], None)
         for cid in disabled:
             del self._disabled[cid]
+            self._share(CLEAR_DISABLE, cid, "", None)
         self._version += 1
         return len(cooling) + len(disabled)

@@ -245,6 +245,23 @@ RESPONSES_END = StreamEnd(
 )
 
 
+def _is_message_stop(event: bytes) -> bool:
+    data = event_data(event)
+    if event.startswith(b"event: message_stop") or data == b'{"type":"message_stop"}':
+        return True
+    if data is None or b"message_stop" not in data:
+        return False
+    try:
+        payload = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(payload, dict) and payload.get("type") == "message_stop"
+
+
+#: What ends an Anthropic Messages stream.
+MESSAGES_END = StreamEnd((b"message_stop",), _is_message_stop)
+
+
 @dataclass(slots=True)
 class RelayResult:
     """What the relay saw, for metrics and the access log. The caller makes it and keeps it:
@@ -274,6 +291,10 @@ class RelayOptions:
     #: its connection can be reused; the client's answer is already complete by then)
     drain_seconds: float = 1.0
     extra_headers: dict[str, str] = field(default_factory=dict)
+    #: what silence is filled with (the client's dialect: a comment, or Messages' `ping`)
+    keepalive: bytes = KEEPALIVE
+    #: the in-band error that ends a started stream, in the client's dialect
+    error_event: Callable[[ProxyError], bytes] = error_event
 
 
 async def relay(
@@ -395,7 +416,7 @@ async def relay(
     except UpstreamError as exc:
         # After the first byte there is no retry: tell the client in-band, then end.
         result.error = exc
-        await _write_quietly(response, error_event(exc))
+        await _write_quietly(response, options.error_event(exc))
     except ConnectionResetError:
         result.completed = False  # the client was gone before the terminal event reached it
         raise
@@ -405,7 +426,7 @@ async def relay(
         # Shutdown ran out of drain time: end the stream with an error event, not a cut.
         result.error = StreamInterrupted(shutdown.MESSAGE, status=503, provider=head.provider)
         result.error.code = "shutting_down"
-        await _write_quietly(response, error_event(result.error))
+        await _write_quietly(response, options.error_event(result.error))
     finally:
         if watchdog is not None:
             watchdog.cancel()
@@ -474,7 +495,7 @@ async def _watchdog(
             quiet = now - watch.last_write
             if quiet >= every:
                 try:
-                    await response.write(KEEPALIVE)
+                    await response.write(options.keepalive)
                 except (ConnectionError, RuntimeError):
                     return  # the client is gone; the relay notices on its own next write
                 watch.last_write, quiet = now, 0.0

@@ -75,7 +75,7 @@ def test_a_kiro_token_file_that_cannot_be_read_is_a_warning(tmp_path, capsys):
     code, out = check(tmp_path, text, capsys)
     assert code == 0
     assert out[0] == (
-        f"warning: F:3:5: kiro-a: token file {missing} cannot be read (No such file or "
+        f"warning: F:2:5: kiro-a: token file {missing} cannot be read (No such file or "
         "directory); its requests fail (upstream_auth_failed) until it can: log in with the "
         "Kiro IDE, or point 'token-file' at the right file"
     )

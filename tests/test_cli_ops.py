@@ -100,11 +100,11 @@ def test_models_table(tmp_path, capsys):
     rows = [" ".join(line.split()) for line in lines]
     k1, k2 = (re.escape(f"primary/{hashlib.sha256(k).hexdigest()[:8]}") for k in (b"k1", b"k2"))
     expected = [
-        "MODEL PROVIDER PRIORITY UPSTREAM CREDENTIALS",
-        r"chat \[pool: primary, backup\] backup 5 gpt-4o backup/0",
-        rf"chat \[pool: primary, backup\] primary 0 gpt-4o-mini {k1}, {k2}",
-        rf"fast/chat primary 0 gpt-4o-mini {k1}, {k2}",
-        r"slow/chat backup 5 gpt-4o backup/0",
+        "MODEL PROVIDER PRIORITY UPSTREAM CREDENTIALS SOURCE",
+        r"chat \[pool: primary, backup\] backup 5 gpt-4o backup/0 config",
+        rf"chat \[pool: primary, backup\] primary 0 gpt-4o-mini {k1}, {k2} config",
+        rf"fast/chat primary 0 gpt-4o-mini {k1}, {k2} config",
+        r"slow/chat backup 5 gpt-4o backup/0 config",
         re.escape("excluded: o1-pro from primary (matches 'o1-*')"),
         re.escape(
             "note: discovered lists no models; its driver's list is used (not asked: --offline)"

@@ -1,4 +1,5 @@
-"""OpenAI ↔ Kiro mapping: the request body, model names, and events → chunks."""
+"""neutral ↔ Kiro mapping: the request body (from a chat body through the chat codec), model
+names, and Kiro events → neutral events."""
 
 from __future__ import annotations
 
@@ -7,9 +8,21 @@ from typing import Any
 import orjson
 import pytest
 
-from drivers.kiro import eventstream, models, request
+from drivers.kiro import eventstream, models
+from drivers.kiro import request as kiro_request
 from drivers.kiro.eventstream import Decoder
 from drivers.kiro.response import KiroException, Translator
+from proxy.dialects import chat
+from proxy.dialects import neutral as n
+
+
+class request:  # the chat body decoded as keyrail does, then mapped
+    TOOL_RESULTS_ONLY = kiro_request.TOOL_RESULTS_ONLY
+
+    @staticmethod
+    def build(body: dict[str, Any], model_id: str, **kwargs: Any) -> dict[str, Any]:
+        return kiro_request.build(chat.decode_request(body), model_id, **kwargs)
+
 
 PNG = "iVBORw0KGgo="
 
@@ -132,7 +145,7 @@ def test_exposed_names_round_trip() -> None:
     assert {models.upstream_id(m) for m in models.EXPOSED} == set(models.UPSTREAM)
 
 
-def _feed(translator: Translator, *frames: bytes) -> list[dict[str, Any]]:
+def _feed(translator: Translator, *frames: bytes) -> list[n.Event]:
     out = []
     for message in Decoder().feed(b"".join(frames)):
         out.extend(translator.feed(message))
@@ -154,22 +167,35 @@ def test_wrapped_payloads_full_object_inputs_and_reported_usage() -> None:
         eventstream.event("messageMetadataEvent", metadata),
         eventstream.event("someFutureEvent", b"{}"),
     )
-    deltas = [c["choices"][0]["delta"] for c in chunks]
-    assert deltas[0] == {"content": "hi"}
-    assert deltas[1]["tool_calls"][0]["id"] == "x"
-    assert deltas[2] == {"tool_calls": [{"index": 0, "function": {"arguments": '{"k":"v"}'}}]}
-    assert deltas[3] == {"reasoning_content": "hmm"}
-    done = t.completion()
-    assert done["usage"] == {"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17}
-    assert done["choices"][0]["message"]["reasoning_content"] == "hmm"
+    assert chunks == [
+        n.TextDelta("hi"),
+        n.ToolCallStart(0, "x", "f"),
+        n.ToolCallDelta(0, '{"k":"v"}'),
+        n.ToolCallEnd(0),
+        n.ReasoningDelta("hmm"),
+    ]
+    assert t.last() == [n.UsageUpdate(12, 5, cache_read=2), n.Finish("tool_calls")]
+
+
+def test_reasoning_signature_and_redacted_content() -> None:
+    t = Translator("m", context_window=200_000, request_chars=400)
+    events = _feed(
+        t,
+        eventstream.event("reasoningContentEvent", b'{"text":"a"}'),
+        eventstream.event("reasoningContentEvent", b'{"signature":"sig"}'),
+        eventstream.event("reasoningContentEvent", b'{"redactedContent":"b64"}'),
+    )
+    assert events == [
+        n.ReasoningDelta("a"),
+        n.ReasoningDelta(signature="sig"),
+        n.ReasoningDelta(opaque="b64"),
+    ]
 
 
 def test_estimates_without_reports_and_errors() -> None:
     t = Translator("m", context_window=200_000, request_chars=400)
     _feed(t, eventstream.event("assistantResponseEvent", b'{"content":"12345678"}'))
-    assert t.usage() == {
-        "prompt_tokens": 100, "completion_tokens": 2, "total_tokens": 102, "estimated": True,
-    }  # fmt: skip
+    assert t.usage() == n.UsageUpdate(100, 2, estimated=True)
     with pytest.raises(KiroException) as err:
         _feed(t, eventstream.exception("InternalServerException", b'{"message":"boom"}'))
     assert err.value.kind == "InternalServerException" and "boom" in str(err.value)

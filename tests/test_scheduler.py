@@ -381,3 +381,22 @@ def test_pick_with_a_hundred_credentials_scans_no_more_than_it_must(clock: FakeC
     assert set(picks(sched, pool, 50)) == {"a/99"}
     clock.advance(60.0)
     assert Counter(picks(sched, pool, 1000)) == {t.credential.id: 10 for t in pool}
+
+
+def test_discontinued_disables_until_a_reload_whatever_the_clock(clock: FakeClock) -> None:
+    pool = targets("roo", 2)
+    sched = make(pool, clock, disable_cooling=True)  # not subject to disable-cooling
+    sched.discontinued(pool[0], "the router was shut down")
+    assert ids([sched.pick("m", pool, ())]) == ["roo/1"]
+    assert sched.recovery(pool) is None  # one is still ready
+    sched.discontinued(pool[1], "the router was shut down")
+    clock.advance(10 * 24 * 3600.0)
+    assert sched.pick("m", pool, ()) is None
+    recovery = sched.recovery(pool)
+    assert recovery is not None and recovery.discontinued == "the router was shut down"
+    assert not recovery.quota
+    views = {v.id: v for v in sched.credential_views()}
+    assert views["roo/0"].state == "disabled" and views["roo/0"].reason == "discontinued"
+    assert views["roo/0"].until is None
+    sched.register((t.provider, t.credential.id) for t in pool)  # a reload
+    assert sched.pick("m", pool, ()) is not None and sched.recovery(pool) is None

@@ -21,8 +21,15 @@ UPSTREAM = (
     "claude-opus-4.5",
     "claude-opus-4.6",
 )
-#: What `GET /v1/models` shows for a kiro block that lists no `models`.
-EXPOSED = tuple("kiro-" + m.replace(".", "-") for m in UPSTREAM)
+
+
+def exposed(upstream: str) -> str:
+    """The name keyrail shows for an upstream id: `kiro-` + the id with dots as dashes."""
+    return "kiro-" + upstream.replace(".", "-")
+
+
+#: What `GET /v1/models` shows for a kiro block that lists no `models` when discovery fails.
+EXPOSED = tuple(exposed(m) for m in UPSTREAM)
 
 _PREFIXES = ("kiro-", "amazonq-")
 _DATED = re.compile(r"-\d{8}$")

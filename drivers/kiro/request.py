@@ -1,26 +1,38 @@
-"""OpenAI chat request → Kiro `generateAssistantResponse` body.
+"""The neutral request → Kiro `generateAssistantResponse` body.
 
 Owns: system prompts (wrapped and put before the current message), user text and images
-(`data:` URLs), assistant text and `tool_calls` (→ `toolUses`), `tool` messages (→ the next
-user message's `toolResults`, orphans dropped), merging same-role neighbours so history
-alternates user/assistant, the last message as `currentMessage`, tool definitions,
-`inferenceConfig`, and `profileArn` when the caller passes one.
-Does not own: the model-name table (models.py), the HTTP call (driver.py).
+(base64 only), assistant text and tool calls (→ `toolUses`), tool results (→ the user
+message's `toolResults`, orphans dropped), merging same-role neighbours so history alternates
+user/assistant, the last message as `currentMessage`, tool definitions, `inferenceConfig`,
+thinking (the `<thinking_mode>` prefix on the system prompt, with its budget), and
+`profileArn` when the caller passes one. Whatever dialect the client spoke, keyrail hands the
+driver its request in the neutral model (proxy/dialects/neutral.py).
+The body is minimal: the runtime host answers `REQUEST_BODY_INVALID` to the optional agent
+fields (`agentMode`, `agentTaskType`, `agentContinuationId`), so `agentTaskType` is sent only
+when the block opts in (`agent-task-type`). Does not own: the model-name table (models.py),
+which host gets `profileArn` (hosts.py), the HTTP call (driver.py).
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
+from proxy.dialects import neutral as n
+
 ORIGIN = "AI_EDITOR"
 CONTINUE = "Continue"
 TOOL_RESULTS_ONLY = "Tool results provided."
 _DESCRIPTION_LIMIT = 10237  # bytes; longer tool descriptions get 400 "Improperly formed request."
+#: Thinking budget (tokens) when a client turns thinking on without one ([F] uses 16000).
+THINKING_BUDGET = 16000
+_EFFORT_BUDGETS = {"minimal": 2048, "low": 4096, "medium": 16000, "high": 32000, "xhigh": 32000}
+#: Fields the runtime host refuses; keyrail sends none of them unless told to.
+AGENT_FIELDS = ("agentMode", "agentTaskType", "agentContinuationId")
 
 
 @dataclass(slots=True)
@@ -32,107 +44,60 @@ class _Turn:
     tool_uses: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _text_of(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, Sequence):
-        return "".join(
-            str(p.get("text") or "")
-            for p in content
-            if isinstance(p, Mapping) and p.get("type") in ("text", "input_text")
-        )
-    return ""
-
-
-def _image(part: Mapping[str, Any]) -> dict[str, Any] | None:
-    """An `image_url` part with a `data:image/<fmt>;base64,` URL; remote URLs are dropped."""
-    ref = part.get("image_url")
-    url = ref.get("url") if isinstance(ref, Mapping) else ref
-    if not isinstance(url, str) or not url.startswith("data:"):
+def _image(image: n.Image) -> dict[str, Any] | None:
+    """A base64 image in Kiro's shape; images given only by remote URL are dropped."""
+    if not image.data:
         return None
-    meta, _, data = url[5:].partition(",")
-    if ";base64" not in meta or not data:
-        return None
-    fmt = meta.split(";")[0].rpartition("/")[2] or "png"
-    return {"format": "jpeg" if fmt == "jpg" else fmt, "source": {"bytes": data}}
+    fmt = image.media_type.rpartition("/")[2] or "png"
+    return {"format": "jpeg" if fmt == "jpg" else fmt, "source": {"bytes": image.data}}
 
 
-def _tool_input(arguments: Any) -> dict[str, Any]:
-    if isinstance(arguments, Mapping):
-        return dict(arguments)
+def _tool_input(arguments: str) -> dict[str, Any]:
     try:
         value = orjson.loads(arguments or "{}")
-    except (orjson.JSONDecodeError, TypeError):
-        return {"raw": str(arguments)}
+    except orjson.JSONDecodeError:
+        return {"raw": arguments}
     return value if isinstance(value, dict) else {"value": value}
 
 
-def _turns(messages: Sequence[Any]) -> tuple[str, list[_Turn]]:
-    """The system text, and the other messages as alternating user/assistant turns."""
-    system: list[str] = []
+def _turns(messages: list[n.Message]) -> list[_Turn]:
+    """The messages as alternating user/assistant turns."""
     turns: list[_Turn] = []
-
-    def turn(role: str) -> _Turn:
-        if turns and turns[-1].role == role:
-            return turns[-1]
-        turns.append(_Turn(role))
-        return turns[-1]
-
     for message in messages:
-        if not isinstance(message, Mapping):
-            continue
-        role = message.get("role")
-        content = message.get("content")
-        if role in ("system", "developer"):
-            system.append(_text_of(content))
-        elif role == "user":
-            current = turn("user")
-            text = _text_of(content)
-            if text:
-                current.text.append(text)
-            if isinstance(content, Sequence) and not isinstance(content, str):
-                for part in content:
-                    if isinstance(part, Mapping) and part.get("type") == "image_url":
-                        image = _image(part)
-                        if image:
-                            current.images.append(image)
-        elif role == "tool":
-            turn("user").tool_results.append(
-                {
-                    "toolUseId": str(message.get("tool_call_id") or ""),
-                    "content": [{"text": _text_of(content) or "(empty)"}],
-                    "status": "success",
-                }
-            )
-        elif role == "assistant":
-            current = turn("assistant")
-            text = _text_of(content)
-            if text:
-                current.text.append(text)
-            for call in message.get("tool_calls") or ():
-                function = call.get("function") if isinstance(call, Mapping) else None
-                if isinstance(function, Mapping):
-                    current.tool_uses.append(
-                        {
-                            "toolUseId": str(call.get("id") or ""),
-                            "name": str(function.get("name") or ""),
-                            "input": _tool_input(function.get("arguments")),
-                        }
-                    )
-    return "\n".join(s for s in system if s), turns
+        if turns and turns[-1].role == message.role:
+            current = turns[-1]
+        else:
+            current = _Turn(message.role)
+            turns.append(current)
+        for part in message.parts:
+            if isinstance(part, n.Text):
+                if part.text:
+                    current.text.append(part.text)
+            elif isinstance(part, n.Image) and (image := _image(part)):
+                current.images.append(image)
+            elif isinstance(part, n.ToolResult):
+                current.tool_results.append(
+                    {
+                        "toolUseId": part.call_id,
+                        "content": [{"text": part.content or "(empty)"}],
+                        "status": "error" if part.is_error else "success",
+                    }
+                )
+            elif isinstance(part, n.ToolCall):
+                current.tool_uses.append(
+                    {"toolUseId": part.id, "name": part.name, "input": _tool_input(part.arguments)}
+                )
+    return turns
 
 
-def _tool_spec(tool: Mapping[str, Any]) -> dict[str, Any] | None:
-    function = tool.get("function")
-    if tool.get("type", "function") != "function" or not isinstance(function, Mapping):
-        return None
-    name = str(function.get("name") or "")
-    description = str(function.get("description") or "") or f"Tool: {name}"
+def _tool_spec(tool: n.Tool) -> dict[str, Any]:
+    name = tool.name
+    description = tool.description or f"Tool: {name}"
     raw = description.encode("utf-8")
     if len(raw) > _DESCRIPTION_LIMIT:
         description = raw[:_DESCRIPTION_LIMIT].decode("utf-8", "ignore")
-    schema = function.get("parameters")
-    if not isinstance(schema, Mapping) or not schema:
+    schema: Mapping[str, Any] = tool.parameters
+    if not schema:
         schema = {"type": "object", "properties": {}}
     return {
         "toolSpecification": {
@@ -164,14 +129,42 @@ def _assistant_message(turn: _Turn) -> dict[str, Any]:
     return message
 
 
+def thinking_budget(req: n.Request, model: str) -> int | None:
+    """The thinking budget the client asked for, or None (thinking off): a reasoning control
+    (effort or budget, from `reasoning_effort`, `reasoning` or Anthropic's `thinking`), or a
+    model name with `thinking` in it."""
+    control = req.reasoning
+    if control is not None and control.enabled:
+        if control.budget:
+            return control.budget
+        effort = str(control.effort or "").lower()
+        if effort != "none":
+            return _EFFORT_BUDGETS.get(effort, THINKING_BUDGET)
+        return None
+    return THINKING_BUDGET if "thinking" in model.lower() else None
+
+
+def thinking_prefix(budget: int) -> str:
+    """What turns Kiro's thinking on: tags before the system prompt (kiro.md §2.4)."""
+    return (
+        f"<thinking_mode>enabled</thinking_mode><max_thinking_length>{budget}</max_thinking_length>"
+    )
+
+
 def build(
-    body: Mapping[str, Any],
+    req: n.Request,
     model_id: str,
     *,
     profile_arn: str | None = None,
+    thinking: int | None = None,
+    agent_task_type: str | None = None,
 ) -> dict[str, Any]:
-    """The Kiro request for an OpenAI chat body. `profile_arn` only for social logins."""
-    system, turns = _turns(body.get("messages") or ())
+    """The Kiro request for a neutral request: minimal (no agent fields) unless
+    `agent_task_type` is given; `thinking` is a budget in tokens (None: off)."""
+    system = "\n".join(s for s in req.system if s)
+    if thinking:
+        system = thinking_prefix(thinking) + ("\n" + system if system else "")
+    turns = _turns(req.messages)
     if not turns or turns[0].role != "user":
         turns.insert(0, _Turn("user"))
     if turns[-1].role != "user":
@@ -186,7 +179,7 @@ def build(
         current["content"] = (
             f"--- SYSTEM PROMPT ---\n{system}\n--- END SYSTEM PROMPT ---\n\n{current['content']}"
         )
-    specs = [s for t in body.get("tools") or () if isinstance(t, Mapping) and (s := _tool_spec(t))]
+    specs = [_tool_spec(t) for t in req.tools]
     if specs:
         current.setdefault("userInputMessageContext", {})["tools"] = specs
     history = [
@@ -196,29 +189,29 @@ def build(
         for t in past
     ]
     state: dict[str, Any] = {
-        "agentTaskType": "vibe",
         "chatTriggerType": "MANUAL",
         "conversationId": str(uuid.uuid4()),
         "currentMessage": {"userInputMessage": current},
     }
     if history:
         state["history"] = history
+    if agent_task_type:
+        state["agentTaskType"] = agent_task_type
     request: dict[str, Any] = {"conversationState": state}
     if profile_arn:
         request["profileArn"] = profile_arn
-    inference = _inference_config(body)
+    inference = _inference_config(req)
     if inference:
         request["inferenceConfig"] = inference
     return request
 
 
-def _inference_config(body: Mapping[str, Any]) -> dict[str, Any]:
+def _inference_config(req: n.Request) -> dict[str, Any]:
     config: dict[str, Any] = {}
-    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
-    if isinstance(max_tokens, int) and not isinstance(max_tokens, bool) and max_tokens > 0:
-        config["maxTokens"] = max_tokens
-    for source, target in (("temperature", "temperature"), ("top_p", "topP")):
-        value = body.get(source)
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            config[target] = value
+    if req.max_tokens is not None and req.max_tokens > 0:
+        config["maxTokens"] = req.max_tokens
+    if req.temperature is not None:
+        config["temperature"] = req.temperature
+    if req.top_p is not None:
+        config["topP"] = req.top_p
     return config

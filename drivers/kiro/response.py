@@ -1,18 +1,18 @@
-"""Kiro events → OpenAI `chat.completion.chunk`s, or one `chat.completion`.
+"""Kiro events → neutral events (proxy/dialects/neutral.py).
 
-Owns: what each event payload means (text, tool-use fragments, reasoning, context usage,
-token metadata; unknown events ignored), tool calls with one index per tool use (id and name
-on the first fragment, arguments streamed as they come, duplicates dropped), the
-`finish_reason`, usage (Kiro reports no token counts: the input is estimated from
-`contextUsagePercentage` or the request size, the output from characters, and the usage says
-`"estimated": true`), and `KiroException` for exception/error frames.
-Does not own: the binary framing (eventstream.py), the HTTP call and its errors (driver.py).
+Owns: what each event payload means (text, tool-use fragments, reasoning with its signature or
+redacted content and, with thinking on, the inline `<thinking>` text split out as reasoning by
+thinking.py, context usage, token metadata; unknown events ignored), tool calls with one
+index per tool use (start with id and name, arguments as they come, an end on `stop`,
+duplicates dropped), the finish reason, usage (when Kiro reports no token counts, the input is
+estimated from `contextUsagePercentage` or the request size, the output from characters, and
+the usage says `estimated`), and `KiroException` for exception/error frames.
+Does not own: the binary framing (eventstream.py), the HTTP call and its errors (driver.py),
+any client dialect (keyrail's assembler encodes the events for the client).
 """
 
 from __future__ import annotations
 
-import secrets
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +20,8 @@ from typing import Any
 import orjson
 
 from drivers.kiro.eventstream import Message
+from drivers.kiro.thinking import REASONING, Splitter
+from proxy.dialects import neutral as n
 
 #: Exception frames that mean "the answer was cut at the output limit", not a failure.
 _TRUNCATED = "ContentLengthExceededException"
@@ -43,25 +45,25 @@ class _ToolCall:
 
 
 class Translator:
-    """Feed decoded messages; get OpenAI chunks. `completion()` sums them up when it ends."""
+    """Feed decoded messages; get neutral events. `last()` gives the closing ones."""
 
-    def __init__(self, model: str, *, context_window: int, request_chars: int) -> None:
+    def __init__(
+        self, model: str, *, context_window: int, request_chars: int, thinking: bool = False
+    ) -> None:
         self.model = model
-        self.id = "chatcmpl-" + secrets.token_hex(12)
-        self.created = int(time.time())
         self._window = context_window
         self._request_chars = request_chars
-        self._text: list[str] = []
-        self._reasoning: list[str] = []
+        self._chars = 0  # output characters, for the estimate
         self._tools: dict[str, _ToolCall] = {}
         self._truncated = False
         self._context_percent: float | None = None
         self._token_usage: Mapping[str, Any] | None = None
+        self._splitter = Splitter() if thinking else None
 
     # -- input ------------------------------------------------------------------------------
 
-    def feed(self, message: Message) -> list[dict[str, Any]]:
-        """The chunks this message adds (often one, sometimes none)."""
+    def feed(self, message: Message) -> list[n.Event]:
+        """The events this message adds (often one, sometimes none)."""
         kind = message.header(":message-type") or "event"
         if kind in ("exception", "error"):
             name = message.header(":exception-type") or message.header(":error-code") or kind
@@ -87,13 +89,16 @@ class Translator:
             raise KiroException(str(payload.get("_type") or "error"), _message_of(message.payload))
         return self._event(event, payload)
 
-    def _event(self, event: str, payload: dict[str, Any]) -> list[dict[str, Any]]:
+    def _event(self, event: str, payload: dict[str, Any]) -> list[n.Event]:
         if event == "assistantResponseEvent":
-            out = []
+            out: list[n.Event] = []
             content = payload.get("content")
             if isinstance(content, str) and content:
-                self._text.append(content)
-                out.append(self.chunk({"content": content}))
+                self._chars += len(content)
+                if self._splitter is None:
+                    out.append(n.TextDelta(content))
+                else:
+                    out.extend(_said(kind, piece) for kind, piece in self._splitter.feed(content))
             for use in payload.get("toolUses") or ():
                 if isinstance(use, dict):
                     out.extend(self._tool_use({**use, "stop": True}))
@@ -101,11 +106,16 @@ class Translator:
         if event == "toolUseEvent":
             return self._tool_use(payload)
         if event == "reasoningContentEvent":
-            text = payload.get("text")
-            if isinstance(text, str) and text:
-                self._reasoning.append(text)
-                return [self.chunk({"reasoning_content": text})]
-        elif event == "contextUsageEvent":
+            text, signature = payload.get("text"), payload.get("signature")
+            redacted = payload.get("redactedContent")
+            delta = n.ReasoningDelta(
+                text if isinstance(text, str) else "",
+                signature if isinstance(signature, str) else "",
+                redacted if isinstance(redacted, str) else "",
+            )
+            self._chars += len(delta.text)
+            return [delta] if delta.text or delta.signature or delta.opaque else []
+        if event == "contextUsageEvent":
             percent = payload.get("contextUsagePercentage")
             if isinstance(percent, int | float):
                 self._context_percent = float(percent)
@@ -115,22 +125,17 @@ class Translator:
                 self._token_usage = usage
         return []
 
-    def _tool_use(self, payload: Mapping[str, Any]) -> list[dict[str, Any]]:
+    def _tool_use(self, payload: Mapping[str, Any]) -> list[n.Event]:
         use_id = str(payload.get("toolUseId") or "")
         call = self._tools.get(use_id)
         if call is not None and call.done:
             return []  # Kiro sometimes repeats a finished tool use
-        out: list[dict[str, Any]] = []
+        out: list[n.Event] = []
         if call is None:
             call = _ToolCall(len(self._tools), use_id, str(payload.get("name") or ""))
             self._tools[use_id] = call
-            first = {
-                "index": call.index,
-                "id": use_id,
-                "type": "function",
-                "function": {"name": call.name, "arguments": ""},
-            }
-            out.append(self.chunk({"tool_calls": [first]}))
+            self._chars += len(call.name)
+            out.append(n.ToolCallStart(call.index, use_id, call.name))
         piece = payload.get("input")
         if isinstance(piece, dict):
             piece = "" if call.arguments else orjson.dumps(piece).decode()
@@ -138,90 +143,53 @@ class Translator:
             piece = "{}"
         if isinstance(piece, str) and piece:
             call.arguments += piece
-            delta = {"index": call.index, "function": {"arguments": piece}}
-            out.append(self.chunk({"tool_calls": [delta]}))
+            self._chars += len(piece)
+            out.append(n.ToolCallDelta(call.index, piece))
         if payload.get("stop"):
             call.done = True
+            out.append(n.ToolCallEnd(call.index))
         return out
 
     # -- output -----------------------------------------------------------------------------
 
-    def chunk(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-        }
-
-    def first(self) -> dict[str, Any]:
-        return self.chunk({"role": "assistant", "content": ""})
-
     @property
-    def finish_reason(self) -> str:
+    def finish_reason(self) -> n.FinishReason:
         if self._truncated or (self._context_percent or 0) >= 100:
             return "length"
         return "tool_calls" if self._tools else "stop"
 
-    def usage(self) -> dict[str, Any]:
+    def usage(self) -> n.UsageUpdate:
         reported = self._token_usage or {}
         output = reported.get("outputTokens")
         uncached = reported.get("uncachedInputTokens")
-        estimated = not (isinstance(output, int) and isinstance(uncached, int))
-        if not estimated:
-            assert isinstance(output, int) and isinstance(uncached, int)
-            prompt = uncached + sum(
-                int(reported.get(k) or 0) for k in ("cacheReadInputTokens", "cacheWriteInputTokens")
+        if isinstance(output, int) and isinstance(uncached, int):
+            cache_read = int(reported.get("cacheReadInputTokens") or 0)
+            cache_write = int(reported.get("cacheWriteInputTokens") or 0)
+            return n.UsageUpdate(
+                uncached + cache_read + cache_write, output, cache_read, cache_write
             )
-            completion = output
+        if self._context_percent is not None:
+            prompt = round(self._context_percent * self._window / 100)
         else:
-            if self._context_percent is not None:
-                prompt = round(self._context_percent * self._window / 100)
-            else:
-                prompt = self._request_chars // 4
-            chars = sum(map(len, self._text)) + sum(map(len, self._reasoning))
-            chars += sum(len(c.arguments) + len(c.name) for c in self._tools.values())
-            completion = max(1, chars // 4)
-        usage: dict[str, Any] = {
-            "prompt_tokens": prompt,
-            "completion_tokens": completion,
-            "total_tokens": prompt + completion,
-        }
-        if estimated:
-            usage["estimated"] = True
-        return usage
+            prompt = self._request_chars // 4
+        return n.UsageUpdate(prompt, max(1, self._chars // 4), estimated=True)
 
-    def last(self) -> list[dict[str, Any]]:
-        """The finish chunk and the usage chunk (`choices: []`)."""
-        finish = self.chunk({}, self.finish_reason)
-        usage = {**self.chunk({}), "choices": [], "usage": self.usage()}
-        return [finish, usage]
+    def last(self) -> list[n.Event]:
+        """The closing events: what the thinking splitter held back, ends of unfinished tool
+        calls, the usage, the finish."""
+        out: list[n.Event] = []
+        if self._splitter is not None:
+            out.extend(_said(kind, piece) for kind, piece in self._splitter.end())
+        out.extend(n.ToolCallEnd(c.index) for c in self._tools.values() if not c.done)
+        for call in self._tools.values():
+            call.done = True
+        out.append(self.usage())
+        out.append(n.Finish(self.finish_reason))
+        return out
 
-    def completion(self) -> dict[str, Any]:
-        text = "".join(self._text)
-        message: dict[str, Any] = {"role": "assistant", "content": text or None}
-        if self._reasoning:
-            message["reasoning_content"] = "".join(self._reasoning)
-        if self._tools:
-            message["tool_calls"] = [
-                {
-                    "id": c.id,
-                    "type": "function",
-                    "function": {"name": c.name, "arguments": c.arguments or "{}"},
-                }
-                for c in self._tools.values()
-            ]
-        elif message["content"] is None:
-            message["content"] = ""
-        return {
-            "id": self.id,
-            "object": "chat.completion",
-            "created": self.created,
-            "model": self.model,
-            "choices": [{"index": 0, "message": message, "finish_reason": self.finish_reason}],
-            "usage": self.usage(),
-        }
+
+def _said(kind: str, piece: str) -> n.Event:
+    return n.ReasoningDelta(piece) if kind == REASONING else n.TextDelta(piece)
 
 
 def _message_of(payload: bytes) -> str:

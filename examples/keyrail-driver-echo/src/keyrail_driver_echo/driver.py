@@ -8,15 +8,18 @@ The Echo API (invented for this example) is not OpenAI-shaped:
 It answers 200 with NDJSON, one object per line (see stream.py), or an error status with
 `{"fault": "...", "wait_ms": 60000}` (`wait_ms`: when to come back, on 429).
 
-Owns: the block's options (`api-keys`: one credential per key), the request mapping (OpenAI
-chat messages → Echo `lines`), the HTTP call, and the error mapping (status → keyrail's
+Owns: the block's options (`api-keys`: one credential per key), the request mapping (keyrail's
+neutral request → Echo `lines`), the HTTP call, and the error mapping (status → keyrail's
 decision, via `classify_upstream`, with the `wait_ms` hint). Does not own: the translation of
-the answer (stream.py), credential rotation, retries or relaying (keyrail does those).
+the answer (stream.py), credential rotation, retries or relaying (keyrail does those), nor any
+client dialect: the driver is `NEUTRAL`, so keyrail hands it every client's request (Chat
+Completions, Anthropic Messages, Responses) decoded into one neutral `Request`, and encodes the
+neutral events it answers with back into the client's dialect.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -24,7 +27,7 @@ import orjson
 from keyrail_driver_echo.stream import Answer
 from proxy import (
     CHAT,
-    BytesStream,
+    NEUTRAL,
     Call,
     Credential,
     Driver,
@@ -34,18 +37,12 @@ from proxy import (
     classify_upstream,
     read_error_body,
 )
-
-_WHO = {
-    "system": "system",
-    "developer": "system",
-    "user": "user",
-    "assistant": "bot",
-    "tool": "tool",
-}
+from proxy.dialects import Message, Request, Text, ToolCall, ToolResult
 
 
 class EchoDriver(Driver):
     endpoints = frozenset({CHAT})
+    dialects = NEUTRAL  # the neutral request in (`call.request`), neutral events out
     options = {"api-keys": list}
     required = frozenset({"api-keys"})
     default_base_url = "https://api.echo.invalid"
@@ -80,37 +77,41 @@ class EchoDriver(Driver):
                 provider=self.block.name,
                 retry_after=_wait_seconds(data),
             )
-        answer = Answer(ResponseStream(response, self.block.name), call.model, self.block.name)
-        if call.stream:
-            return Reply(200, {"Content-Type": "text/event-stream"}, answer)
-        return Reply(200, {"Content-Type": "application/json"}, BytesStream(await answer.read()))
+        # keyrail reads the events up to the first one before the client sees a byte, so an
+        # error there still moves on to the next key; streamed or not is keyrail's business.
+        return Reply.of_events(Answer(ResponseStream(response, self.block.name), self.block.name))
 
 
 def echo_request(call: Call) -> dict[str, Any]:
-    """An OpenAI chat body as an Echo request."""
-    lines = [_line(m) for m in call.body.get("messages") or () if isinstance(m, Mapping)]
-    tools = [
-        t["function"]["name"]
-        for t in call.body.get("tools") or ()
-        if isinstance(t, Mapping) and isinstance(t.get("function"), Mapping)
+    """keyrail's neutral request as an Echo request."""
+    request: Request | None = call.request
+    assert request is not None, "keyrail hands a NEUTRAL driver the neutral request"
+    lines = [{"who": "system", "say": text} for text in request.system]
+    for message in request.messages:
+        lines.extend(_lines(message))
+    return {"voice": call.model, "lines": lines, "tools": [t.name for t in request.tools]}
+
+
+def _lines(message: Message) -> list[dict[str, Any]]:
+    """One message as Echo lines: tool results each on their own line, the rest on one."""
+    if message.role == "assistant":
+        line: dict[str, Any] = {"who": "bot", "say": _text(message)}
+        calls = [p for p in message.parts if isinstance(p, ToolCall)]
+        if calls:
+            line["calls"] = [{"ref": c.id, "tool": c.name, "args": c.arguments} for c in calls]
+        return [line]
+    lines = [
+        {"who": "tool", "say": p.content, "ref": p.call_id}
+        for p in message.parts
+        if isinstance(p, ToolResult)
     ]
-    return {"voice": call.model, "lines": lines, "tools": tools}
+    if any(isinstance(p, Text) for p in message.parts):
+        lines.append({"who": "user", "say": _text(message)})
+    return lines
 
 
-def _line(message: Mapping[str, Any]) -> dict[str, Any]:
-    content = message.get("content")
-    if isinstance(content, list):  # content parts: the text ones
-        content = "".join(p.get("text", "") for p in content if isinstance(p, Mapping))
-    line: dict[str, Any] = {"who": _WHO.get(str(message.get("role")), "user"), "say": content or ""}
-    if message.get("tool_call_id"):
-        line["ref"] = message["tool_call_id"]
-    calls = message.get("tool_calls") or ()
-    if calls:
-        line["calls"] = [
-            {"ref": c["id"], "tool": c["function"]["name"], "args": c["function"]["arguments"]}
-            for c in calls
-        ]
-    return line
+def _text(message: Message) -> str:
+    return "".join(p.text for p in message.parts if isinstance(p, Text))
 
 
 def _wait_seconds(body: bytes) -> float | None:
