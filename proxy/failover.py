@@ -159,6 +159,8 @@ async def serve(
                 success.retries = attempts
                 return success
         # Nothing is ready that this pass has not tried.
+        if not settings.request_retry:
+            break  # `request-retry: 0`: one pass over what is ready, no waiting at all
         if not deadline:
             deadline = now() + settings.max_retry_interval
         remaining = deadline - now()

@@ -192,7 +192,6 @@ CANARY_CONFIG = """
 api-keys: [sk-CANARY01clientkey, CANARY02-plain-client-key]
 transient-error-cooldown-seconds: 0
 request-retry: 0
-max-retry-interval: 0
 remote-management: {{secret-key: CANARY03-management}}
 openai-compatibility:
   - name: echo

@@ -150,3 +150,21 @@ def test_terminal_events_of_each_dialect():
         assert RESPONSES_END.is_terminal(b"data: " + data + b"\n\n")  # without `event:` lines
     delta = orjson.dumps({"type": "response.output_text.delta", "delta": "response.completed"})
     assert not RESPONSES_END.is_terminal(b"event: response.output_text.delta\ndata: " + delta)
+
+
+@pytest.mark.parametrize("complete", [True, False])
+async def test_a_translated_messages_stream_ends_truthfully(keyrail_on, complete):
+    """/v1/messages over a chat upstream: message_stop only when the upstream's [DONE] came;
+    a cut one ends with Anthropic's error event instead."""
+    kr = await keyrail_on([b"data: [DONE]\n\n"] if complete else [b'data: {"choi'])
+    body = {"model": "fast", "max_tokens": 16, "stream": True,
+            "messages": [{"role": "user", "content": "hi"}]}  # fmt: skip
+    async with aiohttp.ClientSession() as s, s.post(kr.v1 + "/messages", json=body) as r:
+        assert r.status == 200
+        raw = await r.read()
+    assert (b"event: message_stop" in raw) is complete, raw[-300:]
+    assert (b"event: error" in raw) is not complete, raw[-300:]
+    provider = await _provider(kr)
+    assert (provider["success_count"], provider["failure_count"]) == (
+        (1, 0) if complete else (0, 1)
+    )

@@ -24,7 +24,7 @@ import orjson
 from proxy.dialects import neutral as n
 from proxy.dialects.assembler import Codec, StreamEncoder
 from proxy.driver import ByteStream
-from proxy.errors import InvalidRequest, ProxyError, classify_upstream
+from proxy.errors import InvalidRequest, ProxyError, StreamInterrupted, classify_upstream
 from proxy.streaming import SSEParser, event_data
 
 _FINISH_OUT = {"stop_sequence": "stop"}
@@ -486,20 +486,25 @@ class ChunkDecoder:
 
 
 async def decode_stream(body: ByteStream, provider: str) -> AsyncIterator[n.Event]:
-    """A chat upstream's SSE as neutral events (an in-band `{"error"}` raises)."""
+    """A chat upstream's SSE as neutral events (an in-band `{"error"}` raises). A stream that
+    ends without `data: [DONE]`, or in the middle of an event, raises `StreamInterrupted`:
+    the client's stream then ends with an error event, never a made-up end."""
     parser = SSEParser()
     decoder = ChunkDecoder()
     async for data in body:
         for event in parser.feed(data):
             payload = event_data(event)
-            if payload is None or payload == b"[DONE]":
+            if payload == b"[DONE]":
+                return
+            if payload is None:
                 continue
             for ev in _decode_payload(payload, decoder, provider):
                 yield ev
     tail = parser.flush()
-    if tail and (payload := event_data(tail)) is not None and payload != b"[DONE]":
-        for ev in _decode_payload(payload, decoder, provider):
-            yield ev
+    if tail and event_data(tail) == b"[DONE]":
+        return
+    why = "cut its stream in the middle of an event" if tail else "ended its stream without [DONE]"
+    raise StreamInterrupted(f"upstream {provider} {why}", status=502, provider=provider)
 
 
 def _decode_payload(payload: bytes, decoder: ChunkDecoder, provider: str) -> list[n.Event]:
