@@ -161,6 +161,8 @@ class ProviderMetrics:
         self.clock = clock
         self._slice_seconds = window_seconds / SLICES
         self._providers: dict[str, _Provider] = {}
+        #: packed past slices for `export`: (slice seconds, {(provider, epoch): packed})
+        self._packed: tuple[float, dict[tuple[str, int], list[Any]]] | None = None
 
     def set_window(self, window_seconds: int) -> None:
         """A new window length (a reload): the window starts empty, lifetime totals keep
@@ -290,16 +292,37 @@ class ProviderMetrics:
     # -- sharing (proxy/state/): one deployment's metrics from every process's ------------
 
     def export(self) -> bytes:
-        """Everything counted here, for other processes to `absorb` (JSON, sparse buckets)."""
+        """Everything counted here, for other processes to `absorb` (JSON, sparse buckets).
+
+        Runs every second with shared state: a past slice no longer changes, so its packed
+        form is kept (only the current slice and the folded totals are packed anew)."""
+        current = int(self.clock() // self._slice_seconds)
+        cache = self._packed
+        if cache is None or cache[0] != self._slice_seconds:
+            cache = self._packed = (self._slice_seconds, {})
+        packed = cache[1]
         providers = {}
         for name, p in self._providers.items():
+            slices = []
+            for s in p.slices:
+                if s is _NEVER:
+                    continue
+                if s.epoch >= current:
+                    slices.append(_pack(s))
+                    continue
+                done = packed.get((name, s.epoch))
+                if done is None:
+                    done = packed[(name, s.epoch)] = _pack(s)
+                slices.append(done)
             providers[name] = {
-                "slices": [_pack(s) for s in p.slices if s is not _NEVER],
+                "slices": slices,
                 "folded": _pack(p.folded),
                 "retries": p.retries,
                 "last_seen": p.last_seen,
                 "last_error": p.last_error,
             }
+        for key in [k for k in packed if k[1] <= current - SLICES]:
+            del packed[key]  # out of the window: recycled into the folded totals
         return orjson.dumps({"slice_seconds": self._slice_seconds, "providers": providers})
 
     def absorb(self, exported: bytes) -> None:
