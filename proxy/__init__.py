@@ -35,7 +35,7 @@ from proxy.errors import (
 )
 from proxy.quota import Quota
 from proxy.retry_hints import retry_after_seconds
-from proxy.streaming import SSEParser, data_event, event_data
+from proxy.sse import SSEParser, data_event, event_data
 
 __version__ = "0.1.0"
 
