@@ -144,7 +144,7 @@ async def start_keyrail(keyrail_logs: LogGuard) -> AsyncIterator[StartKeyrail]:
         settings = config.parse(yaml_text, options_lookup(registry), source="config.yaml")
         keyrail_logs.learn(settings, registry)
         app = create_app(settings, registry)
-        app.on_response_prepare.append(_traceable(untraceable))
+        app.on_response_prepare.append(traceable(untraceable))
         server = TestServer(app, host="127.0.0.1", handler_cancellation=True, **kwargs)
         await server.start_server()
         servers.append(server)
@@ -157,7 +157,7 @@ async def start_keyrail(keyrail_logs: LogGuard) -> AsyncIterator[StartKeyrail]:
         pytest.fail("answers without X-Request-Id:\n  " + "\n  ".join(untraceable[:10]))
 
 
-def _traceable(
+def traceable(
     untraceable: list[str],
 ) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
     """Every answer keyrail gives, error or not, carries `X-Request-Id` (to find its log
