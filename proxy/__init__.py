@@ -25,6 +25,7 @@ from proxy.driver import (
 from proxy.errors import (
     CredentialRejected,
     DriverError,
+    ProviderDiscontinued,
     ProxyError,
     RateLimited,
     StreamInterrupted,
@@ -55,6 +56,7 @@ __all__ = [
     "DriverError",
     "ModelEntry",
     "ProviderBlock",
+    "ProviderDiscontinued",
     "ProxyError",
     "Quota",
     "RateLimited",

@@ -307,6 +307,17 @@ async def _built_catalog(
     return built.catalog, sources
 
 
+def cmd_login(args: argparse.Namespace) -> int:
+    from drivers.cursor import auth, login  # the only provider with a browser login
+
+    return login.main(
+        args.token_file or login.DEFAULT_TOKEN_FILE,
+        args.auth_url or auth.DEFAULT_AUTH_URL,
+        args.login_url or auth.LOGIN_URL,
+        args.poll_seconds,
+    )
+
+
 def cmd_canary(args: argparse.Namespace) -> int:
     from proxy import canary
 
@@ -359,6 +370,13 @@ def build_parser() -> argparse.ArgumentParser:
     canary.set_defaults(func=cmd_canary)
     plugins = sub.add_parser("plugins", help="list the installed drivers")
     plugins.set_defaults(func=cmd_plugins)
+    login = sub.add_parser("login", help="log in to a provider in the browser (cursor)")
+    login.add_argument("provider", choices=["cursor"])
+    login.add_argument("--token-file", help="where to write the tokens (~/.keyrail/cursor.json)")
+    login.add_argument("--auth-url", help="Cursor's auth host (default https://api2.cursor.sh)")
+    login.add_argument("--login-url", help="the browser login page (default Cursor's)")
+    login.add_argument("--poll-seconds", type=float, default=1.0, help=argparse.SUPPRESS)
+    login.set_defaults(func=cmd_login)
     return parser
 
 

@@ -377,7 +377,9 @@ def parse(text: str, driver_options: DriverOptions, *, source: str = "<string>")
         elif key == "fallbacks":
             values["fallbacks"] = _read_fallbacks(doc, key, value, problems)
         elif (opts := driver_options(key)) is not None:
-            providers.extend(_read_blocks(doc, key, value, opts, names_seen, problems))
+            blocks = list(_read_blocks(doc, key, value, opts, names_seen, problems))
+            _check_blocks(driver_options, key, blocks, problems)
+            providers.extend(blocks)
         elif key in IGNORED_KEYS:
             problems.warn(doc, key, f"'{key}' is a CLIProxyAPI setting keyrail ignores")
         else:
@@ -390,6 +392,19 @@ def parse(text: str, driver_options: DriverOptions, *, source: str = "<string>")
     return Settings(
         **values, providers=tuple(providers), source=source, warnings=tuple(problems.warnings)
     )
+
+
+def _check_blocks(
+    driver_options: DriverOptions, driver: str, blocks: list[ProviderBlock], problems: _Problems
+) -> None:
+    """The driver's own checks of its blocks' options, beyond their types
+    (`Driver.check_options`)."""
+    check = getattr(driver_options, "check_options", None)
+    if not callable(check):
+        return
+    for block in blocks:
+        for message in check(driver, block):
+            problems.lines.append(f"{block.where}:1: {message}")
 
 
 def _driver_names(driver_options: DriverOptions) -> set[str]:

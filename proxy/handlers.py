@@ -28,7 +28,7 @@ from proxy.dialects.bridge import Bridge
 from proxy.dialects.routes import CODECS, DIALECT_OF
 from proxy.driver import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES
 from proxy.errors import InvalidRequest, ProxyError, RequestError, UpstreamError
-from proxy.keys import DEADLINES, LIVE, METRICS, SCHEDULER, WAITS
+from proxy.keys import DEADLINES, LIVE, METRICS, SCHEDULER, STATE, WAITS
 from proxy.metrics import Attempt
 from proxy.pipeline import ACCESS, JSON, Wrap
 from proxy.runtime import RUNTIME
@@ -78,6 +78,9 @@ async def health(request: web.Request) -> web.Response:
         answer["reasons"] = {name: f"serves no model: {why}" for name, why in current.idle.items()}
     if WORKER:  # under `--workers N`: which process answered (supervisor.py)
         answer["worker"] = WORKER
+    shared = request.app[STATE]
+    if shared.shared:  # still "ok" without Redis: requests are served from local state
+        answer["state"] = {"backend": "redis", "connected": shared.healthy}
     return json_response(answer)
 
 

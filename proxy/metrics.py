@@ -569,7 +569,7 @@ def setup(app: web.Application, wrap: Wrap) -> None:
         state = app[STATE]
         if scope == "local" or not state.shared:
             return local, "local"
-        peers = await state.peer_metrics()
+        peers = await state.peers("metrics")
         if peers is None:  # Redis is away: what this process knows
             return local, "local"
         view = ProviderMetrics(local.window_seconds, local.clock)

@@ -504,3 +504,55 @@ async def test_thinking_request_and_reasoning_split(
     assert (reply.choices[0].message.content or "").startswith("<thinking>")
     assert "thinking_mode" not in kiro.chats[-1].current["content"]
     await client.close()
+
+
+def test_bad_base_urls_refused_by_check(tmp_path: Path) -> None:
+    """A wrong `base-urls` item is a config error (`keyrail check`, start-up, reload), with
+    the file and line, not a traceback at start-up."""
+    from proxy import config
+    from proxy.errors import ConfigError
+    from proxy.registry import Registry, options_lookup
+
+    text = (
+        "kiro:\n  - token-file: t.json\n    base-urls: [runtime, {url: 'http://x:1', kind: rt}]\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        config.parse(text, options_lookup(Registry.discover()), source="c.yaml")
+    assert caught.value.problems == [
+        "c.yaml:2:1: kiro block 'kiro': 'kind' must be one of runtime, codewhisperer, q, not 'rt'"
+    ]
+    good = text.replace("kind: rt", "kind: runtime")
+    assert config.parse(good, options_lookup(Registry.discover())).providers[0].driver == "kiro"
+
+
+def test_token_file_default_then_legacy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """kiro.md §1.1: `~/.aws/sso/cache/kiro-auth-token.json`, else `~/.kiro/...` (checked
+    second)."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    block = ProviderBlock(driver="kiro", name="kiro")
+
+    def chosen() -> str:
+        return str(KiroDriver.credentials(block)[0].extra["token_file"])
+
+    assert chosen() == str(tmp_path / ".aws/sso/cache/kiro-auth-token.json")  # neither exists
+    (tmp_path / ".kiro").mkdir()
+    (tmp_path / ".kiro/kiro-auth-token.json").write_text("{}")
+    assert chosen() == str(tmp_path / ".kiro/kiro-auth-token.json")
+    (tmp_path / ".aws/sso/cache").mkdir(parents=True)
+    (tmp_path / ".aws/sso/cache/kiro-auth-token.json").write_text("{}")
+    assert chosen() == str(tmp_path / ".aws/sso/cache/kiro-auth-token.json")
+
+
+def test_refresh_hosts_keep_the_auth_region() -> None:
+    """kiro.md §1.3: social refresh at prod.{region}.auth.desktop.kiro.dev, IdC at
+    oidc.{region}.amazonaws.com, Builder ID always at oidc.us-east-1 (K2: the auth region is
+    not mapped like the API region)."""
+    social = _token(region="ap-northeast-2", authMethod="social")
+    idc = _token(region="eu-west-3", authMethod="IdC", clientId="c", clientSecret="s")
+    builder = _token(region="eu-west-3", authMethod="builder-id", clientId="c", clientSecret="s")
+    assert (
+        auth.refresh_host(social, None, "") == "https://prod.ap-northeast-2.auth.desktop.kiro.dev"
+    )
+    assert auth.refresh_host(idc, None, "") == "https://oidc.eu-west-3.amazonaws.com"
+    assert auth.refresh_host(builder, None, "") == "https://oidc.us-east-1.amazonaws.com"
+    assert not auth.is_social(idc, None) and auth.is_social(social, None)

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import anthropic
+import openai
 import pytest
 
 from proxy.testing.grammar import Recorder, check_messages, sse_events
@@ -146,3 +147,29 @@ async def test_roo_sunset_in_the_anthropic_dialect(
             assert info.value.status_code == 503
             assert "was shut down" in str(info.value)
     assert len(roo.seen) == 1
+
+
+# -- OpenAI Responses ---------------------------------------------------------------------
+
+
+@pytest.fixture
+async def codex(kr: Any) -> AsyncIterator[openai.AsyncOpenAI]:
+    async with openai.AsyncOpenAI(base_url=kr.v1, api_key="client-key", max_retries=0) as c:
+        yield c
+
+
+@pytest.mark.parametrize("shape", ["details", "think", "orphan"])
+async def test_responses_have_a_reasoning_item_and_usage(
+    shape: str, fake: tuple[FakeMinimax, str], codex: openai.AsyncOpenAI
+) -> None:
+    fake[0].script = lambda _s: Answer(shape=shape)
+    response = await codex.responses.create(model=MODEL, input="hi", store=False)
+    kinds = [item.type for item in response.output]
+    assert kinds == ["reasoning", "message"]
+    assert response.output_text == "Hello from MiniMax."
+    assert response.usage is not None and response.usage.output_tokens == USAGE["completion_tokens"]
+    async with codex.responses.stream(model=MODEL, input="hi", store=False) as stream:
+        events = [e.type async for e in stream]
+        final = await stream.get_final_response()
+    assert "response.completed" in events and final.output_text == "Hello from MiniMax."
+    assert [item.type for item in final.output] == ["reasoning", "message"]

@@ -58,6 +58,10 @@ def test_mirror_without_opening_tag_is_dropped() -> None:
     assert steps[0] == ("", "")  # held while it could be a mirror
 
 
+def test_an_answer_that_begins_like_the_reasoning_is_not_lost() -> None:
+    assert run(["Hello!"], reasoning_first="Hello! The user greets me.")[:2] == ("", "Hello!")
+
+
 def test_plain_answer_passes_at_once_even_after_reasoning() -> None:
     _, answer, steps = run(["Hello", " world"], reasoning_first="Let me think")
     assert steps[0] == ("", "Hello") and answer == "Hello world"
@@ -265,6 +269,6 @@ async def test_upstream_address(options: dict[str, Any], base: str, expected: st
         driver = MinimaxDriver(block, session)
         assert driver.base_url == expected
         assert driver.origin == expected.removesuffix("/v1")
-    mars = ProviderBlock(driver="minimax", name="mm", options={"api-key": "k", "region": "mars"})
-    with pytest.raises(ValueError):
-        MinimaxDriver.credentials(mars)
+    mars = ProviderBlock(driver="minimax", name="mm", options={"region": "mars"})
+    (region, keys) = MinimaxDriver.check_options(mars)
+    assert "'region' must be global or cn" in region and "'api-key' or 'token-file'" in keys

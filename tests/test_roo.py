@@ -213,7 +213,9 @@ def test_check_rejects_a_minimax_block_without_a_key(
     path = tmp_path / "config.yaml"
     path.write_text("minimax:\n  - region: mars\n")
     assert main(["check", "-c", str(path)]) == 1
-    assert "region" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "config.yaml:2:1:" in out and "'region' must be global or cn" in out
+    assert "needs 'api-key' or 'token-file'" in out
 
 
 async def test_models_discovered_from_the_router(
@@ -245,3 +247,17 @@ async def test_tool_call_over_three_chunks_passes_through(
     args = "".join(t.function.arguments or "" for t in calls if t.function)
     assert orjson.loads(args) == {"city": "Paris"}
     assert [x.choices[0].finish_reason for x in chunks if x.choices][-1] == "tool_calls"
+
+
+async def test_roo_api_key_from_the_environment(
+    fake: tuple[FakeRoo, str], start_keyrail: Start, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    roo, url = fake
+    monkeypatch.setenv("ROO_API_KEY", "roo-token")
+    kr = await start_keyrail(
+        f"roo:\n  - base-url: {url}/proxy/v1\n    models: [{{name: {MODEL}}}]\n"
+    )
+    async with openai.AsyncOpenAI(base_url=kr.v1, api_key="unused", max_retries=0) as c:
+        reply = await c.chat.completions.create(model=MODEL, messages=HI)
+    assert reply.choices[0].message.content == "Hello from Roo."
+    assert roo.seen[-1].headers["Authorization"] == "Bearer roo-token"

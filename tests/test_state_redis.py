@@ -157,6 +157,9 @@ async def test_losing_redis_loses_no_request_and_the_instances_converge_after(
     redis_server.stop()
     await wait_for(lambda: not any(s.healthy for s in states), 5, "both notice Redis is gone")
     async with aiohttp.ClientSession() as session:
+        async with session.get(f"{a.url}/health") as resp:  # still ok, and says why degraded
+            assert resp.status == 200
+            assert (await resp.json())["state"] == {"backend": "redis", "connected": False}
         # every request is served meanwhile; a meets the 429 on `m` and cools the key for it
         # locally only, b asks for the other model (the hot key serves that one)
         for k in (a, b, a, b, a):

@@ -166,3 +166,18 @@ async def test_workers_without_shared_state_are_refused(tmp_path: Path):
     out, _ = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 2
     assert b"workers: 2 needs shared state: set 'state: redis://" in out
+
+
+def test_check_says_workers_need_shared_state(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    from proxy.__main__ import main
+
+    path = tmp_path / "config.yaml"
+    path.write_text("port: 8400\nworkers: 3\n")
+    assert main(["check", "-c", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert f"{path}:2:1: workers: 3 needs shared state" in out
+    path.write_text("workers: 3\nstate: redis://127.0.0.1:6379/0\n")
+    assert main(["check", "-c", str(path)]) == 0
+    path.write_text("state: mongodb://x\n")
+    assert main(["check", "-c", str(path)]) == 1
+    assert "'state' must be 'memory' or a Redis URL" in capsys.readouterr().out

@@ -27,7 +27,6 @@ import logging
 import ssl
 import uuid
 from collections.abc import Mapping
-from typing import Any
 
 import aiohttp
 import h2.config
@@ -42,7 +41,6 @@ from yarl import URL
 from drivers.cursor.connect import ConnectError, envelope, parse_error
 from drivers.cursor.messages import bidi_request_id
 from proxy.driver import describe_failure
-from proxy.errors import UpstreamUnavailable
 
 log = logging.getLogger("keyrail.cursor")
 
@@ -503,11 +501,3 @@ class SSETransport(Transport):
             raise HTTPStatusError(response.status, response.headers, data)
         channel.response = response
         return channel
-
-
-def unavailable(provider: str, exc: BaseException) -> UpstreamUnavailable:
-    return UpstreamUnavailable(f"upstream {provider}: {exc}", status=502, provider=provider)
-
-
-def header_items(headers: Mapping[str, Any]) -> dict[str, str]:
-    return {str(k): str(v) for k, v in headers.items()}

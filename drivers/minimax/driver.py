@@ -5,9 +5,10 @@ OAuth portal token refreshed through the process's token store, or a file holdin
 `api_key` / the bare key), the upstream address (`base-url`, else by `region`: global
 `api.minimax.io`, China `api.minimaxi.com`; a configured `…/anthropic` endpoint is served
 through its `…/v1` sibling), the OAuth refresh call, turning MiniMax's errors (in a 200 or
-not, streamed or not) into decisions (codes.py), the Coding Plan quota reading and the
-skipping of a spent credential (quota.py), and the reasoning it remembers per tool call so a
-client that drops it still replays it (request.py).
+not, streamed or not) into decisions (codes.py), reading the Coding Plan quota for keyrail's
+quota watcher (`quota`) and skipping a credential whose window a 2056 said is spent
+(quota.py), and the reasoning it remembers per tool call so a client that drops it still
+replays it (request.py).
 Does not own: the HTTP call and its headers (the openai-compatibility driver it extends),
 the body rewrite (request.py), the answer's translation (chunks.py).
 """
@@ -17,10 +18,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
-import logging
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -44,8 +45,6 @@ from proxy.errors import (
 from proxy.quota import Quota
 from proxy.redact import REDACTOR
 from proxy.streaming import SSE_HEADERS
-
-log = logging.getLogger("keyrail.minimax")
 
 GLOBAL, CHINA = "https://api.minimax.io", "https://api.minimaxi.com"
 REGIONS = {"global": GLOBAL, "cn": CHINA, "china": CHINA}
@@ -78,11 +77,20 @@ class MinimaxDriver(OpenAICompatibleDriver):
     # -- configuration ----------------------------------------------------------------------
 
     @classmethod
+    def check_options(cls, block: ProviderBlock) -> Sequence[str]:
+        problems = []
+        region = str(block.options.get("region") or "global").lower()
+        if region not in REGIONS:
+            problems.append(
+                f"minimax block '{block.name}': 'region' must be global or cn, not {region!r}"
+            )
+        if not block.options.get("api-key") and not block.options.get("token-file"):
+            problems.append(f"minimax block '{block.name}' needs 'api-key' or 'token-file'")
+        return problems
+
+    @classmethod
     def credentials(cls, block: ProviderBlock) -> Sequence[Credential]:
         opts = block.options
-        region = str(opts.get("region") or "global").lower()
-        if region not in REGIONS:
-            raise ValueError(f"'region' must be global or cn, not {region!r}")
         proxy = None if block.proxy_url in ("direct", "none") else block.proxy_url
         keys = opts.get("api-key")
         keys = [keys] if isinstance(keys, str) else list(keys or [])
@@ -99,8 +107,6 @@ class MinimaxDriver(OpenAICompatibleDriver):
                     f"{block.name}/{digest}", block.name, "", proxy, {"token_file": str(path)}
                 )
             )
-        if not creds:
-            raise ValueError("a 'minimax' block needs 'api-key' or 'token-file'")
         return creds
 
     @classmethod
@@ -144,46 +150,34 @@ class MinimaxDriver(OpenAICompatibleDriver):
                 provider=self.block.name,
                 retry_after=wait,
             )
-        keyed, slot, token = await self._keyed(credential)
+        attempt = _Attempt(*await self._keyed(credential), model)
         body = request.build(call.body, call.model, self._recalled)
         upstream = dataclasses.replace(call, model=model, body=body)
         try:
-            reply = await super().send(upstream, keyed)
+            reply = await super().send(upstream, attempt.credential)
         except UpstreamError as exc:
             coded = codes.code_in_error_body(exc.upstream_body) if exc.upstream_body else None
-            error = self._failure(*coded, keyed, model) if coded else exc
-            if isinstance(error, CredentialRejected) and slot is not None and token is not None:
-                slot.reject(token)  # a refresh may cure it (the core asks `refresh`)
-            raise error from None
+            raise (self._decide(attempt, *coded) if coded else exc) from None
         if call.stream:
-            return await self._stream(reply, keyed, model, slot, token)
-        return await self._whole(reply, keyed, model, slot, token)
+            return await self._stream(reply, attempt)
+        return await self._whole(reply, attempt)
 
-    async def _stream(
-        self,
-        reply: Reply,
-        credential: Credential,
-        model: str,
-        slot: tokens.TokenSlot | None,
-        token: tokens.Token | None,
-    ) -> Reply:
-        translator = _Remembering(self._remember)
-
+    async def _stream(self, reply: Reply, attempt: _Attempt) -> Reply:
         async def convert(exc: Exception) -> UpstreamError:
-            return self._decided(exc, credential, model, slot, token)
+            if isinstance(exc, chunks.MinimaxFailure):
+                return self._decide(attempt, exc.code, exc.detail)
+            return UpstreamUnavailable(
+                f"upstream {self.block.name} answer unreadable: {type(exc).__name__}",
+                status=502,
+                provider=self.block.name,
+            )
 
+        translator = _Remembering(self._remember)
         stream = RewrittenStream(reply.body, translator, self.block.name, convert)
         await stream.open()
         return Reply(200, dict(SSE_HEADERS), stream)
 
-    async def _whole(
-        self,
-        reply: Reply,
-        credential: Credential,
-        model: str,
-        slot: tokens.TokenSlot | None,
-        token: tokens.Token | None,
-    ) -> Reply:
+    async def _whole(self, reply: Reply, attempt: _Attempt) -> Reply:
         data = await reply.read()
         try:
             answer, thought, ids = chunks.completion(orjson.loads(data))
@@ -194,34 +188,19 @@ class MinimaxDriver(OpenAICompatibleDriver):
                 provider=self.block.name,
             ) from None
         except chunks.MinimaxFailure as exc:
-            raise self._decided(exc, credential, model, slot, token) from None
+            raise self._decide(attempt, exc.code, exc.detail) from None
         self._remember(ids, thought)
         return Reply(200, {"Content-Type": "application/json"}, BytesStream(orjson.dumps(answer)))
 
-    def _decided(
-        self,
-        exc: Exception,
-        credential: Credential,
-        model: str,
-        slot: tokens.TokenSlot | None,
-        token: tokens.Token | None,
-    ) -> UpstreamError:
-        if not isinstance(exc, chunks.MinimaxFailure):
-            return UpstreamUnavailable(
-                f"upstream {self.block.name} answer unreadable: {type(exc).__name__}",
-                status=502,
-                provider=self.block.name,
-            )
-        error = self._failure(exc.code, exc.detail, credential, model)
-        if isinstance(error, CredentialRejected) and slot is not None and token is not None:
-            slot.reject(token)
-        return error
-
-    def _failure(self, code: int, detail: str, credential: Credential, model: str) -> UpstreamError:
+    def _decide(self, attempt: _Attempt, code: int, detail: str) -> UpstreamError:
+        """MiniMax error `code` → the decision; a rejected token is marked for renewal."""
         ends_in = None
         if code == codes.WINDOW_SPENT:  # until the window ends, as the last reading knows it
-            ends_in = self.quotas.window_spent(credential.id, model)
-        return codes.error_for(code, detail, provider=self.block.name, window_ends_in=ends_in)
+            ends_in = self.quotas.window_spent(attempt.credential.id, attempt.model)
+        error = codes.error_for(code, detail, provider=self.block.name, window_ends_in=ends_in)
+        if isinstance(error, CredentialRejected) and attempt.slot and attempt.token:
+            attempt.slot.reject(attempt.token)  # a refresh may cure it (the core asks `refresh`)
+        return error
 
     # -- credentials ------------------------------------------------------------------------
 
@@ -312,6 +291,16 @@ class MinimaxDriver(OpenAICompatibleDriver):
 
     def _recalled(self, tool_call_id: str) -> str | None:
         return self._recall.get(tool_call_id)
+
+
+@dataclass(frozen=True, slots=True)
+class _Attempt:
+    """One call: the credential with the key sent, its token (to mark it rejected), the model."""
+
+    credential: Credential
+    slot: tokens.TokenSlot | None
+    token: tokens.Token | None
+    model: str
 
 
 class _Remembering(chunks.StreamTranslator):

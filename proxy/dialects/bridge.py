@@ -46,14 +46,18 @@ class Bridge:
             self._neutral = self.codec.decode_request(self.body)
         return self._neutral
 
+    def native(self, driver: Driver) -> bool:
+        """Whether the driver's upstream speaks the client's dialect at this endpoint."""
+        return self.dialect in driver.dialects and self.endpoint in driver.endpoints
+
     def serves(self, driver: Driver) -> bool:
         """Whether the driver can answer this request, natively or translated."""
-        if self.dialect in driver.dialects:
-            return self.endpoint in driver.endpoints
+        if self.native(driver):
+            return True
         return CHAT in driver.endpoints and (not driver.dialects or "chat" in driver.dialects)
 
     def call(self, driver: Driver, model: str, headers: Mapping[str, str], request_id: str) -> Call:
-        if self.dialect in driver.dialects:  # passthrough: the client's body, `model` rewritten
+        if self.native(driver):  # passthrough: the client's body, `model` rewritten
             return Call(self.endpoint, model, {**self.body, "model": model}, self.stream,
                         headers, request_id, self.dialect)  # fmt: skip
         request = replace(self.neutral(), model=model, stream=self.stream)

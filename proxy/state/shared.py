@@ -8,8 +8,11 @@ default) shares nothing and costs nothing. `RedisState` (`state: redis://…`):
   as a Redis key that expires when the cooldown ends and publishes it on one channel. Every
   other process hears it within milliseconds and merges it (`Scheduler.apply`). Nothing on a
   request's path waits for Redis.
-- Metrics: every second each process writes its counts (`ProviderMetrics.export`) under its
-  own key (expiring after the window); a metrics request reads the others' and adds them up.
+- Metrics: every second each process writes its counts (`ProviderMetrics.export`, and any
+  other part's export given to `share`, e.g. the clients' usage) under its own key (expiring
+  a window after its last write); a metrics request reads the others' and adds them up.
+- Client-limit counters: `limits` is the backend's `LimitStore` (base.py): in memory, or in
+  Redis (redis_limits.py) on the same connection.
 - Losing Redis never fails a request: the scheduler and metrics are local anyway. The backend
   logs one warning, retries with backoff (0.5 s doubling to 30 s), and when Redis answers
   again it merges both ways: its running cooldowns are written and published again, and the
@@ -17,10 +20,7 @@ default) shares nothing and costs nothing. `RedisState` (`state: redis://…`):
   (`?socket_timeout=` in the URL overrides it), so a slow Redis is a lost one.
 
 Owns: the connection, its health, the key and channel layout (`NAMESPACE:cool:…`,
-`NAMESPACE:disable:…`, `NAMESPACE:metrics:INSTANCE`, channel `NAMESPACE:changes`).
-- Client-limit counters: `limits` is the `LimitStore` (base.py) of the backend: in memory, or
-  in Redis (redis_limits.py) on the same connection.
-
+`NAMESPACE:disable:…`, `NAMESPACE:KIND:INSTANCE`, channel `NAMESPACE:changes`).
 Does not own: what a cooldown is (scheduler.py), what is counted (metrics.py), the meaning of
 the limit counters (base.py, proxy/clients/).
 """
@@ -34,6 +34,7 @@ import os
 import socket
 import uuid
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -76,8 +77,12 @@ class LocalState:
     async def aclose(self) -> None:
         return None
 
-    async def peer_metrics(self) -> list[bytes] | None:
-        """The other processes' metrics exports; None when they cannot be had right now."""
+    def share(self, kind: str, export: Callable[[], bytes]) -> None:
+        """Share what `export` gives (written every second) as `kind`; others read it with
+        `peers(kind)`. Metrics are "metrics"; the clients' usage is "clients"."""
+
+    async def peers(self, kind: str) -> list[bytes] | None:
+        """The other processes' exports of `kind`; None when they cannot be had right now."""
         return None
 
 
@@ -117,6 +122,7 @@ class RedisState(LocalState):
         self._channel = f"{namespace}:changes"
         self._scheduler: Scheduler | None = None
         self._metrics: ProviderMetrics | None = None
+        self._exports: dict[str, Callable[[], bytes]] = {}
         self._outbox: deque[Change] = deque(maxlen=OUTBOX_LIMIT)
         self._wake = asyncio.Event()
         self._healthy = False
@@ -132,6 +138,7 @@ class RedisState(LocalState):
     def attach(self, scheduler: Scheduler, metrics: ProviderMetrics) -> None:
         self._scheduler, self._metrics = scheduler, metrics
         scheduler.on_change = self._changed
+        self.share("metrics", metrics.export)
 
     def _changed(self, change: Change) -> None:
         """The scheduler's hook: queue the change (no I/O here, on the request's path)."""
@@ -150,7 +157,7 @@ class RedisState(LocalState):
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        if self._healthy and self._metrics is not None:
+        if self._healthy:
             with contextlib.suppress(Exception):  # its counts stay until they expire
                 await self._push_metrics()
         with contextlib.suppress(Exception):
@@ -229,8 +236,7 @@ class RedisState(LocalState):
                 if value is not None:
                     scheduler.apply(_change_from(orjson.loads(value)))
                     merged += 1
-        if self._metrics is not None:
-            await self._push_metrics()
+        await self._push_metrics()
         return merged
 
     async def _listen(self, pubsub: Any) -> None:
@@ -276,7 +282,10 @@ class RedisState(LocalState):
             return f"{self.namespace}:disable:{change.credential_id}"
         return f"{self.namespace}:cool:{change.credential_id}\n{change.model}"
 
-    # -- metrics ---------------------------------------------------------------------------------
+    # -- metrics: every process's counts, summed where they are read -------------------------
+
+    def share(self, kind: str, export: Callable[[], bytes]) -> None:
+        self._exports[kind] = export
 
     async def _push_metrics_every(self) -> None:
         while True:
@@ -284,30 +293,35 @@ class RedisState(LocalState):
             await self._push_metrics()
 
     async def _push_metrics(self) -> None:
-        metrics = self._metrics
-        if metrics is None:
+        """Each shared export under `NAMESPACE:KIND:INSTANCE`, kept for a window after the
+        process last wrote it (a stopped process's counts leave the window as they age)."""
+        if not self._exports:
             return
-        ttl = int(metrics.window_seconds) + 60
-        await self.client.set(self._metrics_key(self.instance), metrics.export(), ex=ttl)
+        window = self._metrics.window_seconds if self._metrics is not None else 600
+        ttl = int(window) + 60
+        pipe = self.client.pipeline(transaction=False)
+        for kind, export in self._exports.items():
+            pipe.set(self._export_key(kind, self.instance), export(), ex=ttl)
+        await pipe.execute()
 
-    def _metrics_key(self, instance: str) -> str:
-        return f"{self.namespace}:metrics:{instance}"
+    def _export_key(self, kind: str, instance: str) -> str:
+        return f"{self.namespace}:{kind}:{instance}"
 
-    async def peer_metrics(self) -> list[bytes] | None:
+    async def peers(self, kind: str) -> list[bytes] | None:
         from redis.exceptions import RedisError
 
         if not self._healthy:
             return None
-        mine = self._metrics_key(self.instance).encode()
+        mine = self._export_key(kind, self.instance).encode()
         try:
             keys = [
                 k
-                async for k in self.client.scan_iter(match=f"{self.namespace}:metrics:*")
+                async for k in self.client.scan_iter(match=f"{self.namespace}:{kind}:*")
                 if k != mine
             ]
             values = await self.client.mget(keys) if keys else []
         except (RedisError, OSError, TimeoutError) as exc:
-            log.debug("state: reading the other processes' metrics failed (%s)", exc)
+            log.debug("state: reading the other processes' %s failed (%s)", kind, exc)
             return None
         return [v for v in values if isinstance(v, bytes)]
 
