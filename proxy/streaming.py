@@ -195,48 +195,32 @@ def _is_done(event: bytes) -> bool:
 #: chat/completions and completions: `data: [DONE]`.
 DONE_END = StreamEnd((b"[DONE]",), _is_done)
 
+
+def typed_end(*types: str) -> StreamEnd:
+    """The end of a dialect whose events name their type (`event: T`, and `"type": "T"` in the
+    data): any of `types` ends the stream."""
+    names = frozenset(types)
+
+    def is_terminal(event: bytes) -> bool:
+        for line in event.split(b"\n"):
+            if line.startswith(b"event:") and line[6:].strip().decode(errors="replace") in names:
+                return True
+        data = event_data(event)
+        if data is None:
+            return False
+        try:
+            payload = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return False
+        return isinstance(payload, dict) and payload.get("type") in names
+
+    return StreamEnd(tuple(name.encode() for name in sorted(names)), is_terminal)
+
+
 #: What ends a /v1/responses stream (OpenAI's Responses API streaming events).
-RESPONSES_TERMINAL_TYPES = frozenset(
-    {"response.completed", "response.failed", "response.incomplete"}
-)
-
-
-def _is_responses_end(event: bytes) -> bool:
-    for line in event.split(b"\n"):
-        if line.startswith(b"event:") and line[6:].strip().decode(errors="replace") in (
-            RESPONSES_TERMINAL_TYPES
-        ):
-            return True
-    data = event_data(event)
-    if data is None or b"response." not in data:
-        return False
-    try:
-        payload = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return False
-    return isinstance(payload, dict) and payload.get("type") in RESPONSES_TERMINAL_TYPES
-
-
-RESPONSES_END = StreamEnd(
-    tuple(name.encode() for name in sorted(RESPONSES_TERMINAL_TYPES)), _is_responses_end
-)
-
-
-def _is_message_stop(event: bytes) -> bool:
-    data = event_data(event)
-    if event.startswith(b"event: message_stop") or data == b'{"type":"message_stop"}':
-        return True
-    if data is None or b"message_stop" not in data:
-        return False
-    try:
-        payload = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return False
-    return isinstance(payload, dict) and payload.get("type") == "message_stop"
-
-
+RESPONSES_END = typed_end("response.completed", "response.failed", "response.incomplete")
 #: What ends an Anthropic Messages stream.
-MESSAGES_END = StreamEnd((b"message_stop",), _is_message_stop)
+MESSAGES_END = typed_end("message_stop")
 
 
 @dataclass(slots=True)
