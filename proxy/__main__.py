@@ -40,8 +40,11 @@ def _load(path_arg: str | None, registry: Registry) -> config.Settings:
 def _one_line_protocol_errors(record: logging.LogRecord) -> bool:
     """A malformed request from a client is worth a line, not a traceback at ERROR."""
     from aiohttp.http_exceptions import HttpProcessingError
+    from aiohttp.web_protocol import RequestPayloadError
 
     exc = record.exc_info[1] if record.exc_info else None
+    if isinstance(exc, RequestPayloadError):  # a body that lies about its Content-Encoding
+        exc = exc.__cause__
     if isinstance(exc, HttpProcessingError):
         record.levelno, record.levelname = logging.WARNING, "WARNING"
         first = exc.message.splitlines()[0] if exc.message else str(exc)
@@ -85,7 +88,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
     if args.workers is not None:
         settings = dataclasses.replace(settings, workers=args.workers)
-    problem = config.bind_problem(settings) or config.workers_problem(settings)
+    if short := config.management_warning(settings):
+        log.warning("%s", short)
+    problem = (
+        config.bind_problem(settings)
+        or config.workers_problem(settings)
+        or config.management_problem(settings)
+    )
     if problem:
         log.error("%s", problem)
         return 2
@@ -191,6 +200,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         problems.append(f"{_key_position(settings.source, text, 'host')}: {bind}")
     if scale := config.workers_problem(settings):
         problems.append(f"{_key_position(settings.source, text, 'workers')}: {scale}")
+    if short := config.management_problem(settings):
+        problems.append(f"{_key_position(settings.source, text, 'remote-management')}: {short}")
+    elif short := config.management_warning(settings):
+        print(f"warning: {_key_position(settings.source, text, 'remote-management')}: {short}")
     credentials = {}
     for block in settings.providers:
         if block.disabled:

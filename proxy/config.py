@@ -717,6 +717,36 @@ def bind_problem(settings: Settings) -> str | None:
     return None
 
 
+#: Shorter management secrets are refused where other hosts can reach the management API.
+MIN_MANAGEMENT_SECRET = 32
+
+
+def management_problem(settings: Settings) -> str | None:
+    """Why the management secret must not be used where other hosts can reach it, or None."""
+    secret = settings.management_secret
+    if not secret or len(secret) >= MIN_MANAGEMENT_SECRET:
+        return None
+    if settings.management_allow_remote and not is_loopback(settings.host):
+        return (
+            f"'remote-management.secret-key' has {len(secret)} characters: with "
+            f"'allow-remote: true' on {settings.host} it must have at least "
+            f"{MIN_MANAGEMENT_SECRET} (e.g. `openssl rand -hex 24`)"
+        )
+    return None
+
+
+def management_warning(settings: Settings) -> str | None:
+    """A short management secret that only this host can use: allowed, but said."""
+    secret = settings.management_secret
+    if not secret or len(secret) >= MIN_MANAGEMENT_SECRET or management_problem(settings):
+        return None
+    return (
+        f"'remote-management.secret-key' has {len(secret)} characters; use at least "
+        f"{MIN_MANAGEMENT_SECRET} (e.g. `openssl rand -hex 24`): keyrail refuses a shorter one "
+        "once management is reachable from other hosts"
+    )
+
+
 def workers_problem(settings: Settings) -> str | None:
     """Why `workers` cannot run with this `state`, or None.
 

@@ -19,6 +19,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from proxy.catalog import Route, Target
 from proxy.deadlines import Deadlines
 from proxy.dialects.bridge import Bridge
@@ -26,6 +28,7 @@ from proxy.driver import BODY_LIMIT, Call, Credential, Driver, Reply
 from proxy.errors import (
     CredentialRejected,
     DriverError,
+    InvalidRequest,
     NoCredential,
     ProviderDiscontinued,
     ProxyError,
@@ -339,6 +342,14 @@ async def _attempt(
                 raise UpstreamUnavailable(message, status=502, provider=target.provider) from exc
             data = StreamMask.whole(data, credential.secret)  # an upstream may echo the key
             return Success(target, reply, None, data, 0.0, 0)
+    except orjson.JSONEncodeError as exc:
+        if "Recursion limit" not in str(exc):
+            raise  # a driver's own bug
+        # orjson reads JSON nested up to 1,024 levels but writes only up to 254.
+        raise InvalidRequest(
+            "The request body is nested too deeply to forward: keyrail re-serializes JSON "
+            "nested at most 254 levels (including what a driver adds)."
+        ) from None
     except TimeoutError:
         raise UpstreamUnavailable(
             f"upstream {target.provider} sent nothing for {settings.first_byte_timeout:g} s",

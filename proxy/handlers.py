@@ -18,8 +18,9 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
-from proxy import failover
+from proxy import failover, request_shape
 from proxy.catalog import excluded_by
 from proxy.config import Settings
 from proxy.dialects import messages
@@ -122,10 +123,15 @@ async def get_model(request: web.Request) -> web.Response:
 async def read_json_object(request: web.Request, read_seconds: float) -> dict[str, Any]:
     """The request body as a JSON object, or a clear 400 (413 when over the size limit, 408
     when it has not all arrived `read_seconds` after the headers)."""
-    if request.content.is_eof():  # the usual case: the body came with the headers
-        raw = await request.read()  # aiohttp raises 413 past client_max_size
-    else:
-        raw = await _read_within(request, read_seconds)
+    try:
+        if request.content.is_eof():  # the usual case: the body came with the headers
+            raw = await request.read()  # aiohttp raises 413 past client_max_size
+        else:
+            raw = await _read_within(request, read_seconds)
+    except RequestPayloadError as exc:  # e.g. `Content-Encoding: gzip` on a body that is not
+        cause = exc.__cause__ or exc
+        detail = getattr(cause, "message", "") or str(cause) or type(cause).__name__
+        raise InvalidRequest(f"The request body could not be read: {detail}.") from None
     if not raw:
         raise InvalidRequest("The request body is empty; send a JSON object.")
     try:
@@ -193,6 +199,7 @@ async def proxy_request(request: web.Request) -> web.StreamResponse:
     try:
         body = await read_json_object(request, runtime.settings.request_read_timeout)
         rec.model = _model_of(body)
+        request_shape.check(body)
         stream = body.get("stream") is True
         if "stream" in body and not isinstance(body["stream"], bool) and body["stream"] is not None:
             raise InvalidRequest("'stream' must be a boolean.", param="stream")

@@ -445,3 +445,37 @@ async def test_model_list_failure_serves_the_fallback_ids(env: Env, start_keyrai
     models = {m.id for m in (await client.models.list()).data}
     assert {"composer-2", "claude-4-sonnet", "gpt-4o", "default"} <= models
     await client.close()
+
+
+async def test_responses_dialect_text_and_function_call_round_trip(
+    env: Env, start_keyrail: Start
+) -> None:
+    client = await client_for(start_keyrail, block(env, "h2", [new_key(env.fake)]))
+    reply = await client.responses.create(model="gpt-5.5", input="hi")
+    assert reply.output_text == "Hello from Cursor."
+    tool = {"type": "function", "name": "get_weather", "description": "The weather",
+            "parameters": WEATHER_TOOL["function"]["parameters"]}  # type: ignore[index]  # fmt: skip
+    first = await client.responses.create(
+        model="gpt-5.5",
+        input="weather in Paris?",
+        tools=[tool],  # type: ignore[list-item]
+    )
+    [call] = [item for item in first.output if item.type == "function_call"]
+    assert call.name == "get_weather" and orjson.loads(call.arguments) == {"city": "Paris"}
+    second = await client.responses.create(
+        model="gpt-5.5",
+        tools=[tool],  # type: ignore[list-item]
+        input=[
+            {"role": "user", "content": "weather in Paris?"},
+            {
+                "type": "function_call",
+                "call_id": call.call_id,
+                "name": call.name,
+                "arguments": call.arguments,
+            },
+            {"type": "function_call_output", "call_id": call.call_id, "output": "sunny"},
+        ],
+    )
+    assert second.output_text == "Result: sunny."
+    assert len(env.fake.runs) == 2  # the second call went on on the parked stream
+    await client.close()

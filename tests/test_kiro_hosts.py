@@ -155,6 +155,8 @@ def test_table_order_and_urls() -> None:
         403, b'{"message":"The bearer token included in the request is invalid."}'
     )
     assert not hosts.moved(429, b"{}")
+    model_gone = b'{"message":"The model claude-3.7 is no longer supported.","reason":null}'
+    assert not hosts.moved(400, model_gone)  # about the request: back to the client
 
 
 async def test_fallback_through_hosts(
@@ -320,7 +322,7 @@ async def test_first_byte_deadline(
     b = write_token(tmp_path / "b.json", *kiro.issue("b"))
     hung = asyncio.Event()
     kiro.script = lambda seen: Answer(hold=hung) if seen.token == "at-a" else Answer()
-    short = "    first-byte-seconds: 0.3\n    disable-cooling: true\n"
+    short = "    first-byte-seconds: 1\n    disable-cooling: true\n"
     blocks = kiro_block("kiro-a", a, url, [persona(url, "runtime")], short) + kiro_block(
         "kiro-b", b, url, [persona(url, "runtime")], short
     )

@@ -232,7 +232,10 @@ class _H2Connection:
                 stream.window.clear()
                 await stream.window.wait()  # a WINDOW_UPDATE or new SETTINGS wakes us
                 continue
-            self.h2.send_data(stream.id, bytes(view[:size]))
+            try:
+                self.h2.send_data(stream.id, bytes(view[:size]))
+            except h2.exceptions.ProtocolError:  # the server closed or reset it meanwhile
+                raise TransportFailed("stream closed while sending") from None
             view = view[size:]
             self.flush()
         await self.drain()

@@ -25,7 +25,7 @@ from proxy.dialects import neutral as n
 from proxy.dialects.assembler import Codec, StreamEncoder
 from proxy.driver import ByteStream
 from proxy.errors import InvalidRequest, ProxyError, StreamInterrupted, classify_upstream
-from proxy.sse import SSELimitExceeded, SSEParser, event_data
+from proxy.sse import SSEParser, event_data
 
 _FINISH_OUT = {"stop_sequence": "stop"}
 _FINISH_IN: dict[str, n.FinishReason] = {
@@ -494,10 +494,9 @@ async def decode_stream(body: ByteStream, provider: str) -> AsyncIterator[n.Even
     async for data in body:
         try:
             events = parser.feed(data)
-        except SSELimitExceeded as exc:
-            raise StreamInterrupted(
-                f"upstream {provider} sent {exc}", status=502, provider=provider
-            ) from None
+        except StreamInterrupted as exc:  # past the parser's limits: name the provider
+            message = exc.message.replace("upstream sent", f"upstream {provider} sent", 1)
+            raise StreamInterrupted(message, status=502, provider=provider) from None
         for event in events:
             payload = event_data(event)
             if payload == b"[DONE]":
