@@ -252,6 +252,8 @@ def _position(node: Any, key: Any) -> tuple[int, int]:
             line, col = lc.line, lc.col
     except (KeyError, IndexError, TypeError):
         line, col = lc.line, lc.col
+    if line is None or col is None:  # ruamel keeps no position for some flow-style nodes
+        return (0, 0)
     return (line + 1, col + 1)
 
 

@@ -142,3 +142,34 @@ def test_effort_suffix_and_speed() -> None:
 
 def test_heartbeat_every_five_seconds() -> None:
     assert HEARTBEAT_SECONDS == 5.0 and messages.heartbeat() == b"\x3a\x00"
+
+
+async def test_a_parked_turn_nobody_resumes_is_aborted_when_its_time_is_up() -> None:
+    from drivers.cursor.session import Parked, Turn
+    from drivers.cursor.transport import Channel
+
+    class Quiet(Channel):
+        def __init__(self) -> None:
+            self.reset_done = asyncio.Event()
+
+        async def send(self, message: bytes) -> None:
+            return None
+
+        async def receive(self) -> bytes:
+            await asyncio.Event().wait()
+            return b""
+
+        async def close(self) -> None:
+            return None
+
+        def reset(self) -> None:
+            self.reset_done.set()
+
+    channel = Quiet()
+    turn = Turn(channel, blobs={}, tools=[], heartbeat_seconds=60)
+    turn.start()
+    turn.pending["call_1"] = (1, "exec-1")
+    Parked(ttl=0.05).park(turn)
+    async with asyncio.timeout(5):
+        await channel.reset_done.wait()
+    assert turn.done

@@ -13,6 +13,11 @@ The certain facts of kiro.md's December 2026 section, and the test that holds ea
        request                                                     test_agent_fields_400
     K5 a first-token deadline moves to the next credential         test_first_byte_deadline
     usage limits and ListAvailableModels on the new hosts          test_quota_*, test_discovery_*
+    thinking prefix in, inline <thinking> out as reasoning (§2.4,  test_thinking_*,
+    §3.3)                                                          test_inline_thinking_*,
+                                                                   test_kiro_thinking.py
+    token file locations (§1.1), refresh hosts per login (§1.3)   test_token_file_*,
+                                                                   test_refresh_hosts_*
 Older facts (frames, CRCs, refresh flows, headers, mapping) are in test_kiro*.py.
 """
 
@@ -558,3 +563,30 @@ def test_refresh_hosts_keep_the_auth_region() -> None:
     assert auth.refresh_host(idc, None, "") == "https://oidc.eu-west-3.amazonaws.com"
     assert auth.refresh_host(builder, None, "") == "https://oidc.us-east-1.amazonaws.com"
     assert not auth.is_social(idc, None) and auth.is_social(social, None)
+
+
+async def test_inline_thinking_through_messages(
+    fake: tuple[FakeKiro, str], start_keyrail: Start, tmp_path: Path
+) -> None:
+    """Claude Code's path: `thinking.budget_tokens` on /v1/messages becomes Kiro's thinking
+    prefix, and the inline `<thinking>` text comes back as a thinking block, streamed as
+    thinking deltas before the text."""
+    import anthropic
+
+    kiro, url = fake
+    kiro.script = lambda seen: Answer(frames=text_frames(*THOUGHT))
+    path = write_token(tmp_path / "t.json", *kiro.issue("one"))
+    kr, _ = await start(start_keyrail, kiro_block("kiro", path, url, [persona(url, "runtime")]))
+    c = anthropic.AsyncAnthropic(base_url=kr.url, api_key="client-key", max_retries=0)
+    async with c.messages.stream(
+        model=MODEL, max_tokens=5000, thinking={"type": "enabled", "budget_tokens": 4000},
+        messages=[{"role": "user", "content": "hi"}],
+    ) as stream:  # fmt: skip
+        kinds = [e.delta.type async for e in stream if e.type == "content_block_delta"]
+        final = await stream.get_final_message()
+    await c.close()
+    assert kinds[:2] == ["thinking_delta", "thinking_delta"] and kinds[-1] == "text_delta"
+    assert final.content[0].type == "thinking"
+    assert final.content[0].thinking == "I should greet. `</thinking>` is a tag."
+    assert final.content[-1].type == "text" and final.content[-1].text == "Hello!"
+    assert "<max_thinking_length>4000<" in kiro.chats[-1].current["content"]

@@ -173,3 +173,32 @@ async def test_responses_have_a_reasoning_item_and_usage(
         final = await stream.get_final_response()
     assert "response.completed" in events and final.output_text == "Hello from MiniMax."
     assert [item.type for item in final.output] == ["reasoning", "message"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_roo_router_in_the_anthropic_dialect(
+    stream: bool, start_upstream_app: Callable[..., Awaitable[str]], start_keyrail: Start
+) -> None:
+    roo = FakeRoo()
+    url = await start_upstream_app(roo.app)
+    kr = await start_keyrail(
+        f"api-keys: [client-key]\nroo:\n  - base-url: {url}/proxy\n    api-key: roo-token\n"
+        "    models: [{name: xai/grok-code-fast-1}]\n"
+    )
+    async with anthropic.AsyncAnthropic(
+        base_url=kr.url, api_key="client-key", max_retries=0
+    ) as claude:
+        if stream:
+            async with claude.messages.stream(
+                model="xai/grok-code-fast-1", max_tokens=99, messages=HI
+            ) as s:
+                message = await s.get_final_message()
+        else:
+            message = await claude.messages.create(
+                model="xai/grok-code-fast-1", max_tokens=99, messages=HI
+            )
+    assert [b.type for b in message.content] == ["thinking", "text"]
+    assert message.content[0].thinking == "Thinking."  # type: ignore[union-attr]
+    assert message.content[1].text == "Hello from Roo."  # type: ignore[union-attr]
+    assert message.usage.output_tokens == 300
+    assert roo.problems == []

@@ -191,6 +191,8 @@ class Parked:
 
     def park(self, turn: Turn) -> None:
         self._expire()
+        # a turn nobody comes back for is dropped when its time is up, not on the next call
+        asyncio.get_running_loop().call_later(self._ttl + 0.01, self._expire)
         now = time.monotonic()
         for call_id in turn.pending:
             self._turns[call_id] = (turn, now)

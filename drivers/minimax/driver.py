@@ -137,6 +137,9 @@ class MinimaxDriver(OpenAICompatibleDriver):
     async def list_models(self, credential: Credential) -> Sequence[str]:
         return request.MODELS
 
+    def model_source(self, name: str) -> str:
+        return "built-in"  # MiniMax documents its ids; it has no model list to ask
+
     # -- the call ---------------------------------------------------------------------------
 
     async def send(self, call: Call, credential: Credential) -> Reply:

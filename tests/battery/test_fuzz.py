@@ -13,6 +13,8 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from proxy.__main__ import _one_line_protocol_errors
+from proxy.driver import Call, Credential, Driver, Reply
+from proxy.registry import Registry
 from tests.battery import figures
 from tests.battery.hostile import CLIENT_KEY, Raw, fuzz, send_raw
 from tests.battery.upstreams import kiro_token, steady_app
@@ -149,3 +151,19 @@ async def test_fuzzed_requests_no_5xx_and_no_traceback(keyrail_port, caplog):
     requests = list(fuzz(rng, 500, ("m", KIRO_MODEL, "nope")))
     results = await _run(keyrail_port, requests)
     _check(results, caplog)
+
+
+class _BuggyDriver(Driver):
+    async def send(self, call: Call, credential: Credential) -> Reply:
+        raise RuntimeError("a bug in a driver")
+
+
+async def test_a_500_is_keyrails_own_bug_logged_once_with_the_request_id(start_keyrail, caplog):
+    registry = Registry.discover().with_classes({"buggy": _BuggyDriver})
+    kr = await start_keyrail("buggy:\n  - name: b\n    models: [{name: m}]\n", registry=registry)
+    wire = Raw("/v1/chat/completions", [], b'{"model":"m","messages":[]}', "bug").wire()
+    status, body = await send_raw(kr.server.port, wire)
+    assert status == 500 and b"internal error in keyrail" in body
+    bugs = [r for r in caplog.records if r.exc_info and "unhandled error" in r.getMessage()]
+    assert len(bugs) == 1
+    assert "request_id=" in bugs[0].getMessage()
