@@ -249,22 +249,19 @@ def _servable(
 ) -> Sequence[Target]:
     """The route's targets whose driver serves `endpoint` (natively, or translated through
     `bridge`); the route's own tuple when all do, so that the scheduler's per-pool layout
-    stays cached."""
-
-    def serves(driver: Driver) -> bool:
-        if bridge is None:
-            return endpoint in driver.endpoints
-        return bridge.serves(driver)
-
-    providers = route.providers
-    if len(providers) == 1:  # the usual case: no generator, no list
-        return route.targets if serves(drivers[providers[0]]) else ()
-    for provider in providers:
-        if not serves(drivers[provider]):
+    stays cached. (Inline checks first: this runs per provider of the route per request.)"""
+    dialect = bridge.dialect if bridge is not None else None
+    for provider in route.providers:
+        driver = drivers[provider]
+        if endpoint in driver.endpoints and (dialect is None or dialect in driver.dialects):
+            continue  # natively: the usual case
+        if bridge is None or not bridge.serves(driver):
             break
     else:
         return route.targets
-    return [t for t in route.targets if serves(drivers[t.provider])]
+    if bridge is None:
+        return [t for t in route.targets if endpoint in drivers[t.provider].endpoints]
+    return [t for t in route.targets if bridge.serves(drivers[t.provider])]
 
 
 def _soonest(
@@ -320,7 +317,8 @@ async def _attempt(
     try:
         with deadlines.limit(task, settings.first_byte_timeout):
             reply = await driver.send(call, credential)
-            if bridge is not None:
+            if call.request is not None:  # translated: into the client's dialect
+                assert bridge is not None
                 reply = bridge.reply(call, reply, target.provider)
             if stream:
                 parser = settings.sse_parser()

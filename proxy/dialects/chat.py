@@ -485,10 +485,12 @@ class ChunkDecoder:
                 out.append(n.ToolCallDelta(position, orjson.dumps(args).decode()))
 
 
-async def decode_stream(body: ByteStream, provider: str) -> AsyncIterator[n.Event]:
-    """A chat upstream's SSE as neutral events (an in-band `{"error"}` raises). A stream that
-    ends without `data: [DONE]`, or in the middle of an event, raises `StreamInterrupted`:
-    the client's stream then ends with an error event, never a made-up end."""
+async def decode_stream(body: ByteStream, provider: str) -> AsyncIterator[list[n.Event]]:
+    """A chat upstream's SSE as neutral events, a list per network read (one async step per
+    read, not per event: this is the translated path's hot loop). An in-band `{"error"}`
+    raises. A stream that ends without `data: [DONE]`, or in the middle of an event, raises
+    `StreamInterrupted`: the client's stream then ends with an error event, never a made-up
+    end."""
     parser = SSEParser()
     decoder = ChunkDecoder()
     async for data in body:
@@ -497,14 +499,17 @@ async def decode_stream(body: ByteStream, provider: str) -> AsyncIterator[n.Even
         except StreamInterrupted as exc:  # past the parser's limits: name the provider
             message = exc.message.replace("upstream sent", f"upstream {provider} sent", 1)
             raise StreamInterrupted(message, status=502, provider=provider) from None
+        out: list[n.Event] = []
         for event in events:
             payload = event_data(event)
             if payload == b"[DONE]":
+                if out:
+                    yield out
                 return
-            if payload is None:
-                continue
-            for ev in _decode_payload(payload, decoder, provider):
-                yield ev
+            if payload is not None:
+                out += _decode_payload(payload, decoder, provider)
+        if out:
+            yield out
     tail = parser.flush()
     if tail and event_data(tail) == b"[DONE]":
         return
