@@ -30,6 +30,7 @@ from proxy.keys import (
     REGISTRY,
     SCHEDULER,
     STATE,
+    WAITS,
 )
 from proxy.logs import install_redaction
 from proxy.metrics import ProviderMetrics
@@ -39,6 +40,7 @@ from proxy.scheduler import Scheduler
 from proxy.state.shared import open_state
 from proxy.status import routes as status
 from proxy.status.recent import RecentErrors
+from proxy.waits import RecoveryWaits
 
 
 def create_app(
@@ -67,6 +69,7 @@ def create_app(
         max_cooldown=settings.max_cooldown_seconds,
         disable_cooling=settings.disable_cooling,
     )
+    app[WAITS] = RecoveryWaits()  # requests waiting for credentials to recover, in turn
     app[METRICS] = ProviderMetrics(window_seconds=settings.metrics_window_seconds)
     # what workers and instances share (cooldowns, metrics): nothing, or Redis (`state:`)
     app[STATE] = open_state(settings.state)

@@ -57,6 +57,14 @@ COMMON_BLOCK_KEYS: Mapping[str, type | tuple[type, ...]] = {
     "base-url": str,
     "refresh-url": str,
 }
+#: Keys of an `api-key-entries` item (CLIProxyAPI's spelling, plus `disable-cooling`).
+API_KEY_ENTRY_KEYS = frozenset({"api-key", "proxy-url", "disable-cooling"})
+#: Keys whose value is a URL, and the schemes each accepts.
+_URL_SCHEMES = {
+    "base-url": ("http://", "https://"),
+    "refresh-url": ("http://", "https://"),
+    "proxy-url": ("http://", "https://", "socks5://", "socks5h://"),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,6 +253,8 @@ _SECTION_EXTRAS = {  # accepted for CLIProxyAPI files, not acted on
                           "panel-github-repository"},
 }  # fmt: skip
 _LISTS = {"api-keys", "fallbacks"}
+#: Every key that belongs at the top of the file (for the hint when one is in a block).
+_TOP_LEVEL = {k.split(".")[0] for k in _SCALARS} | _LISTS | _SECTIONS
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 #: The driver registry's answer for a config key: its option types, required keys and default
@@ -397,7 +407,7 @@ def parse(text: str, driver_options: DriverOptions, *, source: str = "<string>")
     values: dict[str, Any] = {}
     providers: list[ProviderBlock] = []
     names_seen: dict[str, int] = {}
-    known_top = {k.split(".")[0] for k in _SCALARS} | _LISTS | _SECTIONS
+    known_top = _TOP_LEVEL
     for key in doc:
         value = doc[key]
         if not isinstance(key, str):
@@ -487,7 +497,25 @@ def _read_scalar(
     if check and (msg := check(value)):
         problems.add(node, key, f"'{full}' {msg}")
         return
+    if full in _URL_SCHEMES and (msg := _url_problem(full, value)):
+        problems.add(node, key, msg)
+        return
     values[attr] = value
+
+
+def _url_problem(key: str, value: str) -> str | None:
+    """A URL without its scheme (`127.0.0.1:9000/v1`) would fail every request later."""
+    text = value.strip()
+    schemes = _URL_SCHEMES[key]
+    if not text or text.lower().startswith(schemes):
+        return None
+    if key == "proxy-url" and text in ("direct", "none"):
+        return None  # no proxy for this block, whatever the global one says
+    bare = text.split("://", 1)[-1]
+    return (
+        f"'{key}' must be a URL starting with {' or '.join(schemes)}, not {value!r} "
+        f"(did you mean 'http://{bare}'?)"
+    )
 
 
 def _coerce(value: str, expected: type | tuple[type, ...]) -> Any:
@@ -696,7 +724,13 @@ def _read_blocks(
         for k in item:
             v = item[k]
             if k not in allowed:
-                hint = _did_you_mean(str(k), set(allowed))
+                if k in _TOP_LEVEL:
+                    hint = (
+                        f": '{k}' is a top-level key, not a block key; move it to the top of "
+                        "the file, without indentation"
+                    )
+                else:
+                    hint = _did_you_mean(str(k), set(allowed))
                 problems.add(item, k, f"unknown key '{k}' in a '{driver}' block{hint}")
                 continue
             expected = allowed[k]
@@ -707,6 +741,11 @@ def _read_blocks(
             if not _type_ok(v, expected):
                 problems.add(item, k, f"'{k}' must be {_type_name(expected)}, not {v!r}")
                 continue
+            if k in _URL_SCHEMES and isinstance(v, str) and (msg := _url_problem(k, v)):
+                problems.add(item, k, msg)
+                continue
+            if k == "api-key-entries" and isinstance(v, list):
+                _check_api_key_entries(v, problems)
             if k in COMMON_BLOCK_KEYS:
                 fields[k] = v
             else:
@@ -714,7 +753,7 @@ def _read_blocks(
         for req in sorted(required):
             if req == "base-url" and default_base:
                 continue
-            if req not in fields and req not in driver_opts:
+            if req not in fields and req not in driver_opts and req not in item:
                 problems.add(value, i, f"a '{driver}' block needs '{req}'")
         name = str(fields.get("name") or driver).strip()
         if "name" not in fields:
@@ -747,6 +786,35 @@ def _read_blocks(
             options=driver_opts,
             where=where,
         )
+
+
+def _check_api_key_entries(entries: list[Any], problems: _Problems) -> None:
+    """Each item a mapping with `api-key` (a misspelt key would make a keyless credential)."""
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, CommentedMap):
+            problems.add(
+                entries, i, "each 'api-key-entries' item must be a mapping: write '- api-key: …'"
+            )
+            continue
+        misspelt = False
+        for k in entry:
+            if k not in API_KEY_ENTRY_KEYS:
+                misspelt = True
+                hint = _did_you_mean(str(k), set(API_KEY_ENTRY_KEYS))
+                problems.add(entry, k, f"unknown key '{k}' in an 'api-key-entries' item{hint}")
+            elif (
+                k == "proxy-url"
+                and isinstance(entry[k], str)
+                and (msg := _url_problem("proxy-url", entry[k]))
+            ):
+                problems.add(entry, k, msg)
+        if "api-key" not in entry and not misspelt:
+            problems.add(
+                entries,
+                i,
+                "an 'api-key-entries' item needs 'api-key' (write api-key: \"\" for an "
+                "upstream that takes no key)",
+            )
 
 
 def _read_models(item: CommentedMap, value: Any, problems: _Problems) -> tuple[ModelEntry, ...]:

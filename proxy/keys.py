@@ -18,6 +18,7 @@ from proxy.runtime import Live
 from proxy.scheduler import Scheduler
 from proxy.state.shared import LocalState
 from proxy.status.recent import RecentErrors
+from proxy.waits import RecoveryWaits
 
 LIVE = web.AppKey("live", Live)
 SCHEDULER = web.AppKey("scheduler", Scheduler)
@@ -30,3 +31,4 @@ LIMITS = web.AppKey("limits", Limits)
 CLIENT_USAGE = web.AppKey("client_usage", ClientUsage)
 CONVERSATIONS = web.AppKey("conversations", Conversations)
 RECENT_ERRORS = web.AppKey("recent_errors", RecentErrors)
+WAITS = web.AppKey("waits", RecoveryWaits)

@@ -2,8 +2,9 @@
 
 1. admission: refused with a 503 while the server drains; counted in flight until it ends
    (shutdown.py owns the drain);
-2. access: a request id, the access record the handlers fill, and its line at the end, with
-   a line for every upstream attempt that failed on the way (logs.py owns the formats);
+2. access: a request id (in every answer's `X-Request-Id`, errors included), the access
+   record the handlers fill, and its line at the end, with a line for every upstream attempt
+   that failed on the way (logs.py owns the formats);
 3. errors: every failure leaves as an error body in the route's dialect (Anthropic's shape on
    `/v1/messages`, OpenAI's elsewhere), redacted (upstreams may echo a key), never as a
    traceback;
@@ -69,12 +70,13 @@ class Pipeline:
         # One coroutine around the handler: every level of `await` costs on every resumption.
         async def through_pipeline(request: web.Request) -> web.StreamResponse:
             if drain.closing:
-                return shutdown.unavailable()
+                refused = shutdown.unavailable()
+                refused.headers["X-Request-Id"] = _request_id()
+                return refused
             runtime = live.current  # pinned for the whole request, even across a reload
             task = drain.enter()
             runtime.enter()
-            # Unique enough to find a line, and no system call (os.urandom is one per request).
-            rec = RequestRecord(f"{random.getrandbits(48):012x}", request.method, request.path)
+            rec = RequestRecord(_request_id(), request.method, request.path)
             request[ACCESS] = rec
             request[RUNTIME] = runtime
             started = time.perf_counter()
@@ -90,12 +92,19 @@ class Pipeline:
                 except Exception as exc:  # not CancelledError: that one goes on
                     response = _failure_response(request, rec, exc)
                 rec.status = response.status
+                if not response.prepared:  # a stream sent its own, with its headers
+                    response.headers["X-Request-Id"] = rec.request_id
                 return response
             except asyncio.CancelledError:
-                rec.status = 499  # the client went away
+                # The client went away. A handler that had finished its answer first (a stream
+                # relayed to its end event) has said so with its status.
+                if rec.status != 200:
+                    rec.status = 499
                 if request.writer.output_size == 0 and shutdown.absorb_cut():
                     rec.status = 503  # the drain's cut, before anything was sent
-                    return shutdown.unavailable()
+                    cut = shutdown.unavailable()
+                    cut.headers["X-Request-Id"] = rec.request_id
+                    return cut
                 raise
             except (
                 web.HTTPException
@@ -112,6 +121,11 @@ class Pipeline:
                                  rec.completion_tokens)  # fmt: skip
 
         return through_pipeline
+
+
+def _request_id() -> str:
+    # Unique enough to find a line, and no system call (os.urandom is one per request).
+    return f"{random.getrandbits(48):012x}"
 
 
 def add_unrouted(router: web.UrlDispatcher, wrap: Wrap) -> None:
