@@ -11,10 +11,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import errno
 import gc
 import logging
 import re
 import signal
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -99,9 +101,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     worker = supervisor.worker_id()
     if settings.workers > 1 and not worker:
         return _supervise(args, settings)
+    try:  # bound here, so that a busy port is one line, not a traceback after "listening"
+        # (a supervisor's workers share the port: supervisor.py)
+        sock = socket.create_server((settings.host, settings.port), reuse_port=bool(worker))
+    except OSError as exc:
+        print(_bind_failure(settings.host, settings.port, exc), file=sys.stderr)
+        return 1
     log.info(
         "keyrail on http://%s:%d (config: %s; %d provider blocks)",
-        settings.host, settings.port, settings.source, len(settings.providers),
+        settings.host, sock.getsockname()[1], settings.source, len(settings.providers),
     )  # fmt: skip
     app = create_app(settings, registry, config_path=config.default_path(args.config))
 
@@ -114,10 +122,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     loop = _new_loop()
     web.run_app(
         app,
-        host=settings.host,
-        port=settings.port,
+        sock=sock,
         loop=loop,
-        reuse_port=bool(worker),  # the supervisor's workers share the port (supervisor.py)
         handler_cancellation=True,  # a client that leaves cancels its upstream request at once
         # streams get `shutdown.drain-seconds` in the app's own drain; this is for the rest
         shutdown_timeout=shutdown.GRACE_SECONDS,
@@ -127,6 +133,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bind_failure(host: str, port: int, exc: OSError) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            f"keyrail: port {port} is already in use on {host or '0.0.0.0'}; stop what is "
+            "listening there, or start keyrail on another port with --port"
+        )
+    return f"keyrail: cannot listen on {host}:{port}: {exc.strerror or exc}"
+
+
 def _supervise(args: argparse.Namespace, settings: config.Settings) -> int:
     """`--workers N` (N > 1): the config is valid; run N workers of it (supervisor.py)."""
     from proxy import supervisor
@@ -134,8 +149,8 @@ def _supervise(args: argparse.Namespace, settings: config.Settings) -> int:
     try:
         port = supervisor.reserve_port(settings.host, settings.port)
     except OSError as exc:
-        log.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc.strerror or exc)
-        return 2
+        print(_bind_failure(settings.host, settings.port, exc), file=sys.stderr)
+        return 1
     path = config.default_path(args.config)
     log.info(
         "keyrail on http://%s:%d with %d workers (config: %s; state: %s)",

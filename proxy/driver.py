@@ -320,8 +320,8 @@ class Driver(abc.ABC):
     @classmethod
     def check(cls, block: ProviderBlock) -> Sequence[str]:
         """Warnings about a block that loads but will not work as its operator expects (a
-        default upstream that was shut down). `keyrail check` prints them and `serve` logs
-        them at start. Default: none."""
+        default upstream that was shut down, a token file that cannot be read). Never calls an
+        upstream. `keyrail check` prints them and `serve` logs them at start. Default: none."""
         return ()
 
     async def list_models(self, credential: Credential) -> Sequence[str]:

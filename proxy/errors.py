@@ -12,15 +12,26 @@ nor how errors are written onto a stream (streaming.py).
         AuthError                  401 invalid_api_key
         InvalidRequest             400 (or 413) about the request itself
         UnknownModel               404 model_not_found
-      NoCredential                 429 model_cooldown / 503 provider_unavailable, with retry_after
+        ModelNotAllowed            403 model_not_allowed: outside the client key's `models`
+        ClientRateLimited          429 client_rate_limited: the client key's own limit, with
+                                   Retry-After (not an upstream's cooldown: model_cooldown)
+      NoCredential                 429 model_cooldown / 503 provider_unavailable or
+                                   upstream_auth_failed, with retry_after
       UpstreamError                an upstream answered badly; the decision is the subclass
         RateLimited                429: cool the (credential, model) down for retry_after
         CredentialRejected         401/402/403: disable the credential for a while
         UpstreamUnavailable        408/5xx, connect or read timeout: brief cooldown, next one
         UpstreamRejected           400/413/422 about the request: back to the client, touch nothing
         StreamInterrupted          the stream broke after its first byte: end it, never replay
+        UpstreamAuthFailed         what the client gets when the last attempt's credential was
+                                   rejected: 502 upstream_auth_failed, never 401 invalid_api_key
         ProviderDiscontinued       503: the service is gone for good; disable the credential
                                    until a reload, answer every later request at once
+
+Only keyrail's own client-key check answers 401 `invalid_api_key` (AuthError): an app that
+gets it knows its key to keyrail is wrong. A provider refusing keyrail's credential (401/403
+upstream, an unreadable token file, a failed refresh) is keyrail's operator's problem, and is
+answered as such, naming the provider.
 """
 
 from __future__ import annotations
@@ -119,6 +130,27 @@ class UnknownModel(RequestError):
     code = "model_not_found"
 
 
+class ModelNotAllowed(RequestError):
+    """The client's key may not call this model (its `models` globs)."""
+
+    status = 403
+    type = "permission_error"
+    code = "model_not_allowed"
+
+
+class ClientRateLimited(RequestError):
+    """The client's key is over one of its own limits (rpm, tpm, daily-tokens,
+    max-concurrent). 429 with `Retry-After`: when the window ends (1 s for concurrency)."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "client_rate_limited"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after)})
+        self.retry_after = retry_after
+
+
 class NoCredential(ProxyError):
     """Every credential of the pool is cooling down or disabled; nothing was tried.
 
@@ -190,6 +222,25 @@ class UpstreamRejected(UpstreamError):
 
 class StreamInterrupted(UpstreamError):
     """The upstream stream failed after its first byte. The stream ends; nothing is replayed."""
+
+
+class UpstreamAuthFailed(UpstreamError):
+    """The client's answer when the last credential tried was rejected (`CredentialRejected`):
+    502 `upstream_auth_failed`, naming the provider; the upstream's own body (which says
+    `invalid_api_key`, about keyrail's key, not the app's) is not passed through."""
+
+    def __init__(self, rejected: UpstreamError) -> None:
+        detail = rejected.message
+        prefix = f"upstream {rejected.provider} "
+        detail = detail[len(prefix) :] if detail.startswith(prefix) else detail
+        super().__init__(
+            f"keyrail's credential for provider {rejected.provider} failed: {detail}. Your "
+            "key to keyrail was accepted; keyrail's operator must fix this provider's key or "
+            "token",
+            status=502,
+            provider=rejected.provider,
+        )
+        self.code = "upstream_auth_failed"
 
 
 class ProviderDiscontinued(UpstreamError):

@@ -3,8 +3,9 @@
 Owns: for one client request, picking targets through the scheduler, calling the driver,
 turning each failure into the scheduler's outcome, refreshing an OAuth credential once on a
 rejection, moving on at once (no sleeping) to the next credential and block, waiting for a
-recovery only within `max-retry-interval`, fallbacks, and the error the client gets when no
-attempt succeeds. Every attempt is reported to the metrics.
+recovery (in turn, waits.py) only within `max-retry-interval` of the request's start,
+fallbacks, and the error the client gets when no attempt succeeds. Every attempt is reported
+to the metrics.
 Does not own: what an outcome does to a credential (scheduler.py), relaying a successful
 answer (streaming.py / handlers.py).
 """
@@ -21,6 +22,7 @@ from typing import Any
 import orjson
 
 from proxy.catalog import Route, Target
+from proxy.clients.affinity import Sticky
 from proxy.deadlines import Deadlines
 from proxy.dialects.bridge import Bridge
 from proxy.driver import BODY_LIMIT, Call, Credential, Driver, Reply
@@ -32,15 +34,17 @@ from proxy.errors import (
     ProviderDiscontinued,
     ProxyError,
     RateLimited,
+    UpstreamAuthFailed,
     UpstreamError,
     UpstreamRejected,
     UpstreamUnavailable,
 )
 from proxy.metrics import Attempt, ProviderMetrics
 from proxy.redact import StreamMask
-from proxy.scheduler import Recovery, Scheduler
+from proxy.scheduler import TRANSIENT, UNAUTHORIZED, Recovery, Scheduler
 from proxy.sse import MAX_EVENT_BYTES, MAX_LINE_BYTES, SSEParser
 from proxy.streaming import StreamHead
+from proxy.waits import RecoveryWaits
 
 
 @dataclass(slots=True)
@@ -82,18 +86,25 @@ async def serve(
     metrics: ProviderMetrics,
     settings: LoopSettings,
     deadlines: Deadlines,
+    waits: RecoveryWaits | None = None,
     resolve_fallbacks: Callable[[str], Sequence[Route]] | None = None,
     clock: Callable[[], float] | None = None,
     bridge: Bridge | None = None,
+    sticky: Sticky | None = None,
 ) -> Success:
     """Run the failover loop for one request; return the first success or raise.
 
-    A pass tries the route's pool, then each fallback's, every credential at most once and
-    without sleeping. Only after a whole pass fails does the loop wait, and only for a
-    recovery within `max-retry-interval` while `request-retry` passes remain.
-
+    A pass tries every credential of the route's pool, then each fallback's, at most once.
+    Credentials that are ready are tried at once, without sleeping; one that is cooling down
+    is waited for (in turn with other waiting requests, `waits`) only while its recovery falls
+    within `max-retry-interval` of the request's start: that bounds the whole request's
+    waiting, not each pass's. A pass ends when every credential was tried (or is out of
+    reach); `request-retry` more passes follow, each only if the last one cooled something
+    (else it would hot-loop on the same answers).
     `bridge` (chat dialects): each attempt passes through or is translated (dialects/bridge.py);
     without one (completions, embeddings) the body goes as it is.
+    With `sticky` (session affinity), a pass over the route's own pool starts with the
+    conversation's credential when it is ready, and a success tells it where it was served.
     """
     now = clock or time.perf_counter  # uvloop's loop.time() counts whole milliseconds
     task = asyncio.current_task()
@@ -109,22 +120,27 @@ async def serve(
         )
     last_error: UpstreamError | None = None
     attempts = 0
-    recovery: Recovery | None = None
-    for pass_no in range(settings.request_retry + 1):
-        attempts_before = attempts
-        # Shared by the pools (a fallback may reuse a target). A list: it holds one or two
-        # targets, and a set would hash a Target (and its Credential) on every request.
-        tried: list[Target] = []
-        for current, targets in pools:
-            tried_here = 0
-            while not (
-                settings.max_retry_credentials and tried_here >= settings.max_retry_credentials
-            ):
-                target = scheduler.pick(current.model, targets, tried)
+    passes = 0
+    cooled: list[Target] = []  # the credentials this pass's failures cooled down
+    woken = False  # this request was woken in turn: a success hands the turn on
+    deadline = 0.0  # when the wait budget ends (set at the first wait: rarely needed)
+    # Shared by the pools (a fallback may reuse a target). A list: it holds one or two
+    # targets, and a set would hash a Target (and its Credential) on every request.
+    tried: list[Target] = []
+    tried_per_pool = [0] * len(pools)
+    cap = settings.max_retry_credentials
+    while True:
+        for i, (current, targets) in enumerate(pools):
+            while not (cap and tried_per_pool[i] >= cap):
+                target = None
+                if sticky is not None and not tried and current is route:
+                    target = sticky.first(targets, scheduler)
                 if target is None:
-                    break
+                    target = scheduler.pick(current.model, targets, tried)
+                    if target is None:
+                        break
                 tried.append(target)
-                tried_here += 1
+                tried_per_pool[i] += 1
                 driver = drivers[target.provider]
                 if bridge is not None:
                     call = bridge.call(
@@ -153,30 +169,89 @@ async def serve(
                     _decide(scheduler, target, exc)
                     last_error = exc
                     attempts += 1
+                    if scheduler.recovery((target,)) is not None:
+                        cooled.append(target)
                     continue
                 scheduler.success(target, scheduled)
+                if sticky is not None and current is route:
+                    sticky.served(target, targets, scheduler)
+                if woken and waits is not None:
+                    waits.hand_on(route.model)  # the credential works: the next waiter's turn
                 success.started = started
                 success.retries = attempts
                 return success
-        recovery = _soonest(scheduler, pools)
-        if recovery is None:
-            if attempts > attempts_before:
-                break  # what failed did not cool (cooling off): another pass would hot-loop
-            continue  # a cooldown ended between the last pick and now
-        if pass_no == settings.request_retry or recovery.in_seconds > settings.max_retry_interval:
-            break
-        await asyncio.sleep(recovery.in_seconds)
+        # Nothing is ready that this pass has not tried.
+        if not settings.request_retry:
+            break  # `request-retry: 0`: one pass over what is ready, no waiting at all
+        if not deadline:
+            deadline = now() + settings.max_retry_interval
+        remaining = deadline - now()
+        untried = _soonest(scheduler, pools, tried, tried_per_pool, cap)
+        if untried is READY:
+            continue  # a cooldown ended since the last pick
+        if untried is None or untried.in_seconds > remaining:
+            # This pass is over: each credential was tried, or recovers too late to wait for.
+            if not tried or not cooled:
+                break  # nothing to try at all; or what failed did not cool (cooling off)
+            passes += 1
+            if passes > settings.request_retry:
+                break
+            # The next pass begins when one of the credentials this pass cooled recovers.
+            untried = scheduler.recovery(cooled)
+            tried.clear()
+            tried_per_pool = [0] * len(pools)
+            cooled = []
+            if untried is None:
+                continue  # one is ready already
+            if untried.in_seconds > remaining:
+                break
+        woken = await _wait(waits, route.model, scheduler, pools, untried, remaining, woken)
+    recovery = _soonest(scheduler, pools, (), [0] * len(pools), 0)
+    recovery = None if recovery is READY else recovery
     if last_error is not None:
         raise _for_client(last_error, recovery)
     # Nothing was tried: every credential was already cooling down or disabled.
-    soonest = recovery or Recovery(in_seconds=1.0, quota=False)
+    soonest = recovery or Recovery(in_seconds=1.0, quota=False, reason=TRANSIENT)
     if soonest.discontinued:  # gone until a reload: say so at once, every time
         raise ProviderDiscontinued(soonest.discontinued, provider=", ".join(route.providers))
-    raise NoCredential(
-        _cooling_message(route, soonest.quota),
-        retry_after=_whole_seconds(soonest.in_seconds),
-        quota=soonest.quota,
-    )
+    raise _nothing_ready(route, soonest, scheduler)
+
+
+async def _wait(
+    waits: RecoveryWaits | None,
+    pool: str,
+    scheduler: Scheduler,
+    pools: Sequence[tuple[Route, Sequence[Target]]],
+    recovery: Recovery,
+    remaining: float,
+    woken_before: bool,
+) -> bool:
+    """Wait for the recovery (in turn with other waiting requests when `waits` is given);
+    True when woken in turn."""
+    if waits is None:
+        await asyncio.sleep(recovery.in_seconds)
+        return False
+    state = _PoolState(scheduler, pools)
+    return await waits.wait(pool, state, recovery.in_seconds, remaining, first=woken_before)
+
+
+class _PoolState:
+    """What the waits read of a request's pools (its route's and its fallbacks')."""
+
+    __slots__ = ("_pools", "_scheduler")
+
+    def __init__(
+        self, scheduler: Scheduler, pools: Sequence[tuple[Route, Sequence[Target]]]
+    ) -> None:
+        self._scheduler = scheduler
+        self._pools = pools
+
+    def ready(self) -> int:
+        return sum(self._scheduler.ready_count(targets) for _route, targets in self._pools)
+
+    def recovery_in(self) -> float | None:
+        soonest = _soonest(self._scheduler, self._pools, (), [0] * len(self._pools), 0)
+        return None if soonest is None or soonest is READY else soonest.in_seconds
 
 
 def _servable(
@@ -200,17 +275,32 @@ def _servable(
 
 
 def _soonest(
-    scheduler: Scheduler, pools: Sequence[tuple[Route, Sequence[Target]]]
+    scheduler: Scheduler,
+    pools: Sequence[tuple[Route, Sequence[Target]]],
+    tried: Sequence[Target],
+    tried_per_pool: Sequence[int],
+    cap: int,
 ) -> Recovery | None:
-    """The soonest recovery across the pools; None when one of them has a ready target."""
+    """The soonest recovery among the pools' untried credentials (a pool that reached the
+    `max-retry-credentials` cap has none): `READY` when one of them is ready now, None when
+    none is left."""
     soonest: Recovery | None = None
-    for _route, targets in pools:
-        recovery = scheduler.recovery(targets)
+    for (_route, targets), used in zip(pools, tried_per_pool, strict=True):
+        if cap and used >= cap:
+            continue
+        untried = [t for t in targets if t not in tried] if tried else targets
+        if not untried:
+            continue
+        recovery = scheduler.recovery(untried)
         if recovery is None:
-            return None
+            return READY
         if soonest is None or recovery.in_seconds < soonest.in_seconds:
             soonest = recovery
     return soonest
+
+
+#: `_soonest`'s answer when a credential is ready now.
+READY = Recovery(in_seconds=0.0, quota=False)
 
 
 def _whole_seconds(seconds: float) -> int:
@@ -333,15 +423,40 @@ def _record(
     )
 
 
-def _cooling_message(route: Route, quota: bool) -> str:
+def _nothing_ready(route: Route, soonest: Recovery, scheduler: Scheduler) -> NoCredential:
+    """The error when every credential was cooling or disabled before any attempt: it says
+    why, from the soonest one's state and last error (never "no credential" for an outage)."""
     providers = ", ".join(route.providers)
-    if quota:
-        return f"All credentials for model {route.model} are cooling down via provider {providers}"
-    return f"No credential for model {route.model} is available via provider {providers}"
+    last = scheduler.last_error(soonest.credential_id) if soonest.credential_id else ""
+    why = f" (last error: {last})" if last else ""
+    seconds = _whole_seconds(soonest.in_seconds)
+    if soonest.quota:
+        message = (
+            f"All credentials for model {route.model} are cooling down via provider {providers}"
+        )
+        return NoCredential(message, retry_after=seconds, quota=True)
+    if soonest.reason == UNAUTHORIZED:
+        message = (
+            f"keyrail's credentials for provider {providers} are disabled for model "
+            f"{route.model}{why}. Your key to keyrail was accepted; keyrail's operator must fix "
+            "this provider's key or token"
+        )
+        error = NoCredential(message, retry_after=seconds, quota=False)
+        error.code = "upstream_auth_failed"
+        return error
+    message = (
+        f"provider {providers} is unreachable for model {route.model}{why}; "
+        f"keyrail tries it again in {seconds} s"
+    )
+    return NoCredential(message, retry_after=seconds, quota=False)
 
 
 def _for_client(error: UpstreamError, recovery: Recovery | None) -> UpstreamError:
-    """The last upstream error, saying when to come back and that keyrail already retried."""
+    """The last upstream error, saying when to come back and that keyrail already retried.
+    A rejected credential is answered as the provider's failure (502 upstream_auth_failed),
+    never as the app's wrong key."""
+    if isinstance(error, CredentialRejected):
+        error = UpstreamAuthFailed(error)
     if error.status == 429:
         seconds = recovery.in_seconds if recovery else (error.retry_after or 1.0)
         error.headers["Retry-After"] = str(_whole_seconds(seconds))

@@ -22,19 +22,39 @@ from aiohttp.web_protocol import RequestPayloadError
 
 from proxy import failover, request_shape
 from proxy.catalog import excluded_by
+from proxy.clients.affinity import Sticky, conversation_of
+from proxy.clients.keys import Client
+from proxy.clients.limits import Admission, Limits
 from proxy.config import Settings
 from proxy.dialects import messages
 from proxy.dialects.assembler import EncodedStream
 from proxy.dialects.bridge import Bridge
 from proxy.dialects.routes import CODECS, DIALECT_OF
 from proxy.driver import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES
-from proxy.errors import InvalidRequest, ProxyError, RequestError, UpstreamError
-from proxy.keys import DEADLINES, LIVE, METRICS, SCHEDULER, STATE
+from proxy.errors import (
+    InvalidRequest,
+    ModelNotAllowed,
+    ProxyError,
+    RequestError,
+    UpstreamError,
+)
+from proxy.keys import CONVERSATIONS, DEADLINES, LIMITS, LIVE, METRICS, SCHEDULER, STATE, WAITS
 from proxy.metrics import Attempt
 from proxy.pipeline import ACCESS, JSON, Wrap
 from proxy.runtime import RUNTIME
 from proxy.scheduler import availability
-from proxy.streaming import RelayOptions, StreamHead, model_renamer, relay, usage_in
+from proxy.streaming import (
+    DONE_END,
+    MESSAGES_END,
+    RESPONSES_END,
+    RelayOptions,
+    RelayResult,
+    StreamEnd,
+    StreamHead,
+    model_renamer,
+    relay,
+    usage_in,
+)
 from proxy.supervisor import worker_id
 
 log = logging.getLogger("keyrail.handlers")
@@ -56,10 +76,16 @@ def json_response(
 
 async def health(request: web.Request) -> web.Response:
     """Liveness plus each enabled provider's availability from its credentials' states:
-    ok (all ready), degraded (some), down (none). Never calls an upstream; never logged."""
+    ok (all ready), degraded (some), down (none, or it serves no model: `reasons` says why).
+    Never calls an upstream; never logged."""
+    current = request.app[LIVE].current
     views = request.app[SCHEDULER].credential_views()
-    providers = availability(request.app[LIVE].current.drivers, views)
+    providers = availability(current.drivers, views)
     answer: dict[str, object] = {"status": "ok", "providers": providers}
+    if current.idle:
+        for name in current.idle:
+            providers[name] = "down"
+        answer["reasons"] = {name: f"serves no model: {why}" for name, why in current.idle.items()}
     if WORKER:  # under `--workers N`: which process answered (supervisor.py)
         answer["worker"] = WORKER
     shared = request.app[STATE]
@@ -69,9 +95,14 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def list_models(request: web.Request) -> web.Response:
-    catalog = request.app[LIVE].current.catalog
+    """The catalog's models; for a client key with `models` globs, only those it may call."""
+    catalog = request[RUNTIME].catalog
+    models = catalog.model_list()
+    client = request[ACCESS].client
+    if client is not None and client.models:
+        models = [m for m in models if client.allows(str(m["id"]))]
     if "anthropic-version" in request.headers:  # the anthropic SDKs and Claude Code
-        data = [_anthropic_model(str(m["id"]), catalog.created) for m in catalog.model_list()]
+        data = [_anthropic_model(str(m["id"]), catalog.created) for m in models]
         return json_response(
             {
                 "data": data,
@@ -80,7 +111,7 @@ async def list_models(request: web.Request) -> web.Response:
                 "last_id": data[-1]["id"] if data else None,
             }
         )
-    return json_response({"object": "list", "data": catalog.model_list()})
+    return json_response({"object": "list", "data": models})
 
 
 def _anthropic_model(model: str, created: int) -> dict[str, Any]:
@@ -89,8 +120,10 @@ def _anthropic_model(model: str, created: int) -> dict[str, Any]:
 
 
 async def get_model(request: web.Request) -> web.Response:
-    catalog = request.app[LIVE].current.catalog
-    route = catalog.resolve(request.match_info["model"])
+    catalog = request[RUNTIME].catalog
+    model = request.match_info["model"]
+    _check_scope(request[ACCESS].client, model)
+    route = catalog.resolve(model)
     if "anthropic-version" in request.headers:
         return json_response(_anthropic_model(route.model, catalog.created))
     return json_response(
@@ -144,6 +177,17 @@ async def _read_within(request: web.Request, seconds: float) -> bytes:
         ) from None
 
 
+def _check_scope(client: Client | None, model: str) -> None:
+    if client is not None and not client.allows(model):
+        raise _not_allowed(client, model)
+
+
+def _not_allowed(client: Client, model: str) -> ModelNotAllowed:
+    return ModelNotAllowed(
+        f"This API key may not use model '{model}' (client '{client.name}').", param="model"
+    )
+
+
 def _model_of(body: dict[str, Any]) -> str:
     model = body.get("model")
     if model is None:
@@ -178,6 +222,9 @@ async def proxy_request(request: web.Request) -> web.StreamResponse:
     runtime = request[RUNTIME]  # one config for the whole request, even across a reload
     success: failover.Success | None = None
     attempt: Attempt | None = None  # the successful one, until it is recorded
+    result: RelayResult | None = None  # what the relay saw, kept if the client leaves
+    admission: Admission | None = None  # what a limited client's request took of its limits
+    limits: Limits | None = None
     try:
         body = await read_json_object(request, runtime.settings.request_read_timeout)
         rec.model = _model_of(body)
@@ -185,7 +232,19 @@ async def proxy_request(request: web.Request) -> web.StreamResponse:
         stream = body.get("stream") is True
         if "stream" in body and not isinstance(body["stream"], bool) and body["stream"] is not None:
             raise InvalidRequest("'stream' must be a boolean.", param="stream")
+        client = rec.client
+        if client is not None:  # a named client: its scope and limits, before any upstream
+            if not client.allows(rec.model):
+                raise _not_allowed(client, rec.model)
+            if client.limited:
+                limits = app[LIMITS]
+                admission = await limits.admit(client, request.content_length or 0)
         route = runtime.catalog.resolve(rec.model)
+        sticky = None
+        if runtime.settings.session_affinity:
+            conversation = conversation_of(request.headers, body, runtime.settings.session_sources)
+            if conversation is not None:
+                sticky = Sticky(app[CONVERSATIONS], route.model, conversation)
         dialect = DIALECT_OF.get(endpoint)
         bridge = Bridge(CODECS[dialect], endpoint, body, stream) if dialect else None
         rec.dialect = dialect or ""
@@ -200,12 +259,14 @@ async def proxy_request(request: web.Request) -> web.StreamResponse:
             metrics=metrics,
             settings=runtime.loop_settings,
             deadlines=app[DEADLINES],
+            waits=app[WAITS],
             resolve_fallbacks=(
                 (lambda model: _fallback_routes(runtime, model))
                 if runtime.settings.fallbacks
                 else None
             ),
             bridge=bridge,
+            sticky=sticky,
         )
         target = success.target
         rec.provider, rec.credential_id = target.provider, target.credential.id
@@ -223,17 +284,13 @@ async def proxy_request(request: web.Request) -> web.StreamResponse:
         attempt = Attempt(target.provider, target.driver, target.credential.id, 200, 0.0)
         attempt.dialect = rec.dialect
         if success.head is not None:
-            response, result = await _relay(request, success.head, body, endpoint, rename,
-                                            extra, runtime.settings, success.started,
-                                            bridge)  # fmt: skip
-            attempt.ttft = result.ttft
-            attempt.prompt_tokens = result.usage.prompt_tokens
-            attempt.completion_tokens = result.usage.completion_tokens
+            result = RelayResult()
+            response = await _relay(request, success.head, body, endpoint, rename, extra,
+                                    runtime.settings, success.started, bridge,
+                                    result)  # fmt: skip
+            _relayed(attempt, rec, result)
             if result.error is not None:
-                attempt.status, attempt.error = result.error.status, result.error.message[:200]
                 failover.decide_late(app[SCHEDULER], target, result.error)
-                rec.error = attempt.error
-            rec.status = 200
         else:
             data = success.body or b""
             if rename is not None and (renamer := model_renamer(rename)) is not None:
@@ -263,13 +320,45 @@ async def proxy_request(request: web.Request) -> web.StreamResponse:
             rec.upstream_status = exc.status
         raise
     except asyncio.CancelledError:
-        rec.status = 499  # the client went away; the upstream request was closed with it
+        # The client went away; the upstream request was closed with it. A stream whose end
+        # event had already been relayed is complete: the openai SDK closes right after
+        # `[DONE]`, and that is a success, with its TTFT and tokens.
+        rec.status = 499
         if success is not None and success.head is not None:
             await success.head.reply.body.aclose()
         if success is not None and attempt is not None:  # served until the client left
+            if result is not None:  # TTFT and usage as far as they went
+                _relayed(attempt, rec, result)
+                if not result.completed:
+                    rec.status = 499
             attempt.latency = time.perf_counter() - success.started
             metrics.record(attempt)
+            rec.ttft_ms = None if attempt.ttft is None else attempt.ttft * 1000
+            rec.prompt_tokens = attempt.prompt_tokens
+            rec.completion_tokens = attempt.completion_tokens
         raise
+    finally:
+        if admission is not None and limits is not None:
+            # What the request cost: what the upstream reported (by the time the client left,
+            # if it did); None when served without a report (the estimate stands); 0 when
+            # nothing was served (the estimate is refunded).
+            spent: int | None = 0
+            if success is not None:
+                counted = attempt if attempt is not None else rec
+                spent = (counted.prompt_tokens + counted.completion_tokens) or None
+            await limits.settle(admission, spent)
+
+
+def _relayed(attempt: Attempt, rec: Any, result: RelayResult) -> None:
+    """Fill the attempt and the access record from what the relay saw."""
+    attempt.ttft = result.ttft
+    attempt.prompt_tokens = result.usage.prompt_tokens
+    attempt.completion_tokens = result.usage.completion_tokens
+    if result.error is not None:
+        attempt.status, attempt.error = result.error.status, result.error.message[:200]
+        rec.error = attempt.error
+        rec.upstream_status = result.error.status
+    rec.status = 200
 
 
 async def _relay(
@@ -282,7 +371,8 @@ async def _relay(
     settings: Settings,
     started: float,
     bridge: Bridge | None,
-) -> tuple[web.StreamResponse, Any]:
+    result: RelayResult,
+) -> web.StreamResponse:
     options = body.get("stream_options")
     wants_usage = isinstance(options, dict) and bool(options.get("include_usage"))
     relay_options = RelayOptions(
@@ -290,17 +380,28 @@ async def _relay(
         idle_seconds=settings.idle_timeout,
         client_wants_usage=wants_usage or endpoint != CHAT,
         rename_model=rename,
-        ensure_done=endpoint in (CHAT, COMPLETIONS),
+        end=_STREAM_ENDS.get(endpoint),
         extra_headers=extra,
     )
     if bridge is not None and bridge.dialect != "chat":
         relay_options.keepalive = bridge.codec.keepalive
         relay_options.error_event = bridge.codec.stream_error
-        relay_options.ensure_done = False
+        relay_options.end = _STREAM_ENDS.get(bridge.dialect)
     translated = head.reply.body
     if isinstance(translated, EncodedStream):  # the encoder knows its stream's state
         relay_options.error_event = translated.encoder.fail
-    return await relay(request, head, relay_options, started)
+    response, _ = await relay(request, head, relay_options, started, result)
+    return response
+
+
+#: The terminal event of each endpoint's (or client dialect's) stream: a stream is complete
+#: once it has been relayed, and one the upstream ends without it is a failure.
+_STREAM_ENDS: dict[str, StreamEnd] = {
+    CHAT: DONE_END,
+    COMPLETIONS: DONE_END,
+    RESPONSES: RESPONSES_END,
+    MESSAGES: MESSAGES_END,
+}
 
 
 def _fallback_routes(runtime: Any, model: str) -> list[Any]:

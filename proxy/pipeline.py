@@ -2,13 +2,15 @@
 
 1. admission: refused with a 503 while the server drains; counted in flight until it ends
    (shutdown.py owns the drain);
-2. access: a request id, the access record the handlers fill, and its line at the end, with
-   a line for every upstream attempt that failed on the way (logs.py owns the formats);
+2. access: a request id (in every answer's `X-Request-Id`, errors included), the access
+   record the handlers fill, and its line at the end, with a line for every upstream attempt
+   that failed on the way (logs.py owns the formats);
 3. errors: every failure leaves as an error body in the route's dialect (Anthropic's shape on
    `/v1/messages`, OpenAI's elsewhere), redacted (upstreams may echo a key), never as a
    traceback;
 4. runtime: the request keeps the config it started with, even across a reload (runtime.py);
-5. client keys: `/v1/*` needs one of `api-keys` (auth.py owns the check).
+5. client keys: `/v1/*` needs one of `api-keys` (auth.py owns the check); a named client's
+   request is counted in its usage when it ends (proxy/clients/usage.py).
 
 Owns: that order, and the route that answers unknown paths (404) and methods (405) the same
 way. Does not own: any route's own work (handlers.py, management.py, metrics.py).
@@ -30,6 +32,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from proxy import auth, shutdown
+from proxy.clients.usage import ClientUsage
 from proxy.dialects.routes import codec_for_path
 from proxy.errors import InvalidRequest, ProxyError, error_body
 from proxy.logs import RequestRecord, log_failed_attempt, log_request
@@ -53,23 +56,27 @@ _STATUS_CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_
 class Pipeline:
     """`wrap(handler)` gives the handler every route is registered with."""
 
-    def __init__(self, drain: shutdown.Drain, live: Live, recent: RecentErrors) -> None:
+    def __init__(
+        self, drain: shutdown.Drain, live: Live, recent: RecentErrors, usage: ClientUsage
+    ) -> None:
         self._drain = drain
         self._live = live
         self._recent = recent
+        self._usage = usage
 
     def wrap(self, handler: Handler) -> Handler:
-        drain, live, recent = self._drain, self._live, self._recent
+        drain, live, recent, usage = self._drain, self._live, self._recent, self._usage
 
         # One coroutine around the handler: every level of `await` costs on every resumption.
         async def through_pipeline(request: web.Request) -> web.StreamResponse:
             if drain.closing:
-                return shutdown.unavailable()
+                refused = shutdown.unavailable()
+                refused.headers["X-Request-Id"] = _request_id()
+                return refused
             runtime = live.current  # pinned for the whole request, even across a reload
             task = drain.enter()
             runtime.enter()
-            # Unique enough to find a line, and no system call (os.urandom is one per request).
-            rec = RequestRecord(f"{random.getrandbits(48):012x}", request.method, request.path)
+            rec = RequestRecord(_request_id(), request.method, request.path)
             request[ACCESS] = rec
             request[RUNTIME] = runtime
             started = time.perf_counter()
@@ -78,17 +85,26 @@ class Pipeline:
             try:
                 try:
                     settings = runtime.settings
-                    auth.check(request, runtime.client_keys, settings.metrics_require_key)
+                    rec.client = auth.check(
+                        request, runtime.client_keys, settings.metrics_require_key
+                    )
                     response = await handler(request)
                 except Exception as exc:  # not CancelledError: that one goes on
                     response = _failure_response(request, rec, exc)
                 rec.status = response.status
+                if not response.prepared:  # a stream sent its own, with its headers
+                    response.headers["X-Request-Id"] = rec.request_id
                 return response
             except asyncio.CancelledError:
-                rec.status = 499  # the client went away
+                # The client went away. A handler that had finished its answer first (a stream
+                # relayed to its end event) has said so with its status.
+                if rec.status != 200:
+                    rec.status = 499
                 if request.writer.output_size == 0 and shutdown.absorb_cut():
                     rec.status = 503  # the drain's cut, before anything was sent
-                    return shutdown.unavailable()
+                    cut = shutdown.unavailable()
+                    cut.headers["X-Request-Id"] = rec.request_id
+                    return cut
                 raise
             except (
                 web.HTTPException
@@ -100,8 +116,16 @@ class Pipeline:
                 runtime.leave()
                 drain.leave(task)
                 _log(request, rec, trail, started, recent)
+                if rec.client is not None and rec.model:  # an API call, not a listing
+                    usage.record(rec.client.name, rec.model, rec.status, rec.prompt_tokens,
+                                 rec.completion_tokens)  # fmt: skip
 
         return through_pipeline
+
+
+def _request_id() -> str:
+    # Unique enough to find a line, and no system call (os.urandom is one per request).
+    return f"{random.getrandbits(48):012x}"
 
 
 def add_unrouted(router: web.UrlDispatcher, wrap: Wrap) -> None:

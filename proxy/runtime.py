@@ -45,6 +45,8 @@ class Runtime:
     loop_settings: LoopSettings
     client_keys: ClientKeys = field(default_factory=lambda: ClientKeys(()))
     sessions: list[aiohttp.ClientSession] = field(default_factory=list)
+    #: provider → why it serves no model (model discovery failed, ...); `/health` says `down`
+    idle: dict[str, str] = field(default_factory=dict)
     #: requests that started on this runtime and have not finished (see `enter`)
     users: int = 0
     #: set when the last user leaves, once the runtime is retiring (not per request)
@@ -171,8 +173,20 @@ async def build(settings: Settings, registry: Registry) -> Runtime:
         raise
     # this config's secrets are masked in every log line and error body from now on
     REDACTOR.add([*secrets_of(settings), *(c.secret for cs in credentials.values() for c in cs)])
-    discovered = await _discover(drivers, credentials)
+    failures: dict[str, str] = {}
+    discovered = await _discover(drivers, credentials, failures)
     catalog = catalog_mod.build(settings, credentials, discovered)
+    served = {provider for route in catalog.routes.values() for provider in route.providers}
+    idle: dict[str, str] = {}  # the blocks that serve no model, and why
+    for name in drivers:
+        if name in served:
+            continue
+        if name in failures:
+            idle[name] = failures[name]
+        elif name in discovered and not discovered[name]:
+            idle[name] = "model discovery found no models"
+        else:
+            idle[name] = "every model it lists is excluded"
     for model, providers in sorted(catalog.collisions.items()):
         log.info(
             "model %s is served by several providers (one pool): %s", model, ", ".join(providers)
@@ -191,15 +205,19 @@ async def build(settings: Settings, registry: Registry) -> Runtime:
             sse_event_limit=_bytes(settings.sse_event_limit_mb),
             sse_line_limit=_bytes(settings.sse_line_limit_mb),
         ),
-        client_keys=ClientKeys(settings.api_keys),
+        client_keys=ClientKeys(settings.api_keys, settings.clients),
         sessions=sessions,
+        idle=idle,
     )
 
 
 async def _discover(
-    drivers: Mapping[str, Driver], credentials: Mapping[str, Sequence[Credential]]
+    drivers: Mapping[str, Driver],
+    credentials: Mapping[str, Sequence[Credential]],
+    failures: dict[str, str],
 ) -> dict[str, Sequence[str]]:
-    """Ask each block that lists no models for its upstream's models, all at once."""
+    """Ask each block that lists no models for its upstream's models, all at once; why each
+    one that failed did goes into `failures`."""
 
     async def one(name: str, driver: Driver) -> tuple[str, Sequence[str]]:
         creds = credentials.get(name) or []
@@ -209,11 +227,9 @@ async def _discover(
             async with asyncio.timeout(DISCOVERY_TIMEOUT):
                 models = await driver.list_models(creds[0])
         except Exception as exc:  # discovery must never stop start-up
-            log.warning(
-                "provider %s: model discovery failed (%s); it serves no models",
-                name,
-                type(exc).__name__ if not str(exc) else exc,
-            )
+            why = type(exc).__name__ if not str(exc) else str(exc)
+            failures[name] = REDACTOR.redact(f"model discovery failed ({why})")
+            log.warning("provider %s: model discovery failed (%s); it serves no models", name, why)
             return name, []
         log.info("provider %s: discovered %d models", name, len(models))
         return name, list(models)

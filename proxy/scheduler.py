@@ -38,7 +38,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Container, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from proxy.driver import Credential
@@ -81,6 +81,10 @@ class Recovery:
     quota: bool  # True when that candidate is cooling after a 429 (else disabled/transient)
     #: when no candidate will ever recover (until a reload): why, in the driver's words
     discontinued: str = ""
+    #: QUOTA, UNAUTHORIZED or TRANSIENT: why that candidate is not ready
+    reason: str = field(default="", compare=False)
+    #: that candidate's credential (its last error says more)
+    credential_id: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -524,6 +528,15 @@ class Scheduler:
 
     # -- what the rest of keyrail reads ------------------------------------------------------
 
+    def ready(self, c: Candidate) -> bool:
+        """Whether `c` may be tried now (neither cooling down for its model nor disabled)."""
+        return self._ready_at(c) <= self.clock()
+
+    def disabled(self, c: Candidate) -> bool:
+        """Whether `c`'s credential is disabled (401/402/403) right now."""
+        state = self._disabled.get(c.credential.id)
+        return state is not None and state.until > self.clock()
+
     def recovery(self, candidates: Sequence[Candidate]) -> Recovery | None:
         """The soonest recovery among candidates that are not ready; None if one is ready."""
         now = self.clock()
@@ -537,16 +550,30 @@ class Scheduler:
                 best, best_at = c, at
         if best is None:
             return None
+        cid = best.credential.id
         if best_at == math.inf:
-            disabled = self._disabled.get(best.credential.id)
+            disabled = self._disabled.get(cid)
             note = disabled.note if disabled is not None else ""
-            return Recovery(in_seconds=math.inf, quota=False, discontinued=note or DISCONTINUED)
-        cooling = self._cooling.get((best.credential.id, best.upstream_model))
-        disabled = self._disabled.get(best.credential.id)
+            return Recovery(math.inf, False, note or DISCONTINUED, UNAUTHORIZED, cid)
+        cooling = self._cooling.get((cid, best.upstream_model))
+        disabled = self._disabled.get(cid)
         quota = any(
             s is not None and s.reason == QUOTA and s.until == best_at for s in (cooling, disabled)
         )
-        return Recovery(in_seconds=best_at - now, quota=quota)
+        if cooling is not None and cooling.until == best_at:
+            reason = cooling.reason
+        else:
+            reason = disabled.reason if disabled is not None else TRANSIENT
+        return Recovery(best_at - now, quota, "", reason, cid)
+
+    def last_error(self, credential_id: str) -> str:
+        """The last error recorded for a credential (secret-free), or ""."""
+        return self._last_error.get(credential_id, "")
+
+    def ready_count(self, candidates: Sequence[Candidate]) -> int:
+        """How many of the candidates are ready now."""
+        now = self.clock()
+        return sum(1 for c in candidates if self._ready_at(c) <= now)
 
     def credential_views(self) -> list[CredentialView]:
         """Every registered credential, by its non-secret id, in registration order."""

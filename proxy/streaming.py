@@ -3,7 +3,8 @@
 Owns: the head of a stream (everything up to the first data event, read before any byte goes to the
 client so that failover is still possible), the relay (keepalive comments after silence,
 `X-Accel-Buffering: no`, usage recorded and hidden from clients that did not ask for it,
-`force-mapping` of `model`, an in-band error event when the stream breaks), and formatting SSE.
+`force-mapping` of `model`, an in-band error event when the stream breaks), where a stream
+ends (`StreamEnd`: its terminal event, not the upstream's end of body), and formatting SSE.
 Does not own: splitting bytes into SSE events and its size limits (sse.py), choosing or
 retrying credentials (failover.py), HTTP routing (handlers.py).
 
@@ -169,13 +170,67 @@ def _in_band_error(data: bytes, provider: str) -> UpstreamError:
     return classify_upstream(status, {}, data, provider=provider)
 
 
+@dataclass(frozen=True, slots=True)
+class StreamEnd:
+    """How a dialect's stream says it is finished: its terminal event.
+
+    `markers`: byte strings one of which any terminal event contains; a chunk holding none of
+    them is not looked at event by event (the relay's fast path). `is_terminal(event)` then
+    decides exactly, on one whole event (LF-framed, as the parser gives it).
+
+    A stream is complete once its terminal event has been relayed, whatever the client or
+    the upstream do next; a stream whose upstream ends before it is a failure.
+    """
+
+    markers: tuple[bytes, ...]
+    is_terminal: Callable[[bytes], bool]
+
+
+def _is_done(event: bytes) -> bool:
+    return event_data(event) == b"[DONE]"
+
+
+#: chat/completions and completions: `data: [DONE]`.
+DONE_END = StreamEnd((b"[DONE]",), _is_done)
+
+
+def typed_end(*types: str) -> StreamEnd:
+    """The end of a dialect whose events name their type (`event: T`, and `"type": "T"` in the
+    data): any of `types` ends the stream."""
+    names = frozenset(types)
+
+    def is_terminal(event: bytes) -> bool:
+        for line in event.split(b"\n"):
+            if line.startswith(b"event:") and line[6:].strip().decode(errors="replace") in names:
+                return True
+        data = event_data(event)
+        if data is None:
+            return False
+        try:
+            payload = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return False
+        return isinstance(payload, dict) and payload.get("type") in names
+
+    return StreamEnd(tuple(name.encode() for name in sorted(names)), is_terminal)
+
+
+#: What ends a /v1/responses stream (OpenAI's Responses API streaming events).
+RESPONSES_END = typed_end("response.completed", "response.failed", "response.incomplete")
+#: What ends an Anthropic Messages stream.
+MESSAGES_END = typed_end("message_stop")
+
+
 @dataclass(slots=True)
 class RelayResult:
-    """What the relay saw, for metrics and the access log."""
+    """What the relay saw, for metrics and the access log. The caller makes it and keeps it:
+    it stays true when the client leaves in the middle of the relay (then `completed` says
+    whether the answer was already whole)."""
 
     ttft: float | None = None
     usage: Usage = field(default_factory=Usage)
     error: UpstreamError | None = None
+    #: the terminal event (or, without a `StreamEnd`, the end of body) reached the client
     completed: bool = False
 
 
@@ -189,8 +244,11 @@ class RelayOptions:
     client_wants_usage: bool = True
     #: `force-mapping`: (upstream model, client model) to rewrite in every event
     rename_model: tuple[str, str] | None = None
-    #: chat/completions ends with `data: [DONE]`; add it if the upstream forgot
-    ensure_done: bool = True
+    #: the stream's terminal event (a dialect's); None: the upstream's end of body ends it
+    end: StreamEnd | None = DONE_END
+    #: after the terminal event, how long the upstream's end of body is waited for (so that
+    #: its connection can be reused; the client's answer is already complete by then)
+    drain_seconds: float = 1.0
     extra_headers: dict[str, str] = field(default_factory=dict)
     #: what silence is filled with (the client's dialect: a comment, or Messages' `ping`)
     keepalive: bytes = KEEPALIVE
@@ -203,10 +261,14 @@ async def relay(
     head: StreamHead,
     options: RelayOptions,
     started: float,
+    result: RelayResult | None = None,
 ) -> tuple[web.StreamResponse, RelayResult]:
-    """Send the stream to the client: head first, then events as they come."""
+    """Send the stream to the client: head first, then events as they come, up to the
+    terminal event (`options.end`). `started` is the attempt's `time.perf_counter()`; TTFT is
+    taken when the first byte goes to the client. Pass `result` to keep what was seen when
+    the client leaves in the middle (the relay then ends by `CancelledError`)."""
     loop = asyncio.get_running_loop()
-    result = RelayResult(ttft=time.perf_counter() - started)  # `started`: perf_counter
+    result = result if result is not None else RelayResult()
     response = web.StreamResponse(status=200, headers={**SSE_HEADERS, **options.extra_headers})
     await response.prepare(request)
     rename = model_renamer(options.rename_model)
@@ -216,23 +278,23 @@ async def relay(
         if options.keepalive_seconds > 0 or options.idle_seconds > 0
         else None
     )
-    saw_done = False
+    end = options.end
+    markers = end.markers if end is not None else ()
+    ended = False  # the terminal event is among the bytes to send (nothing after it is)
     parser = head.parser
 
     def events_out(events: Iterable[bytes]) -> bytes:
         """The bytes to send for whole events: usage noted (and hidden if not asked for)."""
-        nonlocal saw_done
+        nonlocal ended
         out: list[bytes] = []
         for event in events:
+            if ended:
+                break  # whatever an upstream sends after its terminal event is not relayed
             if event.startswith(b":"):
                 continue  # upstream comments: we send our own keepalives
             data = event_data(event)
             if data is None:
                 out.append(event)  # e.g. an `event:`/`id:` only event: pass it on
-                continue
-            if data == b"[DONE]":
-                saw_done = True
-                out.append(event)
                 continue
             if b'"usage"' in data and b'"usage":null' not in data:
                 usage = usage_in(data)
@@ -240,30 +302,40 @@ async def relay(
                     result.usage.add_from(usage)
                     if not options.client_wants_usage and _is_usage_only(data):
                         continue
+            if end is not None and any(m in event for m in markers) and end.is_terminal(event):
+                ended = True
             out.append(rename(event) if rename else event)
         return b"".join(out)
 
     try:
         data = events_out(head.events)
         if data:
+            result.ttft = time.perf_counter() - started
+            result.completed = ended  # handed to the socket before the write's await
             await response.write(data)
             watch.last_write = loop.time()
         try:
-            watch.reading = True
-            async for chunk in head.rest():
-                watch.reading = False
-                watch.last_read = loop.time()
-                if not parser.buffered and _plain_events(chunk):
-                    # The common case: whole content events, nothing to note or hide. The bytes
-                    # go out as they came (renamed if asked), without splitting them into events.
-                    data = rename(chunk) if rename else chunk
-                else:
-                    data = events_out(head.feed(chunk))
-                if data:
-                    await response.write(data)
-                    watch.last_write = loop.time()
-                watch.last_read = watch.last_write if data else watch.last_read
-                watch.reading = True
+            watch.reading = not ended
+            if not ended:
+                async for chunk in head.rest():
+                    watch.reading = False
+                    watch.last_read = loop.time()
+                    if not parser.buffered and _plain_events(chunk, markers):
+                        # The common case: whole content events, nothing to note or hide. The
+                        # bytes go out as they came (renamed if asked), not split into events.
+                        data = rename(chunk) if rename else chunk
+                    else:
+                        data = events_out(head.feed(chunk))
+                    if data:
+                        if result.ttft is None:
+                            result.ttft = time.perf_counter() - started
+                        result.completed = ended
+                        await response.write(data)
+                        watch.last_write = loop.time()
+                    if ended:
+                        break  # complete: the upstream's end of body is not waited for
+                    watch.last_read = watch.last_write if data else watch.last_read
+                    watch.reading = True
             watch.reading = False
         except asyncio.CancelledError:
             task = asyncio.current_task()
@@ -274,21 +346,42 @@ async def relay(
                 status=504,
                 provider=head.provider,
             ) from None
-        tail = parser.flush()
-        if tail:
-            data = events_out((tail,))
+        if not ended:
+            tail = parser.flush()  # an event the upstream did not end with a blank line
+            if tail and end is not None and not end.is_terminal(tail):
+                raise UpstreamUnavailable(
+                    f"upstream {head.provider} cut its stream in the middle of an event",
+                    status=502,
+                    provider=head.provider,
+                )
+            data = events_out((tail,)) if tail else b""
             if data:
+                if result.ttft is None:
+                    result.ttft = time.perf_counter() - started
                 await response.write(data)
-        if options.ensure_done and not saw_done:
-            await response.write(DONE)
+            if end is not None and not ended:
+                raise UpstreamUnavailable(
+                    f"upstream {head.provider} ended its stream without the end event",
+                    status=502,
+                    provider=head.provider,
+                )
         result.completed = True
+        if ended:
+            if watchdog is not None:
+                watchdog.cancel()
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await response.write_eof()  # the answer is whole: the client need not wait
+            await _drain(head, options.drain_seconds)
     except UpstreamError as exc:
         # After the first byte there is no retry: tell the client in-band, then end.
         result.error = exc
         await _write_quietly(response, options.error_event(exc))
+    except ConnectionResetError:
+        result.completed = False  # the client was gone before the terminal event reached it
+        raise
     except asyncio.CancelledError:
-        if not shutdown.absorb_cut():
-            raise  # the client left
+        if result.completed or not shutdown.absorb_cut():
+            raise  # the client left (after the end, or before it)
         # Shutdown ran out of drain time: end the stream with an error event, not a cut.
         result.error = StreamInterrupted(shutdown.MESSAGE, status=503, provider=head.provider)
         result.error.code = "shutting_down"
@@ -300,18 +393,37 @@ async def relay(
     return response, result
 
 
-def _plain_events(chunk: bytes) -> bool:
+async def _drain(head: StreamHead, seconds: float) -> None:
+    """After the terminal event: read what is left of the upstream's body for a moment, so
+    that its connection goes back to the pool instead of being dropped. Bounded in time and
+    size; whatever it holds is not relayed."""
+    if seconds <= 0:
+        return
+    size = 0
+    with contextlib.suppress(TimeoutError, UpstreamError):
+        async with asyncio.timeout(seconds):
+            async for chunk in head.rest():
+                size += len(chunk)
+                if size > _DRAIN_LIMIT:
+                    return
+
+
+_DRAIN_LIMIT = 64 * 1024
+
+
+def _plain_events(chunk: bytes, markers: tuple[bytes, ...] = DONE_END.markers) -> bool:
     """True for a chunk of whole LF-framed events the relay passes on untouched.
 
     Not plain: a cut event, CR line endings, comments, a leading blank line, the usage event
-    and `[DONE]` (those two are looked at), so each of those takes the parser's path.
+    and anything that may be the terminal event (`markers`), so each of those takes the
+    parser's path.
     """
     return (
         chunk.endswith(b"\n\n")
         and not chunk.startswith((b":", b"\n"))
         and b"\r" not in chunk
         and b"\n:" not in chunk
-        and b"[DONE]" not in chunk
+        and not any(m in chunk for m in markers)
         # OpenAI sends `"usage":null` in every chunk once usage is asked for: still plain.
         and (b'"usage"' not in chunk or chunk.count(b'"usage"') == chunk.count(b'"usage":null'))
     )

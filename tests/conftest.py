@@ -45,7 +45,11 @@ def log_text(keyrail_logs: LogGuard) -> Callable[[], str]:
 @pytest.fixture
 async def servers() -> AsyncIterator[list[TestServer]]:
     """Test servers a test started itself; closed when it ends."""
+    from tests.ops_helpers import UNTRACEABLE
+
     started: list[TestServer] = []
     yield started
     for server in started:
         await server.close()
+    untraceable, UNTRACEABLE[:] = list(UNTRACEABLE), []
+    assert not untraceable, f"answers without X-Request-Id: {untraceable[:10]}"

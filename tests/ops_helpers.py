@@ -17,7 +17,11 @@ from aiohttp.test_utils import TestServer
 from proxy import config
 from proxy.app import create_app
 from proxy.registry import Registry, options_lookup
+from proxy.testing.plugin import traceable
 from tests.conftest import Keyrail
+
+#: Answers of a keyrail started by `serve_file` that left without an X-Request-Id.
+UNTRACEABLE: list[str] = []
 
 
 async def wait_for(condition: Callable[[], object], seconds: float, what: str) -> float:
@@ -49,6 +53,7 @@ async def serve_file(
     app = create_app(settings, registry, config_path=path)
     if before_start is not None:
         before_start(app)
+    app.on_response_prepare.append(traceable(UNTRACEABLE))  # checked by `servers`
     server = TestServer(app, host="127.0.0.1", handler_cancellation=True)
     await server.start_server()
     servers.append(server)

@@ -150,6 +150,7 @@ async def test_canary(start_upstream, start_keyrail):
     verdict = await run_canary("fast", kr.url, "wrong")
     assert not verdict.ok and verdict.status == 401
     assert verdict.line("fast").startswith("FAIL model=fast status=401 ")
+    assert re.search(r" request_id=[0-9a-f]{12}\b", verdict.line("fast"))  # traceable
 
     verdict = await run_canary("nope", kr.url, key)
     assert (verdict.ok, verdict.status) == (False, 404) and "does not exist" in verdict.error

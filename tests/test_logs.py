@@ -257,13 +257,14 @@ async def test_canary_secrets_appear_in_no_output(start_upstream, start_keyrail,
     assert await call({"Authorization": "CANARY02-plain-client-key"}, "m-echo", "hi") == 200
     assert await call(good, "m-unknown", "hi") == 404
     assert await call(good, "m-echo", "", raw=b'{"model": "m-echo", bad json') == 400
-    for model, last, then in (("m-echo", "403", 503), ("m-plain", "429", 429),
-                              ("m-third", "401", 503)):  # fmt: skip
+    # an upstream 401/403 is the provider refusing keyrail's credential: 502, not the app's 401
+    for model, last, status, then in (("m-echo", "403", 502, 503), ("m-plain", "429", 429, 429),
+                                      ("m-third", "401", 502, 503)):  # fmt: skip
         for said in ("500", "400"):
             assert await call(good, model, said) == int(said)
         assert await call(good, model, "break", stream=True) == 200
         assert await call(good, model, "in-band", stream=True) == 502
-        assert await call(good, model, last) == int(last)  # disables / cools the credential
+        assert await call(good, model, last) == status  # disables / cools the credential
         assert await call(good, model, "hi") == then  # keyrail's own answer: nothing to try
     assert await call(good, "m-gone", "hi") == 502
     # the echoing upstream really was sent the secrets, and really echoed them
@@ -318,14 +319,14 @@ openai-compatibility:
                         await asyncio.sleep(0.05)  # polling for start-up, bounded above
             body = {"model": "m", "messages": [{"role": "user", "content": "401"}]}
             async with http.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body) as r:
-                assert r.status == 401 and "CANARY" not in await r.text()
+                assert r.status == 502 and "CANARY" not in await r.text()
     finally:
         proc.send_signal(signal.SIGINT)
         _, err = await asyncio.wait_for(proc.communicate(), 15)
     lines = [orjson.loads(line) for line in err.decode().splitlines()]  # every line is JSON
     assert any("CANARY10" in s.headers.get("Authorization", "") for s in fake.seen)
     (access,) = [x for x in lines if x["logger"] == "keyrail.access"]
-    assert access["status"] == 401 and access["upstream_status"] == 401
+    assert access["status"] == 502 and access["upstream_status"] == 401
     assert access["provider"] == "echo" and access["credential"].startswith("echo/")
     (failed,) = [x for x in lines if x["logger"] == "keyrail.upstream"]
     assert "[REDACTED]" in failed["error"]
@@ -391,7 +392,7 @@ async def test_secrets_added_by_a_reload_are_masked(start_upstream, tmp_path, ca
         async with aiohttp.ClientSession() as http:
             body = {"model": "m", "messages": [{"role": "user", "content": "401"}]}
             async with http.post(kr.v1 + "/chat/completions", json=body) as r:
-                assert r.status == 401
+                assert r.status == 502  # upstream_auth_failed: keyrail's key was refused
                 text = await r.text()
     finally:
         for server in servers:

@@ -231,7 +231,7 @@ async def test_refresh(start):
 
     kr, fake = await start(driver="refreshing")
     fake.script = lambda seen: Script(status=401)
-    assert await chat(kr) == 401  # both credentials rejected, so both are disabled
+    assert await chat(kr) == 502  # both credentials rejected, so both are disabled
     RefreshingDriver.refreshed.clear()
     assert all(v.state == "disabled" for v in kr.app[SCHEDULER].credential_views())
     status, body, text = await call(kr, "POST", "/auths/fakeco/refresh")

@@ -266,12 +266,16 @@ async def test_an_error_after_content_ends_the_stream_and_still_cools(
     await wait_for(lambda: list(states(kr).values()) == [("cooling_down", "quota")])
 
 
-async def test_bad_key_is_a_401(fake: tuple[FakeMinimax, str], start_keyrail: Start) -> None:
+async def test_bad_key_is_upstream_auth_failed(
+    fake: tuple[FakeMinimax, str], start_keyrail: Start
+) -> None:
+    """MiniMax refusing keyrail's key is not the app's 401: 502 upstream_auth_failed."""
     fake[0].keys = {"another"}
     kr = await keyrail_for(start_keyrail, fake[1])
     async with openai.AsyncOpenAI(base_url=kr.v1, api_key="client-key", max_retries=0) as c:
-        with pytest.raises(openai.AuthenticationError):
+        with pytest.raises(openai.InternalServerError) as info:
             await c.chat.completions.create(model=MODEL, messages=HI)
+    assert info.value.status_code == 502 and info.value.code == "upstream_auth_failed"
 
 
 # -- quota --------------------------------------------------------------------------------

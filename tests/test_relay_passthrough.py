@@ -17,14 +17,14 @@ DONE = b"data: [DONE]\n\n"
 
 async def _relay(upstream: list[bytes] | object, options: RelayOptions) -> tuple[bytes, object]:
     """Relay `upstream` (chunks, or a body stream) to a real client: its bytes and the result."""
-    seen: list[object] = []
+    seen: asyncio.Future[object] = asyncio.get_running_loop().create_future()
     body = BytesStream(*upstream) if isinstance(upstream, list) else upstream
 
     async def handler(request: web.Request) -> web.StreamResponse:
         head = StreamHead(Reply(200, {}, body), "p")  # type: ignore[arg-type]
         await head.open()
         response, result = await relay(request, head, options, 0.0)
-        seen.append(result)
+        seen.set_result(result)
         return response
 
     app = web.Application()
@@ -32,7 +32,8 @@ async def _relay(upstream: list[bytes] | object, options: RelayOptions) -> tuple
     async with TestClient(TestServer(app)) as client:
         resp = await client.post("/")
         body = await resp.read()
-    return body, seen[0]
+        result = await asyncio.wait_for(seen, 5)  # the relay may end just after the client
+    return body, result
 
 
 def test_plain_events_detection() -> None:
@@ -59,18 +60,33 @@ async def test_fast_and_slow_paths_agree() -> None:
         assert fast_result.usage.completion_tokens == 2  # type: ignore[attr-defined]
 
 
-async def test_fast_path_renames_and_adds_done() -> None:
+async def test_fast_path_renames_and_never_adds_done() -> None:
     chunk = b'data: {"model":"up","choices":[]}\n\n'
     options = RelayOptions(keepalive_seconds=0, rename_model=("up", "alias"))
-    body, _ = await _relay([chunk, chunk], options)
+    body, result = await _relay([chunk, chunk, DONE], options)
     assert body == b'data: {"model":"alias","choices":[]}\n\n' * 2 + DONE
+    assert result.completed  # type: ignore[attr-defined]
+    body, result = await _relay([chunk, chunk], options)  # no [DONE] from the upstream
+    assert body.startswith(b'data: {"model":"alias","choices":[]}\n\n' * 2)
+    assert b"[DONE]" not in body and b"without the end event" in body
+    assert not result.completed and result.error.status == 502  # type: ignore[attr-defined]
+
+
+async def test_nothing_after_the_terminal_event_is_relayed_or_waited_for() -> None:
+    after = _Stalling(first=DONE + CONTENT)  # [DONE], an event after it, then silence
+    options = RelayOptions(keepalive_seconds=0, drain_seconds=0.05)
+    body, result = await _relay(after, options)
+    assert body == DONE
+    assert result.completed and result.error is None  # type: ignore[attr-defined]
+    assert after.closed
 
 
 class _Stalling:
     """A byte stream that sends one event, then nothing (but stays open)."""
 
-    def __init__(self) -> None:
+    def __init__(self, first: bytes = CONTENT) -> None:
         self.closed = False
+        self.first = first
 
     def __aiter__(self) -> _Stalling:
         self.sent = False
@@ -79,7 +95,7 @@ class _Stalling:
     async def __anext__(self) -> bytes:
         if not self.sent:
             self.sent = True
-            return CONTENT
+            return self.first
         await asyncio.sleep(3600)
         raise StopAsyncIteration
 

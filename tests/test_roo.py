@@ -112,8 +112,10 @@ async def test_cli_login_file_in_home(
             assert reply.choices[0].message.content == "Hello from Roo."
             assert roo.seen[-1].headers["Authorization"] == f"Bearer {token}"
         else:  # the CLI's rule: expired 24 h before `exp`; no refresh call exists
-            with pytest.raises(openai.AuthenticationError) as info:
+            # keyrail's login to Roo failed, not the app's key: 502 upstream_auth_failed
+            with pytest.raises(openai.InternalServerError) as info:
                 await c.chat.completions.create(model=MODEL, messages=HI)
+            assert info.value.status_code == 502 and info.value.code == "upstream_auth_failed"
             assert "roo auth login" in str(info.value)
             assert roo.seen == []
 

@@ -144,6 +144,23 @@ class KiroDriver(Driver):
             )
         ]
 
+    @classmethod
+    def check(cls, block: ProviderBlock) -> Sequence[str]:
+        """A token file that cannot be read: every request would fail until it can."""
+        if block.options.get("refresh-token") or block.options.get("access-token"):
+            return []
+        path = Path(str(block.options.get("token-file") or DEFAULT_TOKEN_FILE)).expanduser()
+        try:
+            with path.open("rb"):
+                return []
+        except OSError as exc:
+            why = exc.strerror or type(exc).__name__
+        return [
+            f"token file {path} cannot be read ({why}); its requests fail "
+            "(upstream_auth_failed) until it can: log in with the Kiro IDE, or point "
+            "'token-file' at the right file"
+        ]
+
     # -- tokens -----------------------------------------------------------------------------
 
     def _token_file(self, credential: Credential) -> Path | None:

@@ -488,7 +488,9 @@ class ChunkDecoder:
 async def decode_stream(body: ByteStream, provider: str) -> AsyncIterator[list[n.Event]]:
     """A chat upstream's SSE as neutral events, a list per network read (one async step per
     read, not per event: this is the translated path's hot loop). An in-band `{"error"}`
-    raises."""
+    raises. A stream that ends without `data: [DONE]`, or in the middle of an event, raises
+    `StreamInterrupted`: the client's stream then ends with an error event, never a made-up
+    end."""
     parser = SSEParser()
     decoder = ChunkDecoder()
     async for data in body:
@@ -500,13 +502,19 @@ async def decode_stream(body: ByteStream, provider: str) -> AsyncIterator[list[n
         out: list[n.Event] = []
         for event in events:
             payload = event_data(event)
-            if payload is not None and payload != b"[DONE]":
+            if payload == b"[DONE]":
+                if out:
+                    yield out
+                return
+            if payload is not None:
                 out += _decode_payload(payload, decoder, provider)
         if out:
             yield out
     tail = parser.flush()
-    if tail and (payload := event_data(tail)) is not None and payload != b"[DONE]":
-        yield _decode_payload(payload, decoder, provider)
+    if tail and event_data(tail) == b"[DONE]":
+        return
+    why = "cut its stream in the middle of an event" if tail else "ended its stream without [DONE]"
+    raise StreamInterrupted(f"upstream {provider} {why}", status=502, provider=provider)
 
 
 def _decode_payload(payload: bytes, decoder: ChunkDecoder, provider: str) -> list[n.Event]:

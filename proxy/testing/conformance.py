@@ -367,8 +367,13 @@ class DriverConformance:
         b.upstream.set_scenario("unauthorized")
         with pytest.raises(openai.APIStatusError) as caught:
             await b.chat()
-        assert caught.value.status_code in (401, 402, 403)
+        # The provider refused keyrail's credential: 502 upstream_auth_failed, never the 401
+        # `invalid_api_key` an app gets for its own wrong key to keyrail.
+        assert caught.value.status_code == 502, "a rejected credential is not the app's 401"
         self._error_body(b, caught.value.response.content)
+        assert (
+            orjson.loads(caught.value.response.content)["error"]["code"] == "upstream_auth_failed"
+        )
         assert b.used() == [0, 1, 1, 1]
 
     async def test_server_error_moves_to_the_next_credential(self, bench: StartBench) -> None:

@@ -137,12 +137,14 @@ async def start_keyrail(keyrail_logs: LogGuard) -> AsyncIterator[StartKeyrail]:
     it is installed: `registry=Registry.discover().with_classes({"echo": EchoDriver})`.
     """
     servers: list[TestServer] = []
+    untraceable: list[str] = []  # answers that left without an X-Request-Id
 
     async def start(yaml_text: str, registry: Registry | None = None, **kwargs: Any) -> Keyrail:
         registry = registry or Registry.discover()
         settings = config.parse(yaml_text, options_lookup(registry), source="config.yaml")
         keyrail_logs.learn(settings, registry)
         app = create_app(settings, registry)
+        app.on_response_prepare.append(traceable(untraceable))
         server = TestServer(app, host="127.0.0.1", handler_cancellation=True, **kwargs)
         await server.start_server()
         servers.append(server)
@@ -151,3 +153,18 @@ async def start_keyrail(keyrail_logs: LogGuard) -> AsyncIterator[StartKeyrail]:
     yield start
     for server in servers:
         await server.close()
+    if untraceable:
+        pytest.fail("answers without X-Request-Id:\n  " + "\n  ".join(untraceable[:10]))
+
+
+def traceable(
+    untraceable: list[str],
+) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
+    """Every answer keyrail gives, error or not, carries `X-Request-Id` (to find its log
+    lines); checked on every answer of every keyrail a test starts."""
+
+    async def check(request: web.Request, response: web.StreamResponse) -> None:
+        if "X-Request-Id" not in response.headers:
+            untraceable.append(f"{request.method} {request.path} -> {response.status}")
+
+    return check
