@@ -301,3 +301,18 @@ async def test_ping_events_fill_upstream_silence(start_upstream, start_keyrail):
     events = sse_events(raw)
     check_messages(events)
     assert "ping" in [name for name, _ in events]
+
+
+async def test_an_upstream_that_stops_early_is_not_a_finished_message(bench):
+    model = "gpt-4o-mini"
+    cut = [chunk(model, {"role": "assistant", "content": ""}), chunk(model, {"content": "Hal"})]
+    bench.fake.script = lambda seen: Script(chunks=cut)  # no finish reason, no [DONE]
+    with pytest.raises(anthropic.APIStatusError):
+        async with bench.client.messages.stream(
+            model="claude-sonnet-4-5", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
+        ) as stream:
+            async for _ in stream:
+                pass
+    [events] = bench.streams()
+    assert events[-1][0] == "error" and "message_stop" not in [e for e, _ in events]
+    assert "before it finished" in events[-1][1]["error"]["message"]
