@@ -1,6 +1,7 @@
 """`python -m bench instructions`: machine instructions per request, counted by callgrind.
 
-Owns: running the floor and keyrail (one credential, and 20 blocks of 5 keys) one at a time
+Owns: running the floor and keyrail (one credential; 20 blocks of 5 keys; one credential with
+20 scoped client keys with limits, the load's key among them) one at a time
 under `valgrind --tool=callgrind` with instrumentation off, warming each up, switching
 instrumentation on (`callgrind_control -i on`) for exactly `requests` non-streamed requests,
 and dividing the instructions counted by them. Unlike CPU time this does not move with the
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.loadgen import Client, request_body
-from bench.targets import Fleet, Target
+from bench.targets import Fleet, Target, scoped_keys
 
 #: The last line of a callgrind output file: the instructions it counted. (Its `summary:`
 #: line near the top is written before the counting, as 0 in a dump.)
@@ -57,6 +58,12 @@ async def count(
             ("floor", fleet.floor),
             ("keyrail", lambda wrap: fleet.keyrail(wrap=wrap)),
             ("keyrail-20x5", lambda wrap: fleet.keyrail("keyrail-20x5", 20, 5, wrap=wrap)),
+            (
+                "keyrail-scoped20",
+                lambda wrap: fleet.keyrail(
+                    "keyrail-scoped20", wrap=wrap, extra={"api-keys": scoped_keys(20)}
+                ),
+            ),
         )
         for name, start in starts:
             out = workdir / f"{name}.callgrind"

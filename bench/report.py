@@ -169,6 +169,10 @@ def checks(rows: Sequence[Row], counts: Sequence[Count] = ()) -> list[tuple[str,
         "instructions/request (callgrind), 100 credentials over 20 providers ÷ 1 credential",
         "keyrail-20x5", "keyrail", 1.05, "{:.3f}x",
     )  # fmt: skip
+    add_instructions(
+        "instructions/request (callgrind), 20 scoped client keys with limits ÷ 1 plain key",
+        "keyrail-scoped20", "keyrail", 1.05, "{:.3f}x",
+    )  # fmt: skip
     return out
 
 

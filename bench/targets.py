@@ -184,6 +184,8 @@ class Fleet:
         target.note = (
             f"{providers} provider(s) x {keys_each} key(s); access log to {name}.log (a file)"
         )
+        if extra and "api-keys" in extra:
+            target.note += f"; {len(extra['api-keys'])} client keys"  # type: ignore[arg-type]
         return target
 
     def nginx(self) -> Target | None:
@@ -221,6 +223,23 @@ class Fleet:
             target.stop()
 
 
+def scoped_keys(n: int) -> list[dict[str, object]]:
+    """`n` named clients with a model scope and every limit (high enough never to refuse),
+    the first with the load's key: what scope and limits cost next to a plain key."""
+    return [
+        {
+            "key": CLIENT_KEY if i == 0 else f"sk-bench-scoped-client-{i:02d}",
+            "name": f"team-{i:02d}",
+            "models": ["bench-*", "other-*"],
+            "rpm": 1_000_000_000,
+            "tpm": 1_000_000_000_000,
+            "max-concurrent": 10_000,
+            "daily-tokens": 1_000_000_000_000_000,
+        }
+        for i in range(n)
+    ]
+
+
 def keyrail_config(
     port: int,
     upstream: str,
@@ -231,7 +250,8 @@ def keyrail_config(
     """A keyrail config: `providers` blocks of `keys_each` keys, all serving the bench model.
 
     JSON is YAML, so the file is written with orjson. Every block serves the same model: one
-    pool of providers*keys credentials, the worst case for picking a credential.
+    pool of providers*keys credentials, the worst case for picking a credential. `extra`
+    adds or replaces top-level keys (`api-keys: scoped_keys(20)` for named clients).
     """
     blocks = [
         {

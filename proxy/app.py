@@ -13,9 +13,24 @@ from pathlib import Path
 from aiohttp import web
 
 from proxy import handlers, logs, management, metrics, pipeline, quota, reload, runtime, shutdown
+from proxy.clients.affinity import Conversations
+from proxy.clients.limits import Limits
+from proxy.clients.usage import ClientUsage
 from proxy.config import Settings
 from proxy.deadlines import Deadlines
-from proxy.keys import DEADLINES, LIVE, METRICS, QUOTAS, RECENT_ERRORS, REGISTRY, SCHEDULER, STATE
+from proxy.keys import (
+    CLIENT_USAGE,
+    CONVERSATIONS,
+    DEADLINES,
+    LIMITS,
+    LIVE,
+    METRICS,
+    QUOTAS,
+    RECENT_ERRORS,
+    REGISTRY,
+    SCHEDULER,
+    STATE,
+)
 from proxy.logs import install_redaction
 from proxy.metrics import ProviderMetrics
 from proxy.redact import secrets_of
@@ -43,7 +58,8 @@ def create_app(
     )
     # Every route's handler runs inside it: drain, access line, error bodies, runtime, client keys.
     recent_errors = RecentErrors()  # the last error answers, for the status page
-    wrap = pipeline.Pipeline(drain, live, recent_errors).wrap
+    app[CLIENT_USAGE] = ClientUsage()  # what each named client did; outlives reloads
+    wrap = pipeline.Pipeline(drain, live, recent_errors, app[CLIENT_USAGE]).wrap
     app[REGISTRY] = registry
     app[SCHEDULER] = Scheduler(  # credential state; outlives config reloads
         strategy=settings.routing_strategy,
@@ -54,6 +70,12 @@ def create_app(
     app[METRICS] = ProviderMetrics(window_seconds=settings.metrics_window_seconds)
     # what workers and instances share (cooldowns, metrics): nothing, or Redis (`state:`)
     app[STATE] = open_state(settings.state)
+    # Client limits' counters, from the state backend (in memory, or Redis shared by every
+    # instance); they outlive reloads: a key that stays keeps its counts.
+    app[LIMITS] = Limits(app[STATE].limits)
+    app[CONVERSATIONS] = Conversations(  # sticky sessions' bindings; outlive reloads
+        settings.session_ttl_seconds, settings.session_max_bindings
+    )
     app[DEADLINES] = Deadlines()  # first-byte limits of the attempts in flight, on one timer
     app[LIVE] = live
     app[QUOTAS] = quota.Quotas()  # each credential's last quota reading (drivers that tell)

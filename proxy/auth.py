@@ -2,19 +2,24 @@
 
 Owns: reading the client key from `Authorization: Bearer`, `x-api-key` or `x-goog-api-key`,
 comparing it in constant time against every configured key (once per key: one that passed is
-remembered), and which paths need one (`check`, called by the pipeline). With no `api-keys`,
-everyone on the (loopback-only) address is let in. Does not own: management keys
-(management.py), or keys sent upstream (drivers).
+remembered, with its named client if it has one), and which paths need one (`check`, called
+by the pipeline, which answers the request's `Client`: None for a plain string key). With no
+`api-keys`, everyone on the (loopback-only) address is let in. Does not own: management keys
+(management.py), keys sent upstream (drivers), or what a client may do (proxy/clients/).
 """
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import hmac
 from collections.abc import Iterable
+from typing import Final, Literal
 
 from aiohttp import web
 
+from proxy.clients.keys import Client
+from proxy.config import ClientSpec
 from proxy.errors import AuthError
 
 #: The metrics paths: open, unless `metrics.require-api-key: true`.
@@ -22,6 +27,15 @@ METRICS_PATHS = frozenset({"/metrics", "/v1/metrics/providers", "/v1/status"})
 #: Paths anyone may read: probes, the runbook's unauthenticated metrics curl, and the status
 #: page itself (it holds no data: it asks `/v1/status` for it, with a key when one is needed).
 OPEN_PATHS = frozenset({"/health", "/healthz", "/status"}) | METRICS_PATHS
+
+
+class Denied(enum.Enum):
+    """`identify`'s answer for a key that is none of the configured ones."""
+
+    DENIED = 0
+
+
+DENIED: Final = Denied.DENIED
 
 
 class ClientKeys:
@@ -33,29 +47,44 @@ class ClientKeys:
     at most the configured keys, and goes with this object when the config is reloaded.
     """
 
-    __slots__ = ("_accepted", "_digests", "required")
+    __slots__ = ("_accepted", "_by_digest", "_digests", "clients", "required")
 
-    def __init__(self, keys: Iterable[str]) -> None:
+    def __init__(self, keys: Iterable[str], clients: Iterable[ClientSpec] = ()) -> None:
         self._digests = tuple(hashlib.sha256(k.encode()).digest() for k in keys)
-        self._accepted: set[str] = set()
+        #: the named clients (`api-keys` mappings), in config order
+        self.clients = tuple(Client(spec) for spec in clients)
+        self._by_digest = {
+            hashlib.sha256(spec.key.encode()).digest(): client
+            for spec, client in zip(clients, self.clients, strict=True)
+        } if self.clients else {}  # fmt: skip
+        #: keys that passed -> their named client, or None for a plain key
+        self._accepted: dict[str, Client | None] = {}
         #: whether any key is configured (else everyone is let in)
         self.required = bool(self._digests)
 
     def allows(self, presented: str | None) -> bool:
         """True when `presented` is one of the keys. Time does not depend on which one."""
+        return self.identify(presented) is not DENIED
+
+    def identify(self, presented: str | None) -> Client | Literal[Denied.DENIED] | None:
+        """The named client of `presented`, None for a plain key (or when no key is needed),
+        `DENIED` when it is none of the keys. Time does not depend on which key it is."""
         if not self._digests:
-            return True
+            return None
         if not presented:
-            return False
-        if presented in self._accepted:
-            return True
+            return DENIED
+        known_client = self._accepted.get(presented, DENIED)
+        if known_client is not DENIED:
+            return known_client
         digest = hashlib.sha256(presented.encode()).digest()
         ok = False
         for known in self._digests:  # no early exit: every key is compared
             ok |= hmac.compare_digest(digest, known)
-        if ok:
-            self._accepted.add(presented)
-        return ok
+        if not ok:
+            return DENIED
+        # A dict lookup by the digest: only keys that already passed the comparison get here.
+        client = self._accepted[presented] = self._by_digest.get(digest)
+        return client
 
 
 def presented_key(request: web.Request) -> str | None:
@@ -67,21 +96,24 @@ def presented_key(request: web.Request) -> str | None:
     return request.headers.get("x-api-key") or request.headers.get("x-goog-api-key")
 
 
-def check(request: web.Request, keys: ClientKeys, metrics_need_key: bool) -> None:
-    """Raise AuthError unless the request may pass: every path needs a key, except the open
-    ones (the metrics too when `metrics_need_key`) and management's (it has its own guard)."""
+def check(request: web.Request, keys: ClientKeys, metrics_need_key: bool) -> Client | None:
+    """The request's named client (None: a plain key, or a path that needs none), or
+    AuthError: every path needs a key, except the open ones (the metrics too when
+    `metrics_need_key`) and management's (it has its own guard)."""
     if not keys.required:
-        return
+        return None
     path = request.path
     if path in OPEN_PATHS and not (metrics_need_key and path in METRICS_PATHS):
-        return
+        return None
     if path.startswith("/v0/management"):
-        return
+        return None
     key = presented_key(request)
-    if not keys.allows(key):
+    client = keys.identify(key)
+    if client is DENIED:
         message = (
             "Missing API key: send it as 'Authorization: Bearer <key>'."
             if not key
             else "Incorrect API key provided."
         )
         raise AuthError(message)
+    return client

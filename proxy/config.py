@@ -10,6 +10,7 @@ drivers exist (registry.py answers `driver_options`).
 from __future__ import annotations
 
 import difflib
+import hashlib
 import os
 import re
 from collections.abc import Callable, Iterator, Mapping
@@ -90,12 +91,47 @@ class ProviderBlock:
 
 
 @dataclass(frozen=True, slots=True)
+class ClientSpec:
+    """One `api-keys` item written as a mapping: a client's key, name, scope and limits.
+
+    A plain string item is a key with no name, scope or limits, and is not one of these.
+    Limits of None are unlimited. `models` are case-insensitive `*` globs over client model
+    ids (empty: every model).
+    """
+
+    key: str
+    name: str
+    models: tuple[str, ...] = ()
+    rpm: int | None = None
+    tpm: int | None = None
+    max_concurrent: int | None = None
+    daily_tokens: int | None = None
+
+
+#: Where a conversation's id is looked for when `routing.session-affinity` is on, in order:
+#: `header:NAME`, or `body:a.b.c` (a step into a string holding JSON parses it). What Claude
+#: Code and Codex CLI send (shared/protocols/agents.md); none found: a hash of the system
+#: prompt and the first user message.
+DEFAULT_SESSION_SOURCES = (
+    "header:x-claude-code-session-id",
+    "body:metadata.user_id.session_id",
+    "header:session-id",
+    "header:x-session-id",
+    "body:prompt_cache_key",
+    "body:conversation_id",
+)
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """The whole configuration. Immutable: a reload builds a new one."""
 
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
+    #: every client key, plain or scoped (scoped ones are also in `clients`)
     api_keys: tuple[str, ...] = ()
+    #: the `api-keys` items written as mappings: named clients with scope and limits
+    clients: tuple[ClientSpec, ...] = ()
     force_model_prefix: bool = False
     request_retry: int = 3
     max_retry_interval: float = 30.0
@@ -104,6 +140,10 @@ class Settings:
     max_cooldown_seconds: float = 1800.0
     disable_cooling: bool = False
     routing_strategy: str = "round-robin"
+    session_affinity: bool = False
+    session_ttl_seconds: float = 3600.0
+    session_sources: tuple[str, ...] = DEFAULT_SESSION_SOURCES
+    session_max_bindings: int = 100_000
     keepalive_seconds: float = 15.0
     passthrough_headers: bool = False
     debug: bool = False
@@ -169,6 +209,9 @@ _SCALARS: dict[str, tuple[str, type | tuple[type, ...], _Check | None]] = {
     "max-cooldown-seconds": ("max_cooldown_seconds", _NUM, _at_least(1)),
     "disable-cooling": ("disable_cooling", bool, None),
     "routing.strategy": ("routing_strategy", str, _one_of("round-robin", "fill-first")),
+    "routing.session-affinity": ("session_affinity", bool, None),
+    "routing.session-ttl-seconds": ("session_ttl_seconds", _NUM, _at_least(1)),
+    "routing.session-max-bindings": ("session_max_bindings", int, _at_least(1)),
     "streaming.keepalive-seconds": ("keepalive_seconds", _NUM, _at_least(0)),
     "passthrough-headers": ("passthrough_headers", bool, None),
     "debug": ("debug", bool, None),
@@ -190,7 +233,6 @@ _SCALARS: dict[str, tuple[str, type | tuple[type, ...], _Check | None]] = {
 _SECTIONS = {"routing", "streaming", "remote-management", "logging", "metrics", "limits",
              "timeouts", "shutdown"}  # fmt: skip
 _SECTION_EXTRAS = {  # accepted for CLIProxyAPI files, not acted on
-    "routing": {"session-affinity", "session-affinity-ttl"},
     "streaming": {"bootstrap-retries"},
     "remote-management": {"disable-control-panel", "disable-auto-update-panel",
                           "panel-github-repository"},
@@ -356,7 +398,7 @@ def parse(text: str, driver_options: DriverOptions, *, source: str = "<string>")
         elif key in _SCALARS:
             _read_scalar(doc, key, key, value, values, problems)
         elif key == "api-keys":
-            values["api_keys"] = _read_api_keys(doc, key, value, problems)
+            values["api_keys"], values["clients"] = _read_api_keys(doc, key, value, problems)
         elif key == "fallbacks":
             values["fallbacks"] = _read_fallbacks(doc, key, value, problems)
         elif (opts := driver_options(key)) is not None:
@@ -389,11 +431,20 @@ def _read_section(
         problems.add(doc, key, f"'{key}' must be a mapping")
         return
     known = {k.split(".", 1)[1] for k in _SCALARS if k.startswith(key + ".")}
+    if key == "routing":
+        known |= {"session-affinity-ttl", "session-sources"}
     extras = _SECTION_EXTRAS.get(key, set())
     for sub in value:
         full = f"{key}.{sub}"
         if full in _SCALARS:
             _read_scalar(value, sub, full, value[sub], values, problems)
+        elif full == "routing.session-affinity-ttl":  # CLIProxyAPI's spelling: "1h", "30m"
+            if (seconds := _duration(value[sub])) is None:
+                problems.add(value, sub, f"'{full}' must be a duration like 1h, 30m or 90s")
+            else:
+                values["session_ttl_seconds"] = seconds
+        elif full == "routing.session-sources":
+            values["session_sources"] = _read_session_sources(value, sub, problems)
         elif sub in extras:
             problems.warn(value, sub, f"'{full}' is a CLIProxyAPI setting keyrail ignores")
         else:
@@ -429,19 +480,149 @@ def _coerce(value: str, expected: type | tuple[type, ...]) -> Any:
     return value
 
 
-def _read_api_keys(doc: CommentedMap, key: str, value: Any, problems: _Problems) -> tuple[str, ...]:
+#: the keys of an `api-keys` mapping item, and the type each takes
+_CLIENT_KEYS: dict[str, type | tuple[type, ...]] = {
+    "key": str, "name": str, "models": list, "rpm": int, "tpm": int, "max-concurrent": int,
+    "daily-tokens": int,
+}  # fmt: skip
+#: keys shorter than this are accepted with a warning: easy to guess
+SHORT_KEY = 16
+
+
+def _read_api_keys(
+    doc: CommentedMap, key: str, value: Any, problems: _Problems
+) -> tuple[tuple[str, ...], tuple[ClientSpec, ...]]:
+    """`api-keys`: every key (plain and scoped), and the scoped clients."""
     if value is None:
-        return ()
+        return (), ()
     if not isinstance(value, list):
-        problems.add(doc, key, "'api-keys' must be a list of strings")
-        return ()
-    keys: list[str] = []
+        problems.add(doc, key, "'api-keys' must be a list of keys or client mappings")
+        return (), ()
+    keys: dict[str, int] = {}  # key -> its item's index
+    clients: list[ClientSpec] = []
+    names: set[str] = set()
     for i, item in enumerate(value):
-        if not isinstance(item, str) or not item.strip():
-            problems.add(value, i, "each client key in 'api-keys' must be a non-empty string")
-        elif item.strip() not in keys:
-            keys.append(item.strip())
-    return tuple(keys)
+        if isinstance(item, CommentedMap):
+            spec = _read_client(value, i, item, problems)
+            if spec is None:
+                continue
+            if spec.name in names:
+                problems.add(item, "name", f"client name '{spec.name}' is used twice")
+            names.add(spec.name)
+            secret = spec.key
+        elif isinstance(item, str) and item.strip():
+            spec, secret = None, item.strip()
+        else:
+            problems.add(value, i, "each 'api-keys' item must be a key or a mapping with 'key'")
+            continue
+        if secret in keys:
+            first = keys[secret]
+            message = f"this key is the same as 'api-keys' item {first + 1}"
+            if spec is None and isinstance(value[first], str):
+                # Two plain copies mean the same thing: CLIProxyAPI files have them, so they load.
+                problems.warn(value, i, message + " (the copy is ignored)")
+            else:  # which client's scope and limits would apply? Refused.
+                problems.add(value, i, message)
+            continue
+        keys[secret] = i
+        if len(secret) < SHORT_KEY and secret not in PLACEHOLDER_KEYS:  # those are refused
+            problems.warn(
+                value, i, f"client key shorter than {SHORT_KEY} characters: easy to guess"
+            )
+        if spec is not None:
+            clients.append(spec)
+    return tuple(keys), tuple(clients)
+
+
+def _read_client(
+    seq: Any, index: int, item: CommentedMap, problems: _Problems
+) -> ClientSpec | None:
+    fields: dict[str, Any] = {}
+    for k in item:
+        v = item[k]
+        expected = _CLIENT_KEYS.get(str(k))
+        if expected is None:
+            hint = _did_you_mean(str(k), set(_CLIENT_KEYS))
+            problems.add(item, k, f"unknown key '{k}' in an 'api-keys' item{hint}")
+            continue
+        if isinstance(v, str) and expected is int:
+            v = _coerce(v, int)  # "${RPM}" expands to a string
+        if k == "models" and isinstance(v, str):
+            v = [v]
+        if not _type_ok(v, expected):
+            problems.add(item, k, f"'{k}' must be {_type_name(expected)}, not {v!r}")
+        elif expected is int and v < 1:
+            problems.add(item, k, f"'{k}' must be at least 1 (leave it out for no limit)")
+        elif k == "models" and not all(isinstance(m, str) and m.strip() for m in v):
+            problems.add(item, k, "'models' must be a list of model ids or '*' globs")
+        else:
+            fields[str(k)] = v
+    secret = str(fields.get("key", "")).strip()
+    if not secret:
+        if "key" in item:
+            problems.add(item, "key", "'key' must be a non-empty string")
+        else:
+            problems.add(seq, index, "an 'api-keys' mapping needs 'key' (the client's key)")
+        return None
+    name = str(fields.get("name", "")).strip() or default_client_name(secret)
+    return ClientSpec(
+        key=secret,
+        name=name,
+        models=tuple(str(m).strip() for m in fields.get("models", ())),
+        rpm=fields.get("rpm"),
+        tpm=fields.get("tpm"),
+        max_concurrent=fields.get("max-concurrent"),
+        daily_tokens=fields.get("daily-tokens"),
+    )
+
+
+def default_client_name(key: str) -> str:
+    """The name of a client mapping without one: from a digest of its key, never the key."""
+    return "client-" + hashlib.sha256(key.encode()).hexdigest()[:8]
+
+
+_SESSION_SOURCE = re.compile(r"^(header:[!#$%&'*+\-.^_`|~0-9A-Za-z]+|body:[\w-]+(\.[\w-]+)*)$")
+
+
+def _read_session_sources(node: CommentedMap, key: str, problems: _Problems) -> tuple[str, ...]:
+    value = node[key]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        problems.add(node, key, "'routing.session-sources' must be a list of strings")
+        return DEFAULT_SESSION_SOURCES
+    out: list[str] = []
+    for i, source in enumerate(value):
+        source = source.strip()
+        if not _SESSION_SOURCE.match(source):
+            problems.add(
+                value, i, f"session source {source!r} must be 'header:NAME' or 'body:field.path'"
+            )
+        else:
+            kind, _, rest = source.partition(":")
+            out.append(f"{kind}:{rest.lower()}" if kind == "header" else source)
+    return tuple(out)
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+
+
+def _duration(value: Any) -> float | None:
+    """Seconds of a CLIProxyAPI duration ("1h", "30m", "90s", "1h30m") or a number."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value) if value > 0 else None
+    if not isinstance(value, str):
+        return None
+    total, rest = 0.0, value.strip()
+    scale = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    for number, unit in re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h)", rest):
+        total += float(number) * scale[unit]
+    if re.fullmatch(r"((\d+(?:\.\d+)?)(ms|s|m|h))+", rest) is None:
+        plain = _DURATION.match(rest)
+        if plain is None or plain.group(2):
+            return None
+        total = float(plain.group(1))
+    return total if total > 0 else None
 
 
 def _read_fallbacks(

@@ -12,6 +12,9 @@ nor how errors are written onto a stream (streaming.py).
         AuthError                  401 invalid_api_key
         InvalidRequest             400 (or 413) about the request itself
         UnknownModel               404 model_not_found
+        ModelNotAllowed            403 model_not_allowed: outside the client key's `models`
+        ClientRateLimited          429 client_rate_limited: the client key's own limit, with
+                                   Retry-After (not an upstream's cooldown: model_cooldown)
       NoCredential                 429 model_cooldown / 503 provider_unavailable, with retry_after
       UpstreamError                an upstream answered badly; the decision is the subclass
         RateLimited                429: cool the (credential, model) down for retry_after
@@ -117,6 +120,27 @@ class UnknownModel(RequestError):
     status = 404
     type = "invalid_request_error"
     code = "model_not_found"
+
+
+class ModelNotAllowed(RequestError):
+    """The client's key may not call this model (its `models` globs)."""
+
+    status = 403
+    type = "permission_error"
+    code = "model_not_allowed"
+
+
+class ClientRateLimited(RequestError):
+    """The client's key is over one of its own limits (rpm, tpm, daily-tokens,
+    max-concurrent). 429 with `Retry-After`: when the window ends (1 s for concurrency)."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "client_rate_limited"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after)})
+        self.retry_after = retry_after
 
 
 class NoCredential(ProxyError):

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxy.catalog import Route, Target
+from proxy.clients.affinity import Sticky
 from proxy.deadlines import Deadlines
 from proxy.dialects.bridge import Bridge
 from proxy.driver import Call, Credential, Driver, Reply
@@ -73,6 +74,7 @@ async def serve(
     resolve_fallbacks: Callable[[str], Sequence[Route]] | None = None,
     clock: Callable[[], float] | None = None,
     bridge: Bridge | None = None,
+    sticky: Sticky | None = None,
 ) -> Success:
     """Run the failover loop for one request; return the first success or raise.
 
@@ -82,6 +84,8 @@ async def serve(
 
     `bridge` (chat dialects): each attempt passes through or is translated (dialects/bridge.py);
     without one (completions, embeddings) the body goes as it is.
+    With `sticky` (session affinity), a pass over the route's own pool starts with the
+    conversation's credential when it is ready, and a success tells it where it was served.
     """
     now = clock or time.perf_counter  # uvloop's loop.time() counts whole milliseconds
     task = asyncio.current_task()
@@ -108,9 +112,13 @@ async def serve(
             while not (
                 settings.max_retry_credentials and tried_here >= settings.max_retry_credentials
             ):
-                target = scheduler.pick(current.model, targets, tried)
+                target = None
+                if sticky is not None and not tried and current is route:
+                    target = sticky.first(targets, scheduler)
                 if target is None:
-                    break
+                    target = scheduler.pick(current.model, targets, tried)
+                    if target is None:
+                        break
                 tried.append(target)
                 tried_here += 1
                 driver = drivers[target.provider]
@@ -143,6 +151,8 @@ async def serve(
                     attempts += 1
                     continue
                 scheduler.success(target, scheduled)
+                if sticky is not None and current is route:
+                    sticky.served(target, targets, scheduler)
                 success.started = started
                 success.retries = attempts
                 return success

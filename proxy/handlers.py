@@ -21,14 +21,23 @@ from aiohttp import web
 
 from proxy import failover
 from proxy.catalog import excluded_by
+from proxy.clients.affinity import Sticky, conversation_of
+from proxy.clients.keys import Client
+from proxy.clients.limits import Admission
 from proxy.config import Settings
 from proxy.dialects import messages
 from proxy.dialects.assembler import EncodedStream
 from proxy.dialects.bridge import Bridge
 from proxy.dialects.routes import CODECS, DIALECT_OF
 from proxy.driver import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES
-from proxy.errors import InvalidRequest, ProxyError, RequestError, UpstreamError
-from proxy.keys import DEADLINES, LIVE, METRICS, SCHEDULER, STATE
+from proxy.errors import (
+    InvalidRequest,
+    ModelNotAllowed,
+    ProxyError,
+    RequestError,
+    UpstreamError,
+)
+from proxy.keys import CONVERSATIONS, DEADLINES, LIMITS, LIVE, METRICS, SCHEDULER, STATE
 from proxy.metrics import Attempt
 from proxy.pipeline import ACCESS, JSON, Wrap
 from proxy.runtime import RUNTIME
@@ -68,9 +77,14 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def list_models(request: web.Request) -> web.Response:
-    catalog = request.app[LIVE].current.catalog
+    """The catalog's models; for a client key with `models` globs, only those it may call."""
+    catalog = request[RUNTIME].catalog
+    models = catalog.model_list()
+    client = request[ACCESS].client
+    if client is not None and client.models:
+        models = [m for m in models if client.allows(str(m["id"]))]
     if "anthropic-version" in request.headers:  # the anthropic SDKs and Claude Code
-        data = [_anthropic_model(str(m["id"]), catalog.created) for m in catalog.model_list()]
+        data = [_anthropic_model(str(m["id"]), catalog.created) for m in models]
         return json_response(
             {
                 "data": data,
@@ -79,7 +93,7 @@ async def list_models(request: web.Request) -> web.Response:
                 "last_id": data[-1]["id"] if data else None,
             }
         )
-    return json_response({"object": "list", "data": catalog.model_list()})
+    return json_response({"object": "list", "data": models})
 
 
 def _anthropic_model(model: str, created: int) -> dict[str, Any]:
@@ -88,8 +102,10 @@ def _anthropic_model(model: str, created: int) -> dict[str, Any]:
 
 
 async def get_model(request: web.Request) -> web.Response:
-    catalog = request.app[LIVE].current.catalog
-    route = catalog.resolve(request.match_info["model"])
+    catalog = request[RUNTIME].catalog
+    model = request.match_info["model"]
+    _check_scope(request[ACCESS].client, model)
+    route = catalog.resolve(model)
     if "anthropic-version" in request.headers:
         return json_response(_anthropic_model(route.model, catalog.created))
     return json_response(
@@ -138,6 +154,13 @@ async def _read_within(request: web.Request, seconds: float) -> bytes:
         ) from None
 
 
+def _check_scope(client: Client | None, model: str) -> None:
+    if client is not None and not client.allows(model):
+        raise ModelNotAllowed(
+            f"This API key may not use model '{model}' (client '{client.name}').", param="model"
+        )
+
+
 def _model_of(body: dict[str, Any]) -> str:
     model = body.get("model")
     if model is None:
@@ -172,13 +195,24 @@ async def proxy_request(request: web.Request) -> web.StreamResponse:
     runtime = request[RUNTIME]  # one config for the whole request, even across a reload
     success: failover.Success | None = None
     attempt: Attempt | None = None  # the successful one, until it is recorded
+    admission: Admission | None = None  # what a limited client's request took of its limits
     try:
         body = await read_json_object(request, runtime.settings.request_read_timeout)
         rec.model = _model_of(body)
         stream = body.get("stream") is True
         if "stream" in body and not isinstance(body["stream"], bool) and body["stream"] is not None:
             raise InvalidRequest("'stream' must be a boolean.", param="stream")
+        client = rec.client
+        if client is not None:  # a named client: its scope and limits, before any upstream
+            _check_scope(client, rec.model)
+            if client.limited:
+                admission = await app[LIMITS].admit(client, request.content_length or 0)
         route = runtime.catalog.resolve(rec.model)
+        sticky = None
+        if runtime.settings.session_affinity:
+            conversation = conversation_of(request.headers, body, runtime.settings.session_sources)
+            if conversation is not None:
+                sticky = Sticky(app[CONVERSATIONS], route.model, conversation)
         dialect = DIALECT_OF.get(endpoint)
         bridge = Bridge(CODECS[dialect], endpoint, body, stream) if dialect else None
         rec.dialect = dialect or ""
@@ -199,6 +233,7 @@ async def proxy_request(request: web.Request) -> web.StreamResponse:
                 else None
             ),
             bridge=bridge,
+            sticky=sticky,
         )
         target = success.target
         rec.provider, rec.credential_id = target.provider, target.credential.id
@@ -263,6 +298,19 @@ async def proxy_request(request: web.Request) -> web.StreamResponse:
             attempt.latency = time.perf_counter() - success.started
             metrics.record(attempt)
         raise
+    finally:
+        if admission is not None:
+            await app[LIMITS].settle(admission, _spent(success, attempt, rec))
+
+
+def _spent(success: failover.Success | None, attempt: Attempt | None, rec: Any) -> int | None:
+    """The tokens a request cost for its client's limits: what the upstream reported; None
+    when it was served without a report (the estimate stands); 0 when nothing was served."""
+    if success is None:
+        return 0
+    if attempt is not None:  # the client left mid-answer: what was reported by then
+        return (attempt.prompt_tokens + attempt.completion_tokens) or None
+    return (rec.prompt_tokens + rec.completion_tokens) or None
 
 
 async def _relay(

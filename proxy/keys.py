@@ -7,6 +7,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from proxy.clients.affinity import Conversations
+from proxy.clients.limits import Limits
+from proxy.clients.usage import ClientUsage
 from proxy.deadlines import Deadlines
 from proxy.metrics import ProviderMetrics
 from proxy.quota import Quotas
@@ -23,4 +26,7 @@ REGISTRY = web.AppKey("registry", Registry)
 DEADLINES = web.AppKey("deadlines", Deadlines)
 QUOTAS = web.AppKey("quotas", Quotas)
 STATE = web.AppKey("state", LocalState)
+LIMITS = web.AppKey("limits", Limits)
+CLIENT_USAGE = web.AppKey("client_usage", ClientUsage)
+CONVERSATIONS = web.AppKey("conversations", Conversations)
 RECENT_ERRORS = web.AppKey("recent_errors", RecentErrors)

@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from proxy.clients.keys import Client
 from proxy.metrics import Attempt
 from proxy.redact import REDACTOR
 
@@ -60,6 +61,9 @@ class RequestRecord:
     dialect: str = ""  # the client's chat dialect (chat, messages, responses), if any
     host: str = ""  # the upstream address that answered, when the driver has several
     hosts_failed: str = ""  # the addresses tried before it that did not answer
+    #: the named client (an `api-keys` mapping) whose key the request carried; None for a
+    #: plain key or no key
+    client: Client | None = None
 
 
 _PLAIN = re.compile(r"[\w./:@+-]+")
@@ -158,6 +162,9 @@ def access_line(rec: RequestRecord) -> tuple[str, dict[str, Any] | None]:
         line += f" upstream_host={_value(rec.host)}"
     if rec.hosts_failed:
         line += f" hosts_failed={_value(rec.hosts_failed)}"
+    client = rec.client
+    if client is not None:
+        line += f" client={_token(client.name)}"
     error = redact(rec.error) if rec.error else ""
     if error:
         line += f" error={_value(error)}"
@@ -176,6 +183,8 @@ def access_line(rec: RequestRecord) -> tuple[str, dict[str, Any] | None]:
             fields["upstream_host"] = rec.host
         if rec.hosts_failed:
             fields["hosts_failed"] = rec.hosts_failed
+        if client is not None:
+            fields["client"] = client.name
         if error:
             fields["error"] = error
         fields["path"], fields["model"] = redact(rec.path), redact(rec.model)

@@ -4,7 +4,8 @@ Owns: the guard (404 for every route while `remote-management.secret-key` is uns
 clients only unless `remote-management.allow-remote`; the key from `Authorization: Bearer`,
 `X-Management-Key` or `X-Management-Secret`, compared in constant time; five wrong keys from
 one address ban it for 30 minutes), and the routes: provider and credential states, cooldowns,
-recovering a provider or credential now, refreshing an OAuth credential now, reloading the
+recovering a provider or credential now, the named clients (keys masked) with their limits
+and usage, the sticky sessions' bindings, refreshing an OAuth credential now, reloading the
 config, and the effective config with every secret masked. Every answer is scrubbed of the
 secrets the running config knows. Does not own: credential state (scheduler.py), reloading
 (reload.py), token refresh itself (each driver's `refresh`).
@@ -25,7 +26,7 @@ from proxy import redact
 from proxy.auth import ClientKeys
 from proxy.driver import Credential, Driver
 from proxy.errors import ProxyError, error_body
-from proxy.keys import LIVE, SCHEDULER
+from proxy.keys import CLIENT_USAGE, CONVERSATIONS, LIMITS, LIVE, SCHEDULER
 from proxy.pipeline import Wrap
 from proxy.redact import REDACTOR, is_secret_name
 from proxy.reload import RELOADER, Outcome
@@ -177,6 +178,45 @@ async def providers(request: web.Request) -> web.Response:
     return _answer(rt, {"object": "list", "data": out})
 
 
+async def clients(request: web.Request) -> web.Response:
+    """The named clients (keys masked): scope, limits with what is left, and usage; and how
+    many plain keys there are."""
+    rt = _runtime(request)
+    app = request.app
+    out = []
+    for client in rt.client_keys.clients:
+        out.append(
+            {
+                "name": client.name,
+                "key": MASK,
+                "models": list(client.models) or ["*"],
+                "limits": client.limits(),
+                "remaining": await app[LIMITS].view(client),
+                "usage": app[CLIENT_USAGE].of(client.name),
+            }
+        )
+    plain = len(rt.settings.api_keys) - len(rt.client_keys.clients)
+    return _answer(rt, {"object": "list", "data": out, "plain_keys": plain})
+
+
+async def sessions(request: web.Request) -> web.Response:
+    """Sticky sessions: each conversation's credential per model (conversation ids are
+    digests), most recent first."""
+    rt = _runtime(request)
+    table = request.app[CONVERSATIONS]
+    return _answer(
+        rt,
+        {
+            "object": "list",
+            "enabled": rt.settings.session_affinity,
+            "ttl_seconds": table.ttl,
+            "max_bindings": table.max_bindings,
+            "rebinds": table.rebinds,
+            "data": table.views(),
+        },
+    )
+
+
 async def cooldowns(request: web.Request) -> web.Response:
     """Credentials that are cooling down or disabled now, soonest recovery first."""
     rt = _runtime(request)
@@ -288,6 +328,7 @@ async def effective_config(request: web.Request) -> web.Response:
     rt = _runtime(request)
     data = dataclasses.asdict(rt.settings)
     data["api_keys"] = [MASK for _ in rt.settings.api_keys]
+    data["clients"] = [{**c, "key": MASK} for c in data["clients"]]
     data["management_secret"] = MASK
     data["providers"] = [_masked(p) for p in data["providers"]]
     last = request.app[RELOADER].last
@@ -315,6 +356,8 @@ def setup(app: web.Application, wrap: Wrap) -> None:
     router = app.router
     router.add_get(f"{PREFIX}/providers", guarded(providers))
     router.add_get(f"{PREFIX}/cooldowns", guarded(cooldowns))
+    router.add_get(f"{PREFIX}/clients", guarded(clients))
+    router.add_get(f"{PREFIX}/sessions", guarded(sessions))
     router.add_post(f"{PREFIX}/providers/{{name}}/recover", guarded(recover))
     router.add_post(f"{PREFIX}/auths/{{provider}}/refresh", guarded(refresh))
     router.add_post(f"{PREFIX}/reload", guarded(reload_config))

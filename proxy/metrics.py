@@ -2,9 +2,11 @@
 
 Owns: recording one `Attempt` (one upstream try, attributed to the block that served it), the
 rolling window and lifetime totals behind `GET /v1/metrics/providers` (a provider-keyed object,
-or `?format=list`), and the Prometheus text of `GET /metrics`. Does not own: credential states
-(the scheduler reports them), quota readings (quota.py: shown here as each provider's `quota`
-object, credential id → used, limit, resets_at), the access log (logs.py), or which paths need
+or `?format=list`), and the Prometheus text of `GET /metrics`; it also serves
+`GET /v1/metrics/clients` from the clients' usage and limits (proxy/clients/). Does not own:
+credential states (the scheduler reports them), quota readings (quota.py: shown here as each
+provider's `quota` object, credential id → used, limit, resets_at), the access log (logs.py),
+or which paths need
 a client key (auth.py).
 
 Counts are of upstream attempts, not client requests: a request that failed over from one
@@ -551,12 +553,20 @@ def _buckets(counts: list[int]) -> list[tuple[str, float]]:
 def setup(app: web.Application, wrap: Wrap) -> None:
     """`GET /v1/metrics/providers` and `GET /metrics`, each handler inside `wrap` (the
     pipeline). With shared state (proxy/state/) both answer for every process of the
-    deployment; `?scope=local` answers for this process alone."""
-    from proxy.keys import LIVE, METRICS, QUOTAS, SCHEDULER, STATE  # keys.py imports this module
+    deployment; `?scope=local` answers for this process alone. And `GET /v1/metrics/clients`
+    (this process's client usage; limits as the limit store counts them)."""
+    # keys.py, the pipeline and the clients' usage import this module
+    from proxy.clients.keys import Client
+    from proxy.clients.usage import ClientCollector
+    from proxy.keys import CLIENT_USAGE, LIMITS, LIVE, METRICS, QUOTAS, SCHEDULER, STATE
+    from proxy.pipeline import ACCESS
 
     def configured() -> dict[str, str]:
         """Every configured block (provider → driver), with traffic or not."""
         return {b.name: b.driver for b in app[LIVE].current.settings.providers}
+
+    def clients() -> tuple[Client, ...]:
+        return app[LIVE].current.client_keys.clients
 
     quotas = app[QUOTAS].by_provider
 
@@ -591,18 +601,40 @@ def setup(app: web.Application, wrap: Wrap) -> None:
             headers={SCOPE_HEADER: scope},
         )
 
+    async def client_usage(request: web.Request) -> web.Response:
+        """`/v1/metrics/clients`: every named client (only its own for a named client's key)."""
+        fmt = request.query.get("format", "")
+        if fmt not in ("", "list"):
+            raise InvalidRequest("'format' must be 'list' or absent.", param="format")
+        asking = request[ACCESS].client
+        usage, limits = app[CLIENT_USAGE], app[LIMITS]
+        snapshot = {}
+        for client in clients():
+            if asking is None or asking.name == client.name:
+                snapshot[client.name] = {
+                    **usage.of(client.name),
+                    "limits": await limits.view(client),
+                    "models_allowed": list(client.models) or ["*"],
+                }
+        data: Any = {"object": "list", "data": list(snapshot.values())} if fmt else snapshot
+        return web.Response(
+            body=orjson.dumps(data, option=orjson.OPT_INDENT_2), content_type="application/json"
+        )
+
     async def prometheus(request: web.Request) -> web.Response:
         view, scope = await counted(request)
         registry = CollectorRegistry(auto_describe=False)
         registry.register(
             _PrometheusView(view, configured, app[SCHEDULER].credential_views, quotas)
         )
+        registry.register(ClientCollector(app[CLIENT_USAGE], lambda: [c.name for c in clients()]))
         body = generate_latest(registry)
         return web.Response(
             body=body, headers={"Content-Type": CONTENT_TYPE_LATEST, SCOPE_HEADER: scope}
         )
 
     app.router.add_get("/v1/metrics/providers", wrap(providers))
+    app.router.add_get("/v1/metrics/clients", wrap(client_usage))
     app.router.add_get("/metrics", wrap(prometheus))
 
 

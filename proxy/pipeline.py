@@ -8,7 +8,8 @@
    `/v1/messages`, OpenAI's elsewhere), redacted (upstreams may echo a key), never as a
    traceback;
 4. runtime: the request keeps the config it started with, even across a reload (runtime.py);
-5. client keys: `/v1/*` needs one of `api-keys` (auth.py owns the check).
+5. client keys: `/v1/*` needs one of `api-keys` (auth.py owns the check); a named client's
+   request is counted in its usage when it ends (proxy/clients/usage.py).
 
 Owns: that order, and the route that answers unknown paths (404) and methods (405) the same
 way. Does not own: any route's own work (handlers.py, management.py, metrics.py).
@@ -30,6 +31,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from proxy import auth, shutdown
+from proxy.clients.usage import ClientUsage
 from proxy.dialects.routes import codec_for_path
 from proxy.errors import InvalidRequest, ProxyError, error_body
 from proxy.logs import RequestRecord, log_failed_attempt, log_request
@@ -53,13 +55,16 @@ _STATUS_CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_
 class Pipeline:
     """`wrap(handler)` gives the handler every route is registered with."""
 
-    def __init__(self, drain: shutdown.Drain, live: Live, recent: RecentErrors) -> None:
+    def __init__(
+        self, drain: shutdown.Drain, live: Live, recent: RecentErrors, usage: ClientUsage
+    ) -> None:
         self._drain = drain
         self._live = live
         self._recent = recent
+        self._usage = usage
 
     def wrap(self, handler: Handler) -> Handler:
-        drain, live, recent = self._drain, self._live, self._recent
+        drain, live, recent, usage = self._drain, self._live, self._recent, self._usage
 
         # One coroutine around the handler: every level of `await` costs on every resumption.
         async def through_pipeline(request: web.Request) -> web.StreamResponse:
@@ -78,7 +83,9 @@ class Pipeline:
             try:
                 try:
                     settings = runtime.settings
-                    auth.check(request, runtime.client_keys, settings.metrics_require_key)
+                    rec.client = auth.check(
+                        request, runtime.client_keys, settings.metrics_require_key
+                    )
                     response = await handler(request)
                 except Exception as exc:  # not CancelledError: that one goes on
                     response = _failure_response(request, rec, exc)
@@ -100,6 +107,9 @@ class Pipeline:
                 runtime.leave()
                 drain.leave(task)
                 _log(request, rec, trail, started, recent)
+                if rec.client is not None and rec.model:  # an API call, not a listing
+                    usage.record(rec.client.name, rec.model, rec.status, rec.prompt_tokens,
+                                 rec.completion_tokens)  # fmt: skip
 
         return through_pipeline
 

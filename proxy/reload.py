@@ -27,7 +27,7 @@ from aiohttp import web
 
 from proxy import config, runtime
 from proxy.errors import ConfigError
-from proxy.keys import LIVE, METRICS, REGISTRY, SCHEDULER
+from proxy.keys import CONVERSATIONS, LIVE, METRICS, REGISTRY, SCHEDULER
 from proxy.redact import url_label
 from proxy.registry import options_lookup
 from proxy.scheduler import Scheduler
@@ -129,6 +129,9 @@ class Reloader:
             log.exception("config reload (%s) failed while building providers", reason)
             return _failed(f"{source}:0:0: building providers failed: {exc}")
         apply_to_scheduler(self.app[SCHEDULER], fresh)
+        self.app[CONVERSATIONS].configure(
+            fresh.settings.session_ttl_seconds, fresh.settings.session_max_bindings
+        )
         self.app[METRICS].set_window(new.metrics_window_seconds)
         old = live.swap(fresh)
         self._retire(old)

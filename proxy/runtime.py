@@ -184,7 +184,7 @@ async def build(settings: Settings, registry: Registry) -> Runtime:
             max_retry_credentials=settings.max_retry_credentials,
             first_byte_timeout=settings.first_byte_timeout,
         ),
-        client_keys=ClientKeys(settings.api_keys),
+        client_keys=ClientKeys(settings.api_keys, settings.clients),
         sessions=sessions,
     )
 

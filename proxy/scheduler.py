@@ -522,6 +522,15 @@ class Scheduler:
 
     # -- what the rest of keyrail reads ------------------------------------------------------
 
+    def ready(self, c: Candidate) -> bool:
+        """Whether `c` may be tried now (neither cooling down for its model nor disabled)."""
+        return self._ready_at(c) <= self.clock()
+
+    def disabled(self, c: Candidate) -> bool:
+        """Whether `c`'s credential is disabled (401/402/403) right now."""
+        state = self._disabled.get(c.credential.id)
+        return state is not None and state.until > self.clock()
+
     def recovery(self, candidates: Sequence[Candidate]) -> Recovery | None:
         """The soonest recovery among candidates that are not ready; None if one is ready."""
         now = self.clock()

@@ -141,7 +141,7 @@ async def test_instruction_count_runs_end_to_end(tmp_path: Path) -> None:
     """`python -m bench instructions` as a user runs it: each target under callgrind, counted
     over exactly the requests asked for (the numbers themselves are bench/'s business)."""
     counts = await instructions.count(tmp_path, requests=30, concurrency=4)
-    assert [c.target for c in counts] == ["floor", "keyrail", "keyrail-20x5"]
+    assert [c.target for c in counts] == ["floor", "keyrail", "keyrail-20x5", "keyrail-scoped20"]
     for c in counts:
         assert c.requests == 30
         assert c.per_request > 10_000  # a request is hundreds of thousands of instructions
