@@ -10,6 +10,7 @@ import asyncio
 import re
 
 import aiohttp
+import anthropic
 import openai
 import orjson
 import pytest
@@ -70,8 +71,7 @@ HI = [{"role": "user", "content": "hi"}]
 
 def manual_clock(kr) -> ManualClock:
     clock = ManualClock(MIDNIGHT + 5)  # 5 s into a minute and into a UTC day
-    kr.app[LIMITS].store = MemoryLimitStore(clock)
-    kr.app[LIMITS].clock = clock
+    kr.app[LIMITS].use(MemoryLimitStore(clock))
     return clock
 
 
@@ -390,3 +390,26 @@ async def test_no_client_key_in_any_output(start_upstream, start_keyrail, log_te
     for key in (PLAIN, SCOPED, LIMITED, MGMT):
         assert key not in everything
     assert "client_rate_limited" in everything and "model_not_allowed" in everything
+
+
+async def test_claude_code_s_dialect_gets_its_own_error_types(start_upstream, start_keyrail):
+    """The same refusals through `/v1/messages` and the official `anthropic` package: the
+    SDK raises its typed errors from Anthropic-shaped bodies; the models list is filtered."""
+    _fake, url = await start_upstream()
+    kr = await start_keyrail(config(url, "rpm: 1"))
+    manual_clock(kr)
+    async with anthropic.AsyncAnthropic(base_url=kr.url, api_key=SCOPED, max_retries=0) as c:
+        listed = sorted(m.id for m in (await c.models.list()).data)
+        assert listed == ["fb/fast", "fb/smart"]
+        reply = await c.messages.create(model="fb/fast", max_tokens=50, messages=HI)
+        assert reply.content[0].text
+        with pytest.raises(anthropic.PermissionDeniedError) as denied:
+            await c.messages.create(model="cheap", max_tokens=50, messages=HI)
+        assert denied.value.body["type"] == "error"
+        assert denied.value.body["error"]["type"] == "permission_error"
+    async with anthropic.AsyncAnthropic(base_url=kr.url, api_key=LIMITED, max_retries=0) as c:
+        await c.messages.create(model="cheap", max_tokens=50, messages=HI)
+        with pytest.raises(anthropic.RateLimitError) as limited:
+            await c.messages.create(model="cheap", max_tokens=50, messages=HI)
+        assert limited.value.body["error"]["type"] == "rate_limit_error"
+        assert limited.value.response.headers["Retry-After"] == "55"

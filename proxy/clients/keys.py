@@ -9,6 +9,7 @@ usage (usage.py). Holds no secret: the key itself stays in auth.py.
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 from proxy.catalog import excluded_by
 from proxy.config import ClientSpec
@@ -28,6 +29,7 @@ class Client:
         "max_concurrent",
         "models",
         "name",
+        "plan",
         "ref",
         "rpm",
         "tpm",
@@ -46,6 +48,8 @@ class Client:
             v is not None for v in (spec.rpm, spec.tpm, spec.max_concurrent, spec.daily_tokens)
         )
         self._scope: dict[str, bool] = {}
+        #: its counters in the limit store, worked out by limits.py on first use
+        self.plan: Any = None
 
     def allows(self, model: str) -> bool:
         """Whether this client may call `model` (a client model id)."""

@@ -40,12 +40,6 @@ class _Counts:
         self.prompt = 0
         self.completion = 0
 
-    def add(self, status_class: int, prompt: int, completion: int) -> None:
-        self.requests += 1
-        self.statuses[status_class] += 1
-        self.prompt += prompt
-        self.completion += completion
-
     def json(self) -> dict[str, Any]:
         return {
             "request_count": self.requests,
@@ -81,15 +75,22 @@ class ClientUsage:
         c = self._clients.get(client)
         if c is None:
             c = self._clients[client] = _Client()
-        status_class = _status_class(status)
-        c.add(status_class, prompt_tokens, completion_tokens)
+        status_class = 0 if 200 <= status < 300 else _status_class(status)
         m = c.models.get(model)
         if m is None:
             model = model if len(c.models) < MAX_MODELS else OTHER_MODELS
             m = c.models.get(model)
             if m is None:
                 m = c.models[model] = _Counts()
-        m.add(status_class, prompt_tokens, completion_tokens)
+        # The client's totals and the model's, inline (`_Counts.add` twice): on every request.
+        c.requests += 1
+        c.statuses[status_class] += 1
+        c.prompt += prompt_tokens
+        c.completion += completion_tokens
+        m.requests += 1
+        m.statuses[status_class] += 1
+        m.prompt += prompt_tokens
+        m.completion += completion_tokens
         c.last_seen = self.clock()
 
     def of(self, client: str) -> dict[str, Any]:
