@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import aiohttp
 import orjson
 
-from proxy.streaming import SSEParser, event_data
+from proxy.sse import SSEParser, event_data
 
 MODEL = "bench-model"
 TIMEOUT = aiohttp.ClientTimeout(total=60)

@@ -19,6 +19,7 @@ from yarl import URL
 
 from proxy.config import ProviderBlock
 from proxy.driver import (
+    BODY_LIMIT,
     CHAT,
     COMPLETIONS,
     EMBEDDINGS,
@@ -151,10 +152,12 @@ class _Reply(Reply):
         self._response = response
         self._provider = provider
 
-    async def read(self, limit: int = 64 * 1024 * 1024) -> bytes:
+    async def read(self, limit: int = BODY_LIMIT) -> bytes:
         length = self._response.content_length
-        if length is None or length > limit:
-            return await super().read(limit)  # chunked or too big: counted chunk by chunk
+        if length is None or length > limit or "Content-Encoding" in self._response.headers:
+            # Chunked, too big, or compressed (its Content-Length says nothing of what it
+            # inflates to): counted chunk by chunk as it is inflated.
+            return await super().read(limit)
         try:
             return await self._response.read()  # releases the connection at the end
         except (aiohttp.ClientError, TimeoutError) as exc:

@@ -19,7 +19,8 @@ from typing import Protocol
 
 from proxy.driver import ByteStream
 from proxy.errors import StreamInterrupted, UpstreamError, UpstreamUnavailable
-from proxy.streaming import DONE, SSEParser, data_event, event_data
+from proxy.sse import SSEParser, data_event, event_data
+from proxy.streaming import DONE
 
 
 class Rewriter(Protocol):

@@ -171,7 +171,7 @@ class RooDriver(OpenAICompatibleDriver):
                 provider=self.block.name,
             ) from None
         if isinstance(answer, dict):
-            self._refuse_sunset(answer)
+            self.refuse_sunset(answer)
             _clean_completion(answer)
         return Reply(200, {"Content-Type": "application/json"}, BytesStream(orjson.dumps(answer)))
 
@@ -180,7 +180,7 @@ class RooDriver(OpenAICompatibleDriver):
         log.error("%s", message)
         return ProviderDiscontinued(message, provider=self.block.name)
 
-    def _refuse_sunset(self, data: dict[str, Any]) -> None:
+    def refuse_sunset(self, data: dict[str, Any]) -> None:
         """A 200 whose whole answer is the sunset notice is no answer."""
         text = _text_of(data)
         if text and "roo" in text.lower() and is_sunset(text):
@@ -268,21 +268,15 @@ class _Answer:
     def feed(self, payload: bytes) -> list[bytes]:
         if payload == b"[DONE]":
             return []
-        first, self._first = self._first, False
-        if first and (b"oo" in payload) and is_sunset(payload.decode("utf-8", "replace")):
-            try:
-                data = orjson.loads(payload)
-            except orjson.JSONDecodeError:
-                data = None
-            if isinstance(data, dict):
-                self._driver._refuse_sunset(data)
+        if self._first:  # a sunset notice streamed as the answer is no answer
+            self._first = False
+            first = _object(payload)
+            if first is not None:
+                self._driver.refuse_sunset(first)
         if b'"reasoning' not in payload and b'"usage"' not in payload:
             return [payload]
-        try:
-            data = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            return [payload]
-        if not isinstance(data, dict):
+        data = _object(payload)
+        if data is None:
             return [payload]
         for choice in data.get("choices") or []:
             delta = choice.get("delta") if isinstance(choice, dict) else None
@@ -350,6 +344,14 @@ def _text_of(data: dict[str, Any]) -> str:
     if isinstance(message, dict):
         message = message.get("message")
     return message if isinstance(message, str) else ""
+
+
+def _object(payload: bytes) -> dict[str, Any] | None:
+    try:
+        data = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def _said(body: bytes) -> str:

@@ -25,6 +25,7 @@ from proxy.driver import (
 from proxy.errors import (
     CredentialRejected,
     DriverError,
+    ProviderDiscontinued,
     ProxyError,
     RateLimited,
     StreamInterrupted,
@@ -35,7 +36,7 @@ from proxy.errors import (
 )
 from proxy.quota import Quota
 from proxy.retry_hints import retry_after_seconds
-from proxy.streaming import SSEParser, data_event, event_data
+from proxy.sse import SSEParser, data_event, event_data
 
 __version__ = "0.1.0"
 
@@ -55,6 +56,7 @@ __all__ = [
     "DriverError",
     "ModelEntry",
     "ProviderBlock",
+    "ProviderDiscontinued",
     "ProxyError",
     "Quota",
     "RateLimited",

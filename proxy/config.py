@@ -154,6 +154,10 @@ class Settings:
     metrics_window_seconds: int = 600
     metrics_require_key: bool = False
     request_body_limit_mb: float = 32.0
+    #: an upstream's answer, after decompression (non-streamed bodies and whole streams alike)
+    upstream_body_limit_mb: float = 64.0
+    sse_event_limit_mb: float = 16.0
+    sse_line_limit_mb: float = 16.0
     connect_timeout: float = 10.0
     first_byte_timeout: float = 600.0
     idle_timeout: float = 300.0
@@ -222,6 +226,9 @@ _SCALARS: dict[str, tuple[str, type | tuple[type, ...], _Check | None]] = {
     "metrics.window-seconds": ("metrics_window_seconds", int, _at_least(10)),
     "metrics.require-api-key": ("metrics_require_key", bool, None),
     "limits.request-body-mb": ("request_body_limit_mb", _NUM, _at_least(0.001)),
+    "limits.upstream-body-mb": ("upstream_body_limit_mb", _NUM, _at_least(0.001)),
+    "limits.sse-event-mb": ("sse_event_limit_mb", _NUM, _at_least(0.001)),
+    "limits.sse-line-mb": ("sse_line_limit_mb", _NUM, _at_least(0.001)),
     "timeouts.connect-seconds": ("connect_timeout", _NUM, _at_least(0.001)),
     "timeouts.first-byte-seconds": ("first_byte_timeout", _NUM, _at_least(0.001)),
     "timeouts.idle-seconds": ("idle_timeout", _NUM, _at_least(0.001)),

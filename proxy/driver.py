@@ -23,6 +23,7 @@ stream breaks later. That is all the core needs to rotate, cool down, reject or 
 from __future__ import annotations
 
 import abc
+import asyncio
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
@@ -102,6 +103,40 @@ class ByteStream(Protocol):
     async def aclose(self) -> None: ...
 
 
+#: The largest upstream answer read whole, after decompression (`limits.upstream-body-mb`).
+BODY_LIMIT = 64 * 1024 * 1024
+#: Bytes read from one answer before the reader lets other tasks run: inflating a compressed
+#: answer needs no network wait, so without it a bomb would hold the event loop.
+_SHARE_EVERY = 1024 * 1024
+
+
+def body_too_large(limit: int, provider: str = "") -> UpstreamUnavailable:
+    """An upstream answer grew past `limits.upstream-body-mb` while it was read (inflated)."""
+    what = f"answer larger than {limit / (1024 * 1024):g} MiB after decompression"
+    what += " (limits.upstream-body-mb)"
+    return UpstreamUnavailable(
+        f"upstream {provider}: {what}" if provider else what,
+        status=502,
+        provider=provider,
+    )
+
+
+async def inflated_within(
+    chunks: AsyncIterator[bytes] | ByteStream, limit: int, provider: str = ""
+) -> AsyncIterator[bytes]:
+    """`chunks`, raising `body_too_large` once more than `limit` bytes came, and letting other
+    tasks run after every MiB (a compressed answer inflates without waiting for the network)."""
+    size = shared = 0
+    async for chunk in chunks:
+        size += len(chunk)
+        if size > limit:
+            raise body_too_large(limit, provider)
+        if size - shared >= _SHARE_EVERY:
+            shared = size
+            await asyncio.sleep(0)
+        yield chunk
+
+
 @dataclass(slots=True)
 class Reply:
     """A successful upstream answer: status, headers, and the body as a byte stream; or, from
@@ -128,19 +163,22 @@ class Reply:
         or wrap an async generator and a close callback in `proxy.dialects.IteratorEvents`)."""
         return cls(200, {}, events=events, host=host, hosts_failed=hosts_failed)
 
-    async def read(self, limit: int = 64 * 1024 * 1024) -> bytes:
-        """The whole body, then the stream closed. For non-streamed answers."""
+    async def read(self, limit: int = BODY_LIMIT) -> bytes:
+        """The whole body, then the stream closed. For non-streamed answers.
+
+        Counted as it is read, after decompression: aiohttp inflates a compressed body in
+        small pieces as they are read, so an answer past `limit` stops being read (and
+        inflated) there, with an `UpstreamUnavailable` (`body_too_large`).
+        """
         chunks: list[bytes] = []
         size = 0
         try:
-            async for chunk in self.body:
-                size += len(chunk)
-                if size > limit:
-                    raise ValueError(f"upstream body larger than {limit} bytes")
+            async for chunk in inflated_within(self.body, limit):
                 chunks.append(chunk)
+                size += len(chunk)
         finally:
             await self.body.aclose()
-        return b"".join(chunks)
+        return b"".join(chunks) if len(chunks) != 1 else chunks[0]
 
 
 class ResponseStream:

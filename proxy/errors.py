@@ -279,6 +279,14 @@ def classify_upstream(
         "upstream_headers": headers,
         "retry_after": retry_after,
     }
+    if 300 <= status < 400:
+        # Redirects are not followed (the credential must not go to another host), and a bare
+        # 3xx without its Location would mean nothing to the client: the upstream failed.
+        kwargs.update(status=502, upstream_body=b"")
+        return UpstreamUnavailable(
+            f"upstream {provider} answered {status} (a redirect; keyrail does not follow them)",
+            **kwargs,
+        )
     if status == 429:
         return RateLimited(message, **kwargs)
     if status in (401, 402, 403):

@@ -22,7 +22,7 @@ from proxy.catalog import Route, Target
 from proxy.clients.affinity import Sticky
 from proxy.deadlines import Deadlines
 from proxy.dialects.bridge import Bridge
-from proxy.driver import Call, Credential, Driver, Reply
+from proxy.driver import BODY_LIMIT, Call, Credential, Driver, Reply
 from proxy.errors import (
     CredentialRejected,
     DriverError,
@@ -35,7 +35,9 @@ from proxy.errors import (
     UpstreamUnavailable,
 )
 from proxy.metrics import Attempt, ProviderMetrics
+from proxy.redact import StreamMask
 from proxy.scheduler import Recovery, Scheduler
+from proxy.sse import MAX_EVENT_BYTES, MAX_LINE_BYTES, SSEParser
 from proxy.streaming import StreamHead
 
 
@@ -57,6 +59,13 @@ class LoopSettings:
     max_retry_interval: float = 30.0
     max_retry_credentials: int = 0
     first_byte_timeout: float = 600.0
+    #: `limits.upstream-body-mb`, `limits.sse-event-mb`, `limits.sse-line-mb`, in bytes
+    body_limit: int = BODY_LIMIT
+    sse_event_limit: int = MAX_EVENT_BYTES
+    sse_line_limit: int = MAX_LINE_BYTES
+
+    def sse_parser(self) -> SSEParser:
+        return SSEParser(self.sse_event_limit, self.sse_line_limit)
 
 
 async def serve(
@@ -241,7 +250,10 @@ async def _attempt(
             if bridge is not None:
                 reply = bridge.reply(call, reply, target.provider)
             if stream:
-                head = StreamHead(reply, target.provider)
+                parser = settings.sse_parser()
+                head = StreamHead(
+                    reply, target.provider, parser, settings.body_limit, credential.secret
+                )
                 try:
                     await head.open()
                 except BaseException:
@@ -249,11 +261,13 @@ async def _attempt(
                     raise
                 return Success(target, reply, head, None, 0.0, 0)
             try:
-                data = await reply.read()
+                data = await reply.read(settings.body_limit)
             except UpstreamError as exc:
-                raise UpstreamUnavailable(
-                    exc.message, status=502, provider=target.provider
-                ) from exc
+                message = exc.message
+                if not exc.provider:
+                    message = f"upstream {target.provider}: {message}"
+                raise UpstreamUnavailable(message, status=502, provider=target.provider) from exc
+            data = StreamMask.whole(data, credential.secret)  # an upstream may echo the key
             return Success(target, reply, None, data, 0.0, 0)
     except TimeoutError:
         raise UpstreamUnavailable(

@@ -167,3 +167,58 @@ def _secret_values(value: Any, *, named: bool) -> Iterator[str]:
     elif isinstance(value, list | tuple):
         for item in value:
             yield from _secret_values(item, named=named)
+
+
+class StreamMask:
+    """Masks one secret (the credential an answer was fetched with) in bytes relayed as they
+    come, including a secret cut in two by a chunk boundary.
+
+    The only cost when the secret is absent: one substring search per chunk, and a chunk that
+    ends in LF (every chunk of whole SSE events) cannot end inside a secret, so nothing is
+    held back. Otherwise the chunk's tail that could be the start of the secret waits for the
+    next chunk (or `flush`).
+    """
+
+    __slots__ = ("_held", "_lines_end_it", "_secret")
+
+    def __init__(self, secret: str) -> None:
+        self._secret = secret.encode()
+        self._held = b""
+        self._lines_end_it = b"\n" not in self._secret  # true for any real key
+
+    @staticmethod
+    def wanted(secret: str) -> bool:
+        return len(secret) >= MIN_SECRET_LENGTH
+
+    @staticmethod
+    def whole(data: bytes, secret: str) -> bytes:
+        """`data` (a whole body) with `secret` masked."""
+        if not StreamMask.wanted(secret):
+            return data
+        raw = secret.encode()
+        return data.replace(raw, _MASK_BYTES) if raw in data else data
+
+    def feed(self, chunk: bytes) -> bytes:
+        if self._held:
+            chunk, self._held = self._held + chunk, b""
+        secret = self._secret
+        if secret in chunk:
+            chunk = chunk.replace(secret, _MASK_BYTES)
+        if self._lines_end_it and chunk.endswith(b"\n"):
+            return chunk
+        # The longest tail of the chunk that is a proper prefix of the secret waits.
+        start = max(0, len(chunk) - len(secret) + 1)
+        i = chunk.find(secret[:1], start)
+        while i >= 0:
+            if secret.startswith(chunk[i:]):
+                self._held = chunk[i:]
+                return chunk[:i]
+            i = chunk.find(secret[:1], i + 1)
+        return chunk
+
+    def flush(self) -> bytes:
+        held, self._held = self._held, b""
+        return held
+
+
+_MASK_BYTES = MASK.encode()

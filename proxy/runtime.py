@@ -141,6 +141,10 @@ def _session(settings: Settings) -> aiohttp.ClientSession:
     )
 
 
+def _bytes(mib: float) -> int:
+    return int(mib * 1024 * 1024)
+
+
 def _with_global_proxy(block: ProviderBlock, settings: Settings) -> ProviderBlock:
     if block.proxy_url or not settings.proxy_url:
         return block
@@ -183,6 +187,9 @@ async def build(settings: Settings, registry: Registry) -> Runtime:
             max_retry_interval=settings.max_retry_interval,
             max_retry_credentials=settings.max_retry_credentials,
             first_byte_timeout=settings.first_byte_timeout,
+            body_limit=_bytes(settings.upstream_body_limit_mb),
+            sse_event_limit=_bytes(settings.sse_event_limit_mb),
+            sse_line_limit=_bytes(settings.sse_line_limit_mb),
         ),
         client_keys=ClientKeys(settings.api_keys, settings.clients),
         sessions=sessions,

@@ -1,11 +1,11 @@
 """Streaming: SSE at the byte level, and the relay of an upstream stream to the client.
 
-Owns: splitting upstream bytes into SSE events wherever the chunks were cut (LF, CRLF, CR),
-the head of a stream (everything up to the first data event, read before any byte goes to the
+Owns: the head of a stream (everything up to the first data event, read before any byte goes to the
 client so that failover is still possible), the relay (keepalive comments after silence,
 `X-Accel-Buffering: no`, usage recorded and hidden from clients that did not ask for it,
 `force-mapping` of `model`, an in-band error event when the stream breaks), and formatting SSE.
-Does not own: choosing or retrying credentials (failover.py), HTTP routing (handlers.py).
+Does not own: splitting bytes into SSE events and its size limits (sse.py), choosing or
+retrying credentials (failover.py), HTTP routing (handlers.py).
 
 Passthrough costs one `find` per chunk and one slice per event; JSON is parsed only for the
 one event that carries usage.
@@ -24,8 +24,13 @@ import orjson
 from aiohttp import web
 
 from proxy import shutdown
-from proxy.driver import Reply
+from proxy.driver import BODY_LIMIT, Reply, inflated_within
 from proxy.errors import ProxyError, StreamInterrupted, UpstreamError, UpstreamUnavailable
+from proxy.redact import StreamMask
+from proxy.sse import SSELimitExceeded
+from proxy.sse import SSEParser as SSEParser  # re-exported: its home was this module
+from proxy.sse import data_event as data_event
+from proxy.sse import event_data as event_data
 
 DONE = b"data: [DONE]\n\n"
 KEEPALIVE = b": keepalive\n\n"
@@ -34,65 +39,6 @@ SSE_HEADERS = {
     "Cache-Control": "no-cache",
     "X-Accel-Buffering": "no",
 }
-
-
-class SSEParser:
-    """Feed bytes, get complete events (each ends with a blank line, normalised to LF)."""
-
-    __slots__ = ("_buf",)
-
-    def __init__(self) -> None:
-        self._buf = b""
-
-    def feed(self, chunk: bytes) -> list[bytes]:
-        buf = self._buf + chunk if self._buf else chunk
-        if b"\r" in buf:
-            # CRLF or lone CR line endings: normalise once, then split as LF. A trailing CR
-            # may be the first half of a CRLF, so it stays in the buffer.
-            keep = buf.endswith(b"\r")
-            body = buf[:-1] if keep else buf
-            buf = body.replace(b"\r\n", b"\n").replace(b"\r", b"\n") + (b"\r" if keep else b"")
-        events: list[bytes] = []
-        start = 0
-        while True:
-            end = buf.find(b"\n\n", start)
-            if end < 0:
-                break
-            if end > start:
-                events.append(buf[start : end + 2])
-            start = end + 2
-        # Blank lines between events are allowed; skip them so an event never starts with \n.
-        while start < len(buf) and buf[start : start + 1] == b"\n":
-            start += 1
-        self._buf = buf[start:]
-        return events
-
-    @property
-    def buffered(self) -> bool:
-        """True while part of an event is waiting for the rest of its bytes."""
-        return bool(self._buf)
-
-    def flush(self) -> bytes:
-        """Whatever is left when the stream ends (an event without its blank line)."""
-        rest, self._buf = self._buf.strip(b"\r\n"), b""
-        return rest + b"\n\n" if rest else b""
-
-
-def event_data(event: bytes) -> bytes | None:
-    """The `data` of an event (lines joined with LF), or None for a comment/field-only event."""
-    if event.startswith(b"data:") and event.count(b"\n") == 2:  # the common one-line event
-        value = event[5:-2]
-        return value[1:] if value.startswith(b" ") else value
-    parts = []
-    for line in event.split(b"\n"):
-        if line.startswith(b"data:"):
-            value = line[5:]
-            parts.append(value[1:] if value.startswith(b" ") else value)
-    return b"\n".join(parts) if parts else None
-
-
-def data_event(payload: bytes) -> bytes:
-    return b"data: " + payload + b"\n\n"
 
 
 def error_event(exc: ProxyError) -> bytes:
@@ -140,12 +86,26 @@ class StreamHead:
     `UpstreamError` that still allows failover, because nothing has reached the client.
     """
 
-    def __init__(self, reply: Reply, provider: str) -> None:
+    def __init__(
+        self,
+        reply: Reply,
+        provider: str,
+        parser: SSEParser | None = None,
+        body_limit: int = BODY_LIMIT,
+        secret: str = "",
+    ) -> None:
         self.reply = reply
         self.provider = provider
-        self.parser = SSEParser()
+        self.parser = parser or SSEParser()
         self.events: list[bytes] = []
         self._chunks: AsyncIterator[bytes] = aiter(reply.body)
+        if "Content-Encoding" in reply.headers:
+            # A compressed stream inflates without network waits: counted and shared (an
+            # uncompressed one is bounded by the parser's limits and paced by the network).
+            self._chunks = inflated_within(self._chunks, body_limit, provider)
+        if StreamMask.wanted(secret):
+            # An upstream may echo the key it was sent ("key pk-… exhausted") in its events.
+            self._chunks = _masked(self._chunks, StreamMask(secret))
 
     async def open(self) -> None:
         while True:
@@ -165,7 +125,7 @@ class StreamHead:
             except StreamInterrupted as exc:
                 # Nothing reached the client yet, so this is an ordinary failover-able failure.
                 raise UpstreamUnavailable(exc.message, status=502, provider=self.provider) from exc
-            events = self.parser.feed(chunk)
+            events = self.feed(chunk)
             for i, event in enumerate(events):
                 data = event_data(event)
                 if data is None:
@@ -175,8 +135,25 @@ class StreamHead:
                 self.events.extend(events[i:])  # the rest of this chunk goes out with it
                 return
 
+    def feed(self, chunk: bytes) -> list[bytes]:
+        """The parser's events; an event past its limits is this provider's failure."""
+        try:
+            return self.parser.feed(chunk)
+        except SSELimitExceeded as exc:
+            raise UpstreamUnavailable(
+                f"upstream {self.provider} sent {exc}", status=502, provider=self.provider
+            ) from None
+
     def rest(self) -> AsyncIterator[bytes]:
         return self._chunks
+
+
+async def _masked(chunks: AsyncIterator[bytes], mask: StreamMask) -> AsyncIterator[bytes]:
+    async for chunk in chunks:
+        if chunk := mask.feed(chunk):
+            yield chunk
+    if tail := mask.flush():
+        yield tail
 
 
 def _in_band_error(data: bytes, provider: str) -> UpstreamError:
@@ -283,7 +260,7 @@ async def relay(
                     # go out as they came (renamed if asked), without splitting them into events.
                     data = rename(chunk) if rename else chunk
                 else:
-                    data = events_out(parser.feed(chunk))
+                    data = events_out(head.feed(chunk))
                 if data:
                     await response.write(data)
                     watch.last_write = loop.time()

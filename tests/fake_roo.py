@@ -86,16 +86,19 @@ class FakeRoo:
         def detail(**d: Any) -> dict[str, Any]:
             return chunk({"reasoning_details": [d]})
 
-        events = [
-            chunk({"role": "assistant", "content": ""}),
-            detail(type="reasoning.text", text="Think", index=0),
-            detail(type="reasoning.text", text="ing.", index=0),
-            detail(type="reasoning.encrypted", data="opaque==", index=1),
-            chunk({"content": "Hello"}), chunk({"content": " from Roo."}),
-            chunk({}, "stop"),
-            {"id": "gen-1", "object": "chat.completion.chunk", "created": 1, "model": model,
-             "choices": [], "usage": USAGE},
-        ]  # fmt: skip
+        if body.get("tools"):  # one tool call over three chunks
+            call = {"index": 0, "id": "call_roo_1", "type": "function",
+                    "function": {"name": "get_weather", "arguments": ""}}  # fmt: skip
+            events = [
+                chunk({"role": "assistant", "content": None, "tool_calls": [call]}),
+                chunk({"tool_calls": [{"index": 0, "function": {"arguments": '{"city":'}}]}),
+                chunk({"tool_calls": [{"index": 0, "function": {"arguments": ' "Paris"}'}}]}),
+                chunk({}, "tool_calls"),
+            ]
+        else:
+            events = self._text_events(chunk, detail)
+        events.append({"id": "gen-1", "object": "chat.completion.chunk", "created": 1,
+                       "model": model, "choices": [], "usage": USAGE})  # fmt: skip
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         for event in events:
@@ -103,6 +106,17 @@ class FakeRoo:
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
+
+    @staticmethod
+    def _text_events(chunk: Any, detail: Any) -> list[dict[str, Any]]:
+        return [
+            chunk({"role": "assistant", "content": ""}),
+            detail(type="reasoning.text", text="Think", index=0),
+            detail(type="reasoning.text", text="ing.", index=0),
+            detail(type="reasoning.encrypted", data="opaque==", index=1),
+            chunk({"content": "Hello"}), chunk({"content": " from Roo."}),
+            chunk({}, "stop"),
+        ]  # fmt: skip
 
     def _sunset(self, *, stream: bool, model: str) -> web.Response:
         if self.sunset_shape == "gone":

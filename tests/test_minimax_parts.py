@@ -58,6 +58,10 @@ def test_mirror_without_opening_tag_is_dropped() -> None:
     assert steps[0] == ("", "")  # held while it could be a mirror
 
 
+def test_an_answer_that_begins_like_the_reasoning_is_not_lost() -> None:
+    assert run(["Hello!"], reasoning_first="Hello! The user greets me.")[:2] == ("", "Hello!")
+
+
 def test_plain_answer_passes_at_once_even_after_reasoning() -> None:
     _, answer, steps = run(["Hello", " world"], reasoning_first="Let me think")
     assert steps[0] == ("", "Hello") and answer == "Hello world"
@@ -239,3 +243,32 @@ def test_window_spent_without_a_reading_waits_a_while_then_looks_again() -> None
     book = quota.QuotaBook(clock=lambda: 50.0)
     assert book.window_spent("c", "m") == quota.UNKNOWN_WINDOW_WAIT
     assert book.spent_for("c", "m") == quota.UNKNOWN_WINDOW_WAIT
+
+
+# -- addresses ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "base", "expected"),
+    [
+        ({}, "", "https://api.minimax.io/v1"),
+        ({"region": "cn"}, "", "https://api.minimaxi.com/v1"),
+        ({}, "https://api.minimax.io/anthropic", "https://api.minimax.io/v1"),
+        ({"region": "cn"}, "https://api.minimax.chat/v1/", "https://api.minimax.chat/v1"),
+    ],
+)
+async def test_upstream_address(options: dict[str, Any], base: str, expected: str) -> None:
+    import aiohttp
+
+    from drivers.minimax import MinimaxDriver
+    from proxy.config import ProviderBlock
+
+    block = ProviderBlock(driver="minimax", name="mm", base_url=base,
+                          options={"api-key": "k", **options})  # fmt: skip
+    async with aiohttp.ClientSession() as session:
+        driver = MinimaxDriver(block, session)
+        assert driver.base_url == expected
+        assert driver.origin == expected.removesuffix("/v1")
+    mars = ProviderBlock(driver="minimax", name="mm", options={"api-key": "k", "region": "mars"})
+    with pytest.raises(ValueError):
+        MinimaxDriver.credentials(mars)

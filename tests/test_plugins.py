@@ -15,7 +15,8 @@ from proxy.registry import GROUP, Registry
 PUBLIC_API = {
     "API_VERSION", "CHAT", "COMPLETIONS", "EMBEDDINGS", "RESPONSES", "ByteStream", "BytesStream",
     "Call", "Credential", "CredentialRejected", "Driver", "DriverError", "ModelEntry",
-    "ProviderBlock", "ProxyError", "RateLimited", "Reply", "ResponseStream", "SSEParser",
+    "ProviderBlock", "ProviderDiscontinued", "ProxyError", "RateLimited", "Reply",
+    "ResponseStream", "SSEParser",
     "StreamInterrupted", "UpstreamError", "UpstreamRejected", "UpstreamUnavailable",
     "__version__", "classify_upstream", "data_event", "describe_failure", "event_data",
     "read_error_body", "retry_after_seconds",

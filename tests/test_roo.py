@@ -212,3 +212,48 @@ def test_check_rejects_a_minimax_block_without_a_key(
     path.write_text("minimax:\n  - region: mars\n")
     assert main(["check", "-c", str(path)]) == 1
     assert "region" in capsys.readouterr().out
+
+
+async def test_models_discovered_from_the_router(
+    fake: tuple[FakeRoo, str], start_keyrail: Start
+) -> None:
+    _, url = fake
+    kr = await start_keyrail(f"roo:\n  - base-url: {url}/proxy/v1\n    api-key: roo-token\n")
+    async with openai.AsyncOpenAI(base_url=kr.v1, api_key="unused", max_retries=0) as c:
+        listed = sorted([m.id async for m in c.models.list()])
+    assert listed == ["roo/free-model", "xai/grok-code-fast-1"]
+
+
+async def test_tool_call_over_three_chunks_passes_through(
+    fake: tuple[FakeRoo, str], start_keyrail: Start
+) -> None:
+    _, url = fake
+    kr = await start_keyrail(roo_block(url))
+    tool = {"type": "function", "function": {"name": "get_weather", "parameters": {}}}
+    async with openai.AsyncOpenAI(base_url=kr.v1, api_key="client-key", max_retries=0) as c:
+        stream = await c.chat.completions.create(
+            model=MODEL,
+            messages=HI,
+            stream=True,
+            tools=[tool],  # type: ignore[list-item]
+        )
+        chunks = [x async for x in stream]
+    calls = [t for x in chunks if x.choices for t in (x.choices[0].delta.tool_calls or [])]
+    assert calls[0].id == "call_roo_1"
+    args = "".join(t.function.arguments or "" for t in calls if t.function)
+    assert orjson.loads(args) == {"city": "Paris"}
+    assert [x.choices[0].finish_reason for x in chunks if x.choices][-1] == "tool_calls"
+
+
+async def test_roo_api_key_from_the_environment(
+    fake: tuple[FakeRoo, str], start_keyrail: Start, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    roo, url = fake
+    monkeypatch.setenv("ROO_API_KEY", "roo-token")
+    kr = await start_keyrail(
+        f"roo:\n  - base-url: {url}/proxy/v1\n    models: [{{name: {MODEL}}}]\n"
+    )
+    async with openai.AsyncOpenAI(base_url=kr.v1, api_key="unused", max_retries=0) as c:
+        reply = await c.chat.completions.create(model=MODEL, messages=HI)
+    assert reply.choices[0].message.content == "Hello from Roo."
+    assert roo.seen[-1].headers["Authorization"] == "Bearer roo-token"

@@ -11,7 +11,8 @@ import openai
 import orjson
 import pytest
 
-from proxy.streaming import SSEParser, event_data, usage_in
+from proxy.sse import SSEParser, event_data
+from proxy.streaming import usage_in
 from tests.fakes import Script, chunk
 
 CONFIG = """

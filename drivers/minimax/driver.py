@@ -5,9 +5,10 @@ OAuth portal token refreshed through the process's token store, or a file holdin
 `api_key` / the bare key), the upstream address (`base-url`, else by `region`: global
 `api.minimax.io`, China `api.minimaxi.com`; a configured `…/anthropic` endpoint is served
 through its `…/v1` sibling), the OAuth refresh call, turning MiniMax's errors (in a 200 or
-not, streamed or not) into decisions (codes.py), the Coding Plan quota reading and the
-skipping of a spent credential (quota.py), and the reasoning it remembers per tool call so a
-client that drops it still replays it (request.py).
+not, streamed or not) into decisions (codes.py), reading the Coding Plan quota for keyrail's
+quota watcher (`quota`) and skipping a credential whose window a 2056 said is spent
+(quota.py), and the reasoning it remembers per tool call so a client that drops it still
+replays it (request.py).
 Does not own: the HTTP call and its headers (the openai-compatibility driver it extends),
 the body rewrite (request.py), the answer's translation (chunks.py).
 """
@@ -17,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
-import logging
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -44,8 +44,6 @@ from proxy.errors import (
 from proxy.quota import Quota
 from proxy.redact import REDACTOR
 from proxy.streaming import SSE_HEADERS
-
-log = logging.getLogger("keyrail.minimax")
 
 GLOBAL, CHINA = "https://api.minimax.io", "https://api.minimaxi.com"
 REGIONS = {"global": GLOBAL, "cn": CHINA, "china": CHINA}

@@ -59,8 +59,10 @@ class ThinkSplitter:
         held, self._held = self._held, ""
         if self._state == _THINK:
             return ("" if self.saw_reasoning else held), ""
-        if self._state in (_MIRROR, _AFTER_TAG):
-            return "", ""  # content that only repeated the reasoning, or a blank line
+        if self._state == _AFTER_TAG:
+            return "", ""  # the blank line after `</think>`
+        # _MIRROR without its `</think>`: an answer that happens to begin like the reasoning
+        # would otherwise be lost; a mirror is only known by the closing tag.
         return "", held
 
     def _advance(self) -> tuple[str, str]:

@@ -42,7 +42,7 @@ from openai.types.chat import (
 
 from proxy.driver import Driver
 from proxy.registry import Registry
-from proxy.streaming import SSEParser, event_data
+from proxy.sse import SSEParser, event_data
 from proxy.testing.plugin import Keyrail, LogGuard, StartApp, StartKeyrail
 from proxy.testing.upstream import TEXT, TOOL_CALLS, FakeUpstream
 
