@@ -211,6 +211,8 @@ class Scheduler:
         """
         self._credentials = {cid: provider for provider, cid in credentials}
         self._cooling = {k: v for k, v in self._cooling.items() if k[0] in self._credentials}
+        for cid in self._disabled:  # lifted for every process sharing the state, too
+            self._share(CLEAR_DISABLE, cid, "", None)
         self._disabled.clear()
         self._last_error = {k: v for k, v in self._last_error.items() if k in self._credentials}
         self._layouts.clear()  # the catalog was rebuilt: new candidate sequences
