@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 LINT_PATHS := proxy drivers tests $(wildcard bench examples)
 
-.PHONY: run test test-deploy lint fmt bench bench-peers screenshots clean
+.PHONY: run test test-deploy test-long lint fmt bench bench-peers screenshots clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ test: $(STAMP)
 # venv from the registries, serve from it, pass its HEALTHCHECK. About a minute.
 test-deploy: $(STAMP)
 	KEYRAIL_TEST_DEPLOY=1 $(BIN)/python -m pytest -q tests/test_deploy.py
+
+# The long tier of the fault battery (tests/battery): prints its figures at the end.
+test-long: $(STAMP)
+	$(BIN)/python -m pytest -q -m long tests/battery
 
 lint: $(STAMP)
 	$(BIN)/ruff check $(LINT_PATHS)

@@ -19,11 +19,13 @@ import orjson
 from proxy.sse import SSEParser, event_data
 
 MODEL = "bench-model"
+_MESSAGE_STOP = b'{"type":"message_stop"}'
 TIMEOUT = aiohttp.ClientTimeout(total=60)
 
 
 def request_body(stream: bool, body_bytes: int = 0) -> bytes:
-    """A chat request; `body_bytes` pads the user message to about that size."""
+    """A chat request; `body_bytes` pads the user message to about that size. (The same body
+    is a valid Anthropic Messages request: model, messages, max_tokens, stream.)"""
     text = "Say hello." if body_bytes <= 0 else "x" * body_bytes
     body: dict[str, object] = {
         "model": MODEL,
@@ -120,7 +122,7 @@ class Client:
                         data = event_data(event)
                         if data is None:
                             continue
-                        if data == b"[DONE]":
+                        if data == b"[DONE]" or data == _MESSAGE_STOP:  # chat, messages
                             done = True
                             continue
                         events += 1

@@ -43,6 +43,9 @@ class Scenario:
     body_bytes: int = 0
     split: int = 0
     targets: tuple[str, ...] = STANDARD
+    #: the client's dialect: "messages" sends Anthropic Messages requests to /v1/messages,
+    #: which keyrail translates for the chat upstream (and back) through its dialect hub
+    dialect: str = "chat"
 
     def shape(self) -> Shape:
         return Shape(
@@ -67,6 +70,16 @@ SCENARIOS: dict[str, Scenario] = {
             stream=True,
             events=50,
             gap=0.002,
+        ),
+        Scenario(
+            "messages-sse-50",
+            "Anthropic Messages stream from a chat upstream (translated), as sse-50",
+            16,
+            stream=True,
+            events=50,
+            gap=0.002,
+            targets=("keyrail",),
+            dialect="messages",
         ),
         Scenario(
             "sse-c1",
@@ -218,7 +231,10 @@ async def _scenario(
 ) -> list[Row]:
     await _set_shape(upstream, scenario.shape())
     body = request_body(scenario.stream, scenario.body_bytes)
-    clients = {t.name: Client(t.url, t.headers, scenario.concurrency) for t in targets}
+    clients = {
+        t.name: Client(_url(t.url, scenario.dialect), t.headers, scenario.concurrency)
+        for t in targets
+    }
     acc = {t.name: Samples() for t in targets}
     cpu = dict.fromkeys(clients, 0)
     per_round: dict[str, list[float]] = {name: [] for name in clients}
@@ -276,6 +292,10 @@ async def _scenario(
                 flush=True,
             )
     return rows
+
+
+def _url(url: str, dialect: str) -> str:
+    return url.replace("/chat/completions", "/messages") if dialect == "messages" else url
 
 
 def _f(x: float | None) -> str:

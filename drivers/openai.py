@@ -5,6 +5,11 @@ Byte passthrough: the client's body goes upstream with only `model` rewritten (p
 come back untouched. One credential per `api-key-entries` item (a blank key sends no
 `Authorization`; `disable-cooling: true` on an item exempts that key from cooldowns).
 Models come from the block's `models`, else from `GET {base-url}/models`.
+
+Dialects: chat clients always pass through. A Responses client passes through to
+`{base-url}/responses` when the block's `dialects` lists `responses` (the default: `[chat,
+responses]`); with `dialects: [chat]` (an upstream without a Responses API: vLLM, most
+gateways) keyrail translates it, like every Anthropic Messages client, through the chat API.
 """
 
 from __future__ import annotations
@@ -35,10 +40,13 @@ from proxy.errors import StreamInterrupted, UpstreamUnavailable, classify_upstre
 from proxy.retry_hints import retry_after_seconds
 from proxy.scheduler import DISABLE_COOLING
 
+_NATIVE = frozenset({"chat", "responses"})
+
 
 class OpenAICompatibleDriver(Driver):
     endpoints = frozenset({CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES})
-    options = {"api-key-entries": list, "models-endpoint": str}
+    options = {"api-key-entries": list, "models-endpoint": str, "dialects": list}
+    dialects = frozenset({"chat", "responses"})
     required = frozenset({"base-url"})
 
     @classmethod
@@ -62,6 +70,9 @@ class OpenAICompatibleDriver(Driver):
 
     def __init__(self, block: ProviderBlock, session: aiohttp.ClientSession) -> None:
         super().__init__(block, session)
+        listed = block.options.get("dialects")
+        if listed:  # which client dialects this upstream serves itself (chat always)
+            self.dialects = frozenset({"chat", *(str(d) for d in listed)} & _NATIVE)
         # Built once, not per request: the URL of each endpoint, the headers of each credential.
         self._urls = {endpoint: URL(f"{self.base_url}/{endpoint}") for endpoint in self.endpoints}
         self._cached_headers: dict[tuple[str, str], dict[str, str]] = {}

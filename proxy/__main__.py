@@ -38,8 +38,11 @@ def _load(path_arg: str | None, registry: Registry) -> config.Settings:
 def _one_line_protocol_errors(record: logging.LogRecord) -> bool:
     """A malformed request from a client is worth a line, not a traceback at ERROR."""
     from aiohttp.http_exceptions import HttpProcessingError
+    from aiohttp.web_protocol import RequestPayloadError
 
     exc = record.exc_info[1] if record.exc_info else None
+    if isinstance(exc, RequestPayloadError):  # a body that lies about its Content-Encoding
+        exc = exc.__cause__
     if isinstance(exc, HttpProcessingError):
         record.levelno, record.levelname = logging.WARNING, "WARNING"
         first = exc.message.splitlines()[0] if exc.message else str(exc)
@@ -83,7 +86,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
     if args.workers is not None:
         settings = dataclasses.replace(settings, workers=args.workers)
-    problem = config.bind_problem(settings) or config.workers_problem(settings)
+    if short := config.management_warning(settings):
+        log.warning("%s", short)
+    problem = (
+        config.bind_problem(settings)
+        or config.workers_problem(settings)
+        or config.management_problem(settings)
+    )
     if problem:
         log.error("%s", problem)
         return 2
@@ -176,6 +185,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         problems.append(f"{_key_position(settings.source, text, 'host')}: {bind}")
     if scale := config.workers_problem(settings):
         problems.append(f"{_key_position(settings.source, text, 'workers')}: {scale}")
+    if short := config.management_problem(settings):
+        problems.append(f"{_key_position(settings.source, text, 'remote-management')}: {short}")
+    elif short := config.management_warning(settings):
+        print(f"warning: {_key_position(settings.source, text, 'remote-management')}: {short}")
     credentials = {}
     for block in settings.providers:
         if block.disabled:
@@ -292,6 +305,17 @@ async def _built_catalog(
     return built.catalog, sources
 
 
+def cmd_login(args: argparse.Namespace) -> int:
+    from drivers.cursor import auth, login  # the only provider with a browser login
+
+    return login.main(
+        args.token_file or login.DEFAULT_TOKEN_FILE,
+        args.auth_url or auth.DEFAULT_AUTH_URL,
+        args.login_url or auth.LOGIN_URL,
+        args.poll_seconds,
+    )
+
+
 def cmd_canary(args: argparse.Namespace) -> int:
     from proxy import canary
 
@@ -344,6 +368,13 @@ def build_parser() -> argparse.ArgumentParser:
     canary.set_defaults(func=cmd_canary)
     plugins = sub.add_parser("plugins", help="list the installed drivers")
     plugins.set_defaults(func=cmd_plugins)
+    login = sub.add_parser("login", help="log in to a provider in the browser (cursor)")
+    login.add_argument("provider", choices=["cursor"])
+    login.add_argument("--token-file", help="where to write the tokens (~/.keyrail/cursor.json)")
+    login.add_argument("--auth-url", help="Cursor's auth host (default https://api2.cursor.sh)")
+    login.add_argument("--login-url", help="the browser login page (default Cursor's)")
+    login.add_argument("--poll-seconds", type=float, default=1.0, help=argparse.SUPPRESS)
+    login.set_defaults(func=cmd_login)
     return parser
 
 

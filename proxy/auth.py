@@ -76,7 +76,8 @@ class ClientKeys:
         known_client = self._accepted.get(presented, DENIED)
         if known_client is not DENIED:
             return known_client
-        digest = hashlib.sha256(presented.encode()).digest()
+        # Header bytes that are not UTF-8 arrive surrogate-escaped: still a (wrong) key.
+        digest = hashlib.sha256(presented.encode("utf-8", "surrogateescape")).digest()
         ok = False
         for known in self._digests:  # no early exit: every key is compared
             ok |= hmac.compare_digest(digest, known)

@@ -284,6 +284,8 @@ def _position(node: Any, key: Any) -> tuple[int, int]:
             line, col = lc.line, lc.col
     except (KeyError, IndexError, TypeError):
         line, col = lc.line, lc.col
+    if line is None or col is None:  # ruamel keeps no position for some flow-style nodes
+        return (0, 0)
     return (line + 1, col + 1)
 
 
@@ -409,7 +411,9 @@ def parse(text: str, driver_options: DriverOptions, *, source: str = "<string>")
         elif key == "fallbacks":
             values["fallbacks"] = _read_fallbacks(doc, key, value, problems)
         elif (opts := driver_options(key)) is not None:
-            providers.extend(_read_blocks(doc, key, value, opts, names_seen, problems))
+            blocks = list(_read_blocks(doc, key, value, opts, names_seen, problems))
+            _check_blocks(driver_options, key, blocks, problems)
+            providers.extend(blocks)
         elif key in IGNORED_KEYS:
             problems.warn(doc, key, f"'{key}' is a CLIProxyAPI setting keyrail ignores")
         else:
@@ -422,6 +426,19 @@ def parse(text: str, driver_options: DriverOptions, *, source: str = "<string>")
     return Settings(
         **values, providers=tuple(providers), source=source, warnings=tuple(problems.warnings)
     )
+
+
+def _check_blocks(
+    driver_options: DriverOptions, driver: str, blocks: list[ProviderBlock], problems: _Problems
+) -> None:
+    """The driver's own checks of its blocks' options, beyond their types
+    (`Driver.check_options`)."""
+    check = getattr(driver_options, "check_options", None)
+    if not callable(check):
+        return
+    for block in blocks:
+        for message in check(driver, block):
+            problems.lines.append(f"{block.where}:1: {message}")
 
 
 def _driver_names(driver_options: DriverOptions) -> set[str]:
@@ -813,6 +830,36 @@ def bind_problem(settings: Settings) -> str | None:
             "placeholder client keys: replace them in 'api-keys'"
         )
     return None
+
+
+#: Shorter management secrets are refused where other hosts can reach the management API.
+MIN_MANAGEMENT_SECRET = 32
+
+
+def management_problem(settings: Settings) -> str | None:
+    """Why the management secret must not be used where other hosts can reach it, or None."""
+    secret = settings.management_secret
+    if not secret or len(secret) >= MIN_MANAGEMENT_SECRET:
+        return None
+    if settings.management_allow_remote and not is_loopback(settings.host):
+        return (
+            f"'remote-management.secret-key' has {len(secret)} characters: with "
+            f"'allow-remote: true' on {settings.host} it must have at least "
+            f"{MIN_MANAGEMENT_SECRET} (e.g. `openssl rand -hex 24`)"
+        )
+    return None
+
+
+def management_warning(settings: Settings) -> str | None:
+    """A short management secret that only this host can use: allowed, but said."""
+    secret = settings.management_secret
+    if not secret or len(secret) >= MIN_MANAGEMENT_SECRET or management_problem(settings):
+        return None
+    return (
+        f"'remote-management.secret-key' has {len(secret)} characters; use at least "
+        f"{MIN_MANAGEMENT_SECRET} (e.g. `openssl rand -hex 24`): keyrail refuses a shorter one "
+        "once management is reachable from other hosts"
+    )
 
 
 def workers_problem(settings: Settings) -> str | None:

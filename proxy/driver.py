@@ -274,6 +274,13 @@ class Driver(abc.ABC):
         return (self.block.base_url or self.default_base_url).rstrip("/")
 
     @classmethod
+    def check_options(cls, block: ProviderBlock) -> Sequence[str]:
+        """Errors in a block's own options beyond their types (one line each, no secrets):
+        `keyrail check`, start-up and reload refuse a config with any (unlike `check`'s
+        warnings). Default: none."""
+        return ()
+
+    @classmethod
     def credentials(cls, block: ProviderBlock) -> Sequence[Credential]:
         """The credentials a block declares. Default: one, keyless, named after the block."""
         return [Credential(id=f"{block.name}/0", provider=block.name)]

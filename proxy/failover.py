@@ -18,6 +18,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from proxy.catalog import Route, Target
 from proxy.clients.affinity import Sticky
 from proxy.deadlines import Deadlines
@@ -26,6 +28,7 @@ from proxy.driver import BODY_LIMIT, Call, Credential, Driver, Reply
 from proxy.errors import (
     CredentialRejected,
     DriverError,
+    InvalidRequest,
     NoCredential,
     ProviderDiscontinued,
     ProxyError,
@@ -191,22 +194,19 @@ def _servable(
 ) -> Sequence[Target]:
     """The route's targets whose driver serves `endpoint` (natively, or translated through
     `bridge`); the route's own tuple when all do, so that the scheduler's per-pool layout
-    stays cached."""
-
-    def serves(driver: Driver) -> bool:
-        if bridge is None:
-            return endpoint in driver.endpoints
-        return bridge.serves(driver)
-
-    providers = route.providers
-    if len(providers) == 1:  # the usual case: no generator, no list
-        return route.targets if serves(drivers[providers[0]]) else ()
-    for provider in providers:
-        if not serves(drivers[provider]):
+    stays cached. (Inline checks first: this runs per provider of the route per request.)"""
+    dialect = bridge.dialect if bridge is not None else None
+    for provider in route.providers:
+        driver = drivers[provider]
+        if endpoint in driver.endpoints and (dialect is None or dialect in driver.dialects):
+            continue  # natively: the usual case
+        if bridge is None or not bridge.serves(driver):
             break
     else:
         return route.targets
-    return [t for t in route.targets if serves(drivers[t.provider])]
+    if bridge is None:
+        return [t for t in route.targets if endpoint in drivers[t.provider].endpoints]
+    return [t for t in route.targets if bridge.serves(drivers[t.provider])]
 
 
 def _soonest(
@@ -247,7 +247,8 @@ async def _attempt(
     try:
         with deadlines.limit(task, settings.first_byte_timeout):
             reply = await driver.send(call, credential)
-            if bridge is not None:
+            if call.request is not None:  # translated: into the client's dialect
+                assert bridge is not None
                 reply = bridge.reply(call, reply, target.provider)
             if stream:
                 parser = settings.sse_parser()
@@ -269,6 +270,14 @@ async def _attempt(
                 raise UpstreamUnavailable(message, status=502, provider=target.provider) from exc
             data = StreamMask.whole(data, credential.secret)  # an upstream may echo the key
             return Success(target, reply, None, data, 0.0, 0)
+    except orjson.JSONEncodeError as exc:
+        if "Recursion limit" not in str(exc):
+            raise  # a driver's own bug
+        # orjson reads JSON nested up to 1,024 levels but writes only up to 254.
+        raise InvalidRequest(
+            "The request body is nested too deeply to forward: keyrail re-serializes JSON "
+            "nested at most 254 levels (including what a driver adds)."
+        ) from None
     except TimeoutError:
         raise UpstreamUnavailable(
             f"upstream {target.provider} sent nothing for {settings.first_byte_timeout:g} s",

@@ -18,12 +18,13 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
-from proxy import failover
+from proxy import failover, request_shape
 from proxy.catalog import excluded_by
 from proxy.clients.affinity import Sticky, conversation_of
 from proxy.clients.keys import Client
-from proxy.clients.limits import Admission
+from proxy.clients.limits import Admission, Limits
 from proxy.config import Settings
 from proxy.dialects import messages
 from proxy.dialects.assembler import EncodedStream
@@ -121,10 +122,15 @@ async def get_model(request: web.Request) -> web.Response:
 async def read_json_object(request: web.Request, read_seconds: float) -> dict[str, Any]:
     """The request body as a JSON object, or a clear 400 (413 when over the size limit, 408
     when it has not all arrived `read_seconds` after the headers)."""
-    if request.content.is_eof():  # the usual case: the body came with the headers
-        raw = await request.read()  # aiohttp raises 413 past client_max_size
-    else:
-        raw = await _read_within(request, read_seconds)
+    try:
+        if request.content.is_eof():  # the usual case: the body came with the headers
+            raw = await request.read()  # aiohttp raises 413 past client_max_size
+        else:
+            raw = await _read_within(request, read_seconds)
+    except RequestPayloadError as exc:  # e.g. `Content-Encoding: gzip` on a body that is not
+        cause = exc.__cause__ or exc
+        detail = getattr(cause, "message", "") or str(cause) or type(cause).__name__
+        raise InvalidRequest(f"The request body could not be read: {detail}.") from None
     if not raw:
         raise InvalidRequest("The request body is empty; send a JSON object.")
     try:
@@ -156,9 +162,13 @@ async def _read_within(request: web.Request, seconds: float) -> bytes:
 
 def _check_scope(client: Client | None, model: str) -> None:
     if client is not None and not client.allows(model):
-        raise ModelNotAllowed(
-            f"This API key may not use model '{model}' (client '{client.name}').", param="model"
-        )
+        raise _not_allowed(client, model)
+
+
+def _not_allowed(client: Client, model: str) -> ModelNotAllowed:
+    return ModelNotAllowed(
+        f"This API key may not use model '{model}' (client '{client.name}').", param="model"
+    )
 
 
 def _model_of(body: dict[str, Any]) -> str:
@@ -196,17 +206,21 @@ async def proxy_request(request: web.Request) -> web.StreamResponse:
     success: failover.Success | None = None
     attempt: Attempt | None = None  # the successful one, until it is recorded
     admission: Admission | None = None  # what a limited client's request took of its limits
+    limits: Limits | None = None
     try:
         body = await read_json_object(request, runtime.settings.request_read_timeout)
         rec.model = _model_of(body)
+        request_shape.check(body)
         stream = body.get("stream") is True
         if "stream" in body and not isinstance(body["stream"], bool) and body["stream"] is not None:
             raise InvalidRequest("'stream' must be a boolean.", param="stream")
         client = rec.client
         if client is not None:  # a named client: its scope and limits, before any upstream
-            _check_scope(client, rec.model)
+            if not client.allows(rec.model):
+                raise _not_allowed(client, rec.model)
             if client.limited:
-                admission = await app[LIMITS].admit(client, request.content_length or 0)
+                limits = app[LIMITS]
+                admission = await limits.admit(client, request.content_length or 0)
         route = runtime.catalog.resolve(rec.model)
         sticky = None
         if runtime.settings.session_affinity:
@@ -299,18 +313,15 @@ async def proxy_request(request: web.Request) -> web.StreamResponse:
             metrics.record(attempt)
         raise
     finally:
-        if admission is not None:
-            await app[LIMITS].settle(admission, _spent(success, attempt, rec))
-
-
-def _spent(success: failover.Success | None, attempt: Attempt | None, rec: Any) -> int | None:
-    """The tokens a request cost for its client's limits: what the upstream reported; None
-    when it was served without a report (the estimate stands); 0 when nothing was served."""
-    if success is None:
-        return 0
-    if attempt is not None:  # the client left mid-answer: what was reported by then
-        return (attempt.prompt_tokens + attempt.completion_tokens) or None
-    return (rec.prompt_tokens + rec.completion_tokens) or None
+        if admission is not None and limits is not None:
+            # What the request cost: what the upstream reported (by the time the client left,
+            # if it did); None when served without a report (the estimate stands); 0 when
+            # nothing was served (the estimate is refunded).
+            spent: int | None = 0
+            if success is not None:
+                counted = attempt if attempt is not None else rec
+                spent = (counted.prompt_tokens + counted.completion_tokens) or None
+            await limits.settle(admission, spent)
 
 
 async def _relay(

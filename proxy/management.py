@@ -2,17 +2,18 @@
 
 Owns: the guard (404 for every route while `remote-management.secret-key` is unset; loopback
 clients only unless `remote-management.allow-remote`; the key from `Authorization: Bearer`,
-`X-Management-Key` or `X-Management-Secret`, compared in constant time; five wrong keys from
-one address ban it for 30 minutes), and the routes: provider and credential states, cooldowns,
-recovering a provider or credential now, the named clients (keys masked) with their limits
-and usage, the sticky sessions' bindings, refreshing an OAuth credential now, reloading the
-config, and the effective config with every secret masked. Every answer is scrubbed of the
-secrets the running config knows. Does not own: credential state (scheduler.py), reloading
-(reload.py), token refresh itself (each driver's `refresh`).
+`X-Management-Key` or `X-Management-Secret`, compared in constant time; guessing bounded for
+the whole server, whatever the source address: see `Guard`), and the routes: provider and
+credential states, cooldowns, recovering a provider or credential now, the named clients
+(keys masked) with their limits and usage, the sticky sessions' bindings, refreshing an OAuth
+credential now, reloading the config, and the effective config with every secret masked.
+Every answer is scrubbed of the secrets the running config knows. Does not own: credential
+state (scheduler.py), reloading (reload.py), token refresh itself (each driver's `refresh`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import ipaddress
 import time
@@ -34,8 +35,11 @@ from proxy.runtime import Runtime
 from proxy.scheduler import CredentialView
 
 PREFIX = "/v0/management"
-MAX_FAILURES = 5
-BAN_SECONDS = 30 * 60.0
+#: Management keys checked at once, server-wide. A wrong key keeps its check busy for
+#: FAILURE_DELAY before its 401, so at most CHECKS / FAILURE_DELAY wrong keys are evaluated a
+#: second (8 a second), from one address or a thousand.
+CHECKS = 8
+FAILURE_DELAY = 1.0
 MASK = redact.MASK  # one mask everywhere: logs, errors and management answers
 #: option or header names whose values are secrets (matched case-insensitively, as substrings)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -49,14 +53,23 @@ class ManagementError(ProxyError):
 
 
 class Guard:
-    """Who may call the management API; remembers failures per address, in memory."""
+    """Who may call the management API, and how fast anyone may guess its key.
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
-        self._failures: dict[str, int] = {}
-        self._banned_until: dict[str, float] = {}
+    No address is ever banned (a ban per address locks the operator out when a local process
+    guesses, and is no bound at all for a guesser cycling through 127.0.0.0/8). Instead the
+    whole server has CHECKS check slots: a key is compared only once it holds one, a wrong key
+    keeps it for FAILURE_DELAY before its 401, and a request finding every slot busy is
+    answered 429 at once, unchecked. The correct key frees its slot at once, so it is
+    accepted as soon as a slot is free, however many guesses came before.
+    """
 
-    def check(self, request: web.Request, runtime: Runtime) -> None:
+    def __init__(self, checks: int | None = None, failure_delay: float | None = None) -> None:
+        self._free = CHECKS if checks is None else checks
+        self._failure_delay = FAILURE_DELAY if failure_delay is None else failure_delay
+        #: wrong keys compared so far (the guesses evaluated), for tests and the battery
+        self.failures = 0
+
+    async def check(self, request: web.Request, runtime: Runtime) -> None:
         settings = runtime.settings
         if not settings.management_secret:
             raise ManagementError(
@@ -65,28 +78,35 @@ class Guard:
         address = request.remote or ""
         if not settings.management_allow_remote and not _is_loopback(address):
             raise ManagementError(403, "remote management is disabled", "remote_disabled")
-        banned = self._banned_until.get(address, 0.0) - self._clock()
-        if banned > 0:
-            minutes = max(1, round(banned / 60))
-            raise ManagementError(
-                403,
-                f"IP banned after {MAX_FAILURES} invalid management keys. "
-                f"Try again in {minutes} minutes.",
-                "ip_banned",
-                headers={"Retry-After": str(int(banned) + 1)},
-            )
         presented = _presented_key(request)
         if not presented:
             raise ManagementError(401, "missing management key", "missing_management_key")
-        # The client-key comparison, constant time (the secret is non-empty here: 404 otherwise).
-        if not ClientKeys((settings.management_secret,)).allows(presented):
-            failures = self._failures.get(address, 0) + 1
-            self._failures[address] = failures
-            if failures >= MAX_FAILURES:
-                self._failures.pop(address, None)
-                self._banned_until[address] = self._clock() + BAN_SECONDS
-            raise ManagementError(401, "invalid management key", "invalid_management_key")
-        self._failures.pop(address, None)
+        if self._free <= 0:
+            raise ManagementError(
+                429,
+                "too many management key checks in flight; retry in a second",
+                "management_busy",
+                headers={"Retry-After": "1"},
+            )
+        self._free -= 1
+        try:
+            # The client-key comparison, constant time (the secret is non-empty: 404 otherwise).
+            correct = ClientKeys((settings.management_secret,)).allows(presented)
+        except BaseException:
+            self._release()
+            raise
+        if correct:
+            self._release()
+            return
+        self.failures += 1
+        # The slot comes back when the delay ends, even if the guesser hangs up before.
+        delay = asyncio.ensure_future(asyncio.sleep(self._failure_delay))
+        delay.add_done_callback(self._release)
+        await asyncio.shield(delay)
+        raise ManagementError(401, "invalid management key", "invalid_management_key")
+
+    def _release(self, _done: object = None) -> None:
+        self._free += 1
 
 
 def _presented_key(request: web.Request) -> str:
@@ -348,7 +368,7 @@ def setup(app: web.Application, wrap: Wrap) -> None:
 
     def guarded(handler: Handler) -> Handler:
         async def checked(request: web.Request) -> web.StreamResponse:
-            guard.check(request, _runtime(request))
+            await guard.check(request, _runtime(request))
             return await handler(request)
 
         return wrap(checked)

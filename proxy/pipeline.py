@@ -161,7 +161,14 @@ def _failure_response(request: web.Request, rec: RequestRecord, exc: Exception) 
         return web.Response(body=body, status=exc.status, content_type=JSON, headers=headers)
     if isinstance(exc, ConnectionResetError):
         raise exc  # the client is gone: nobody to answer
-    log.exception("unhandled error on %s %s", request.method, request.path, exc_info=exc)
+    # A bug in keyrail (client input never ends here): its traceback, once, with the request id.
+    log.exception(
+        "unhandled error on %s %s request_id=%s",
+        request.method,
+        request.path,
+        rec.request_id,
+        exc_info=exc,
+    )
     body = error_body("internal error in keyrail", type="server_error", code="internal_error")
     return web.Response(body=body, status=500, content_type=JSON)
 

@@ -11,13 +11,16 @@ Tests and embedders can skip installed metadata: `Registry.from_classes({"name":
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from proxy.driver import API_VERSION, Driver
 from proxy.errors import DriverError
+
+if TYPE_CHECKING:
+    from proxy.config import ProviderBlock
 
 GROUP = "keyrail.drivers"
 log = logging.getLogger("keyrail.registry")
@@ -128,6 +131,13 @@ class _OptionsLookup:
 
     def names(self) -> Iterable[str]:
         return self._registry.names()
+
+    def check_options(self, name: str, block: ProviderBlock) -> Sequence[str]:
+        """The driver's errors in one of its blocks' options (`Driver.check_options`)."""
+        try:
+            return self._registry.get(name).check_options(block)
+        except DriverError:
+            return ()
 
 
 def options_lookup(registry: Registry) -> _OptionsLookup:

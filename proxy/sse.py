@@ -2,9 +2,9 @@
 
 Owns: `SSEParser` (feed it chunks cut anywhere, get whole events back, line endings LF, CRLF
 or CR normalised to LF), its limits (the largest event and the longest line it will hold,
-past which it raises `SSELimitExceeded` instead of buffering without bound), `event_data`
+past which it raises `StreamInterrupted` instead of buffering without bound), `event_data`
 and `data_event`. Does not own: what an event means, relaying it (streaming.py), or which
-provider sent it (the caller turns `SSELimitExceeded` into an error naming the provider).
+provider sent it (streaming.py names the provider in the error).
 
 The parser is linear in the bytes it reads: each byte is copied into the pending buffer at
 most once and searched at most twice (once for the event boundary, once for the last line
@@ -14,6 +14,8 @@ A chunk that arrives with no partial event pending is searched in place, without
 
 from __future__ import annotations
 
+from proxy.errors import StreamInterrupted
+
 MIB = 1024 * 1024
 #: Defaults no real provider comes near: the largest single events seen are base64 images
 #: in image-generation streams, a few MiB each. `limits.sse-event-mb` and `limits.sse-line-mb`.
@@ -21,12 +23,12 @@ MAX_EVENT_BYTES = 16 * MIB
 MAX_LINE_BYTES = 16 * MIB
 
 
-class SSELimitExceeded(ValueError):
-    """An upstream event or line is longer than the parser may hold."""
-
-    def __init__(self, what: str, limit: int, setting: str) -> None:
-        super().__init__(f"an SSE {what} longer than {_size(limit)} ({setting})")
-        self.limit = limit
+def too_long(what: str, limit: int, setting: str) -> StreamInterrupted:
+    """An upstream event or line longer than the parser may hold: the stream is broken, as if
+    the connection had dropped (whoever knows the provider names it: see streaming.py)."""
+    return StreamInterrupted(
+        f"upstream sent an SSE {what} longer than {_size(limit)} ({setting})", status=502
+    )
 
 
 def _size(n: int) -> str:
@@ -83,7 +85,7 @@ class SSEParser:
             if end < 0:
                 break
             if end + 2 - start > self.max_event:
-                raise SSELimitExceeded("event", self.max_event, "limits.sse-event-mb")
+                raise too_long("event", self.max_event, "limits.sse-event-mb")
             events.append(data[start : end + 2])
             start = end + 2
             end = -1
@@ -106,9 +108,9 @@ class SSEParser:
         if newline >= 0:
             self._line_start = offset + newline + 1
         if size > self.max_event:
-            raise SSELimitExceeded("event", self.max_event, "limits.sse-event-mb")
+            raise too_long("event", self.max_event, "limits.sse-event-mb")
         if size - self._line_start > self.max_line:
-            raise SSELimitExceeded("line", self.max_line, "limits.sse-line-mb")
+            raise too_long("line", self.max_line, "limits.sse-line-mb")
 
     @property
     def buffered(self) -> bool:

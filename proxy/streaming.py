@@ -27,7 +27,6 @@ from proxy import shutdown
 from proxy.driver import BODY_LIMIT, Reply, inflated_within
 from proxy.errors import ProxyError, StreamInterrupted, UpstreamError, UpstreamUnavailable
 from proxy.redact import StreamMask
-from proxy.sse import SSELimitExceeded
 from proxy.sse import SSEParser as SSEParser  # re-exported: its home was this module
 from proxy.sse import data_event as data_event
 from proxy.sse import event_data as event_data
@@ -139,10 +138,9 @@ class StreamHead:
         """The parser's events; an event past its limits is this provider's failure."""
         try:
             return self.parser.feed(chunk)
-        except SSELimitExceeded as exc:
-            raise UpstreamUnavailable(
-                f"upstream {self.provider} sent {exc}", status=502, provider=self.provider
-            ) from None
+        except StreamInterrupted as exc:  # past the parser's limits
+            message = exc.message.replace("upstream sent", f"upstream {self.provider} sent", 1)
+            raise UpstreamUnavailable(message, status=502, provider=self.provider) from None
 
     def rest(self) -> AsyncIterator[bytes]:
         return self._chunks

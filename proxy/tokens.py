@@ -126,7 +126,8 @@ def write_atomic(path: Path, document: Mapping[str, Any]) -> None:
     """
     data = orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n"
     directory = path.parent
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+    # The writer's pid in the name: the next start can tell a dead writer's leftover at once.
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as out:
             os.fchmod(out.fileno(), 0o600)
@@ -146,12 +147,33 @@ def write_atomic(path: Path, document: Mapping[str, Any]) -> None:
 
 
 def remove_orphans(path: Path, now: float) -> None:
-    """Delete temp files `write_atomic` left behind for `path` when a process died mid-write."""
+    """Delete temp files `write_atomic` left behind for `path` when a process died mid-write:
+    at once when the process named in it is gone, else once older than ORPHAN_AGE (a live
+    process, or a pid reused since, may be mid-write)."""
     for tmp in path.parent.glob(f".{path.name}.*.tmp"):
         with contextlib.suppress(OSError):
-            if now - tmp.stat().st_mtime > ORPHAN_AGE:
+            if not _writer_alive(tmp.name[len(path.name) + 2 :]) or (
+                now - tmp.stat().st_mtime > ORPHAN_AGE
+            ):
                 tmp.unlink()
                 log.info("removed a temp file left by an interrupted token write: %s", tmp)
+
+
+def _writer_alive(suffix: str) -> bool:
+    """Is the process that named a temp file `<pid>-XXXX.tmp` still running? (True when the
+    name carries no pid: only its age can tell.)"""
+    pid, dash, _ = suffix.partition("-")
+    if not dash or not pid.isdigit():
+        return True
+    if int(pid) == os.getpid():
+        return True  # this process: a write of ours may be under way
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, owned by someone else
+    return True
 
 
 #: Turns the current token into new fields (snake_case): `access_token` (required),

@@ -25,14 +25,17 @@ import contextlib
 import gzip
 import hashlib
 import itertools
+import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
+import h2.exceptions
 import h2.settings
 import orjson
 from aiohttp import web
@@ -131,6 +134,7 @@ class FakeCursor:
         self.valid: dict[str, str] = {}  # issued access token → api key (or refresh token)
         self.refresh_tokens: dict[str, str] = {}  # refresh token → login
         self.exchanges = 0
+        self.exchange_arrivals = 0  # counted before `exchange_gate` holds them
         self.exchange_gate: asyncio.Event | None = None
         self.token_seconds = 3600.0
         self.resets = 0
@@ -146,6 +150,11 @@ class FakeCursor:
         self.reject_once: set[str] = set()  # access tokens refused once with unauthenticated
         self.h2_window = 65535
         self.h2_connections = 0
+        self.h2_client_settings: dict[int, int] = {}
+        self.h2_connection_window_bonus = 0
+        self.rst_before_data = False
+        self.goaway_before_data = False
+        self.models_enveloped = False  # a unary answer wrapped in an envelope anyway
         self.turn_done = asyncio.Event()
         self._serial = itertools.count(1)
         self._sse: dict[str, tuple[TurnIO, list[int]]] = {}
@@ -165,7 +174,7 @@ class FakeCursor:
         return key
 
     def issue_login(self, name: str = "login") -> tuple[str, str]:
-        access = jwt(time.time() + self.token_seconds, kind="session") + f".{next(self._serial)}"
+        access = jwt(time.time() + self.token_seconds, kind="session") + f"{next(self._serial)}"
         refresh = f"rt-{name}-{next(self._serial)}"
         self.valid[access] = refresh
         self.refresh_tokens[refresh] = name
@@ -175,6 +184,7 @@ class FakeCursor:
         bearer = request.headers.get("Authorization", "").removeprefix("Bearer ")
         if await request.read() != b"{}":
             self.problems.append("exchange body is not {}")
+        self.exchange_arrivals += 1
         if self.exchange_gate is not None:
             await self.exchange_gate.wait()
         if bearer in self.api_keys:
@@ -217,6 +227,8 @@ class FakeCursor:
             return web.json_response({"code": "unauthenticated", "message": "no"}, status=401)
         details = [message((1, m), (2, b"" if "sonnet" in m else None)) for m in self.models]
         body = message(*((1, d) for d in details))
+        if self.models_enveloped:
+            body = envelope(body)
         return web.Response(body=body, content_type="application/proto")
 
     # -- HTTP/1.1: RunSSE + BidiAppend ----------------------------------------------------------
@@ -311,6 +323,16 @@ class FakeCursor:
 
         async def serve(stream_id: int, headers: dict[str, str], io: TurnIO) -> None:
             try:
+                if self.goaway_before_data:
+                    conn.close_connection(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
+                    flush()
+                    writer.close()
+                    return
+                if self.rst_before_data:
+                    conn.reset_stream(stream_id, h2.errors.ErrorCodes.INTERNAL_ERROR)
+                    streams.pop(stream_id, None)
+                    flush()
+                    return
                 conn.send_headers(
                     stream_id, [(":status", "200"), ("content-type", "application/connect+proto")]
                 )
@@ -352,6 +374,11 @@ class FakeCursor:
                     elif isinstance(
                         event, h2.events.WindowUpdated | h2.events.RemoteSettingsChanged
                     ):
+                        if isinstance(event, h2.events.RemoteSettingsChanged):
+                            for code, change in event.changed_settings.items():
+                                self.h2_client_settings[int(code)] = change.new_value
+                        elif sid == 0:
+                            self.h2_connection_window_bonus += event.delta or 0
                         for w in windows.values():
                             w.set()
                 flush()
@@ -387,6 +414,14 @@ class FakeCursor:
                 self.problems.append(f"header {name}={run.headers.get(name)!r}")
         if not run.headers.get("x-cursor-client-version", "").startswith("cli-"):
             self.problems.append("no x-cursor-client-version")
+        if run.headers.get("content-type") != "application/connect+proto":
+            self.problems.append(f"content-type {run.headers.get('content-type')!r}")
+        if run.transport == "h2" and run.headers.get("te") != "trailers":
+            self.problems.append("h2 Run without te: trailers")
+        if len(run.headers.get("x-request-id", "")) != 36:
+            self.problems.append("x-request-id is not a UUID")
+        if "x-cursor-checksum" in run.headers:
+            self.problems.append("x-cursor-checksum sent (the agent API needs none)")
         first = await io.recv()
         if first is None or 1 not in first:
             self.problems.append("first message is not a run_request")
@@ -453,6 +488,20 @@ class FakeCursor:
         if system.get("role") != "system" or not system.get("content"):
             self.problems.append(f"system blob is not a system message: {data[:80]!r}")
         run.replies.append(str(system.get("content")))
+        stored = b"server-side state"
+        stored_id = hashlib.sha256(stored).digest()
+        await io.send(message((4, message((1, 5), (3, message((1, stored_id), (2, stored)))))))
+        reply = await io.recv()
+        if reply is None:
+            return False
+        if reply.sub(3).uint(1) != 5 or 3 not in reply.sub(3):
+            self.problems.append("set_blob was not acknowledged")
+        await io.send(message((4, message((1, 6), (2, message((1, stored_id)))))))
+        reply = await io.recv()
+        if reply is None:
+            return False
+        if reply.sub(3).sub(2).raw(1) != stored:
+            self.problems.append("a blob the server stored did not come back")
         await io.send(message((2, message((1, 8), (10, b""), (15, "ctx-1")))))
         reply = await io.recv()
         if reply is None:
@@ -516,3 +565,48 @@ class FakeCursor:
         await io.send(tokens(3) + tokens(4))
         await io.send(TURN_ENDED)
         await io._send(end_of_stream())
+
+
+# -- for tests: the fake's two listeners, and config blocks pointing at them -------------------
+
+
+@dataclass
+class Env:
+    fake: FakeCursor
+    http: str  # the aiohttp listener (auth, control plane, RunSSE)
+    h2: str  # the h2c listener (Run)
+
+
+@contextlib.asynccontextmanager
+async def running() -> AsyncIterator[Env]:
+    """The fake on two ports of 127.0.0.1; fails the test if it saw a protocol problem."""
+    from aiohttp.test_utils import TestServer
+
+    fake = FakeCursor()
+    server = TestServer(fake.app, host="127.0.0.1")
+    await server.start_server()
+    h2_server, h2_url = await fake.start_h2()
+    http = str(server.make_url("")).rstrip("/")
+    fake.agent_url = h2_url + "/agent"
+    try:
+        yield Env(fake, http, h2_url)
+    finally:
+        h2_server.close()
+        await server.close()
+    assert fake.problems == []
+
+
+def block(env: Env, transport: str, keys: list[str], extra: str = "") -> str:
+    """One `cursor:` item: the keys, the fake's hosts, a short heartbeat."""
+    agent = env.h2 if transport == "h2" else env.http
+    return (
+        f"  - name: cursor\n    api-key: [{', '.join(keys)}]\n    base-url: {env.http}\n"
+        f"    agent-url: {agent}\n    transport: {transport}\n    heartbeat-seconds: 0.1\n"
+        f"{extra}"
+    )
+
+
+def new_key(fake: FakeCursor, name: str = "a") -> str:
+    """A fresh user API key the fake accepts (fresh per test: exchanged tokens are cached
+    process-wide by key)."""
+    return fake.add_key(f"crsr_{name}_{os.urandom(6).hex()}")

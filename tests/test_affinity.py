@@ -27,10 +27,10 @@ openai-compatibility:
   - name: pool
     base-url: {url}
     api-key-entries:
-      - api-key: upstream-a
-      - api-key: upstream-b
-      - api-key: upstream-c
-      - api-key: upstream-d
+      - api-key: sticky-pool-key-a
+      - api-key: sticky-pool-key-b
+      - api-key: sticky-pool-key-c
+      - api-key: sticky-pool-key-d
     models: [{{name: gpt-4o-mini, alias: fast}}]
 """
 SYSTEM = {"role": "system", "content": "You are a careful assistant."}

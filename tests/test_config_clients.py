@@ -2,23 +2,8 @@
 
 from __future__ import annotations
 
-import pytest
-
 from proxy import config
-from proxy.errors import ConfigError
-from proxy.registry import Registry, options_lookup
-
-LOOKUP = options_lookup(Registry.discover())
-
-
-def parse(text: str) -> config.Settings:
-    return config.parse(text, LOOKUP, source="config.yaml")
-
-
-def problems(text: str) -> list[str]:
-    with pytest.raises(ConfigError) as caught:
-        parse(text)
-    return caught.value.problems
+from tests.test_config import parse, problems
 
 
 def test_strings_and_mappings_mix(monkeypatch):

@@ -89,7 +89,10 @@ class TestOpenAICompatibleConformance(DriverConformance):
     driver = "openai-compatibility"
     driver_class = OpenAICompatibleDriver
     model = MODEL
-    block_template = "base-url: {base_url}/v1\napi-key-entries: [{{api-key: {secret}}}]\n"
+    # `dialects: [chat]`: the fake serves no /responses, so Responses clients are translated
+    block_template = (
+        "base-url: {base_url}/v1\napi-key-entries: [{{api-key: {secret}}}]\ndialects: [chat]\n"
+    )
 
     def make_upstream(self) -> FakeUpstream:
         return OpenAIUpstream()

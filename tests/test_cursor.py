@@ -6,22 +6,19 @@ tool first, and records a problem if the driver answers wrongly."""
 from __future__ import annotations
 
 import asyncio
-import os
 import stat
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import openai
 import orjson
 import pytest
-from aiohttp.test_utils import TestServer
 
 from drivers.cursor import auth
 from proxy.tokens import format_expiry
-from tests.fake_cursor import FakeCursor
+from tests.fake_cursor import Env, block, new_key, running
 
 Start = Callable[..., Awaitable[Any]]
 HI = [{"role": "user", "content": "hi"}]
@@ -35,43 +32,15 @@ WEATHER_TOOL = {
 }
 
 
-@dataclass
-class Env:
-    fake: FakeCursor
-    http: str  # the aiohttp listener (auth, control plane, RunSSE)
-    h2: str  # the h2c listener (Run)
-
-
 @pytest.fixture
 async def env() -> AsyncIterator[Env]:
-    fake = FakeCursor()
-    server = TestServer(fake.app, host="127.0.0.1")
-    await server.start_server()
-    h2_server, h2_url = await fake.start_h2()
-    http = str(server.make_url("")).rstrip("/")
-    fake.agent_url = h2_url + "/agent"
-    yield Env(fake, http, h2_url)
-    h2_server.close()
-    await server.close()
-    assert fake.problems == []
-
-
-def block(env: Env, transport: str, keys: list[str], extra: str = "") -> str:
-    agent = env.h2 if transport == "h2" else env.http
-    return (
-        f"  - name: cursor\n    api-key: [{', '.join(keys)}]\n    base-url: {env.http}\n"
-        f"    agent-url: {agent}\n    transport: {transport}\n    heartbeat-seconds: 0.1\n"
-        f"{extra}"
-    )
+    async with running() as started:
+        yield started
 
 
 async def client_for(start_keyrail: Start, blocks: str, top: str = "") -> openai.AsyncOpenAI:
     kr = await start_keyrail(f"api-keys: [client-key]\n{top}cursor:\n{blocks}")
     return openai.AsyncOpenAI(base_url=kr.v1, api_key="client-key", max_retries=0)
-
-
-def new_key(fake: FakeCursor, name: str = "a") -> str:
-    return fake.add_key(f"crsr_{name}_{os.urandom(6).hex()}")
 
 
 TRANSPORTS = pytest.mark.parametrize("transport", ["h2", "sse"])
@@ -248,9 +217,8 @@ async def test_expired_token_is_exchanged_once_for_20_concurrent_requests(
         asyncio.ensure_future(client.chat.completions.create(model="gpt-5.5", messages=HI))
         for _ in range(20)
     ]
-    await asyncio.sleep(0)
     for _ in range(200):
-        if env.fake.exchanges or len(env.fake.runs) > 1:
+        if env.fake.exchange_arrivals == 2:
             break
         await asyncio.sleep(0.01)  # bounded wait for the first exchange to arrive
     env.fake.exchange_gate.set()
@@ -387,3 +355,127 @@ async def test_bad_config_is_refused(start_keyrail: Start) -> None:
         await start_keyrail("cursor:\n  - api-key: sk-not-cursor\n")
     with pytest.raises(ProxyError, match="needs"):
         await start_keyrail("cursor:\n  - transport: h2\n")
+
+
+async def test_keyrail_login_cursor_writes_a_0600_token_file_that_serves(
+    env: Env, start_keyrail: Start, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from proxy.__main__ import main
+
+    path = tmp_path / "new-dir" / "cursor.json"
+    login_url = "https://login.example/loginDeepControl"
+    argv = ["login", "cursor", "--token-file", str(path), "--auth-url", env.http,
+            "--login-url", login_url, "--poll-seconds", "0.01"]  # fmt: skip
+    assert await asyncio.to_thread(main, argv) == 0
+    out = capsys.readouterr().out
+    url = next(line.strip() for line in out.splitlines() if "loginDeepControl" in line)
+    assert "mode=login&redirectTarget=cli" in url and "challenge=" in url and "uuid=" in url
+    assert env.fake.polls == 3  # 404, 404, then the tokens
+    saved = orjson.loads(path.read_bytes())
+    assert saved["type"] == "cursor" and saved["refresh_token"] in env.fake.refresh_tokens
+    assert saved["sub"] == "auth0|user_fake"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert saved["access_token"] not in out and saved["refresh_token"] not in out
+    blocks = f"  - token-file: {path}\n    base-url: {env.http}\n    agent-url: {env.h2}\n"
+    client = await client_for(start_keyrail, blocks)
+    answer = await client.chat.completions.create(model="gpt-5.5", messages=HI)
+    assert answer.choices[0].message.content == "Hello from Cursor."
+    assert env.fake.runs[-1].bearer == saved["access_token"]
+    await client.close()
+
+
+async def test_login_failure_is_a_clear_message(
+    env: Env, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from proxy.__main__ import main
+
+    argv = ["login", "cursor", "--token-file", str(tmp_path / "t.json"),
+            "--auth-url", "http://127.0.0.1:1"]  # nothing listens there  # fmt: skip
+    assert await asyncio.to_thread(main, argv) == 1
+    assert "login failed" in capsys.readouterr().out
+    assert not (tmp_path / "t.json").exists()
+
+
+async def test_h2_settings_images_and_default_system_prompt(env: Env, start_keyrail: Start) -> None:
+    client = await client_for(start_keyrail, block(env, "h2", [new_key(env.fake)]))
+    pixel = (
+        "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5E"
+        "rkJggg=="
+    )
+    content = [
+        {"type": "text", "text": "what is this?"},
+        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{pixel}"}},
+    ]
+    answer = await client.chat.completions.create(
+        model="gpt-5.5", messages=[{"role": "user", "content": content}]
+    )
+    assert answer.choices[0].message.content == "Hello from Cursor."
+    run = env.fake.runs[-1]
+    assert run.images == 1 and run.text == "what is this?"
+    assert run.replies[1] == "You are a helpful assistant."  # the default system prompt
+    assert len(run.conversation_id) == 36 and run.conversation_id.count("-") == 4
+    # the settings Cursor's CLI sends: 4 MiB stream window, 100 streams, +3 MiB connection
+    assert env.fake.h2_client_settings[0x4] == 4 * 1024 * 1024
+    assert env.fake.h2_client_settings[0x3] == 100
+    assert env.fake.h2_connection_window_bonus >= 3 * 1024 * 1024
+    await client.close()
+
+
+@pytest.mark.parametrize("how", ["rst_before_data", "goaway_before_data"])
+async def test_stream_reset_or_goaway_before_data_is_a_502(
+    env: Env, start_keyrail: Start, how: str
+) -> None:
+    setattr(env.fake, how, True)
+    env.fake.models_enveloped = True  # discovery still works: the envelope is stripped
+    client = await client_for(start_keyrail, block(env, "h2", [new_key(env.fake)]))
+    assert {m.id for m in (await client.models.list()).data} == set(env.fake.models)
+    with pytest.raises(openai.APIStatusError) as caught:
+        await client.chat.completions.create(model="gpt-5.5", messages=HI)
+    assert caught.value.status_code == 502
+    await client.close()
+
+
+async def test_model_list_failure_serves_the_fallback_ids(env: Env, start_keyrail: Start) -> None:
+    env.fake.models = []
+    env.fake.valid.clear()
+    blocks = block(env, "h2", [new_key(env.fake)])
+    env.fake.api_keys.clear()  # the exchange fails: no token, no model list
+    client = await client_for(start_keyrail, blocks)
+    models = {m.id for m in (await client.models.list()).data}
+    assert {"composer-2", "claude-4-sonnet", "gpt-4o", "default"} <= models
+    await client.close()
+
+
+async def test_responses_dialect_text_and_function_call_round_trip(
+    env: Env, start_keyrail: Start
+) -> None:
+    client = await client_for(start_keyrail, block(env, "h2", [new_key(env.fake)]))
+    reply = await client.responses.create(model="gpt-5.5", input="hi")
+    assert reply.output_text == "Hello from Cursor."
+    tool = {"type": "function", "name": "get_weather", "description": "The weather",
+            "parameters": WEATHER_TOOL["function"]["parameters"]}  # type: ignore[index]  # fmt: skip
+    first = await client.responses.create(
+        model="gpt-5.5",
+        input="weather in Paris?",
+        tools=[tool],  # type: ignore[list-item]
+    )
+    [call] = [item for item in first.output if item.type == "function_call"]
+    assert call.name == "get_weather" and orjson.loads(call.arguments) == {"city": "Paris"}
+    second = await client.responses.create(
+        model="gpt-5.5",
+        tools=[tool],  # type: ignore[list-item]
+        input=[
+            {"role": "user", "content": "weather in Paris?"},
+            {
+                "type": "function_call",
+                "call_id": call.call_id,
+                "name": call.name,
+                "arguments": call.arguments,
+            },
+            {"type": "function_call_output", "call_id": call.call_id, "output": "sunny"},
+        ],
+    )
+    assert second.output_text == "Result: sunny."
+    assert len(env.fake.runs) == 2  # the second call went on on the parked stream
+    await client.close()

@@ -13,6 +13,11 @@ The certain facts of kiro.md's December 2026 section, and the test that holds ea
        request                                                     test_agent_fields_400
     K5 a first-token deadline moves to the next credential         test_first_byte_deadline
     usage limits and ListAvailableModels on the new hosts          test_quota_*, test_discovery_*
+    thinking prefix in, inline <thinking> out as reasoning (§2.4,  test_thinking_*,
+    §3.3)                                                          test_inline_thinking_*,
+                                                                   test_kiro_thinking.py
+    token file locations (§1.1), refresh hosts per login (§1.3)   test_token_file_*,
+                                                                   test_refresh_hosts_*
 Older facts (frames, CRCs, refresh flows, headers, mapping) are in test_kiro*.py.
 """
 
@@ -155,6 +160,8 @@ def test_table_order_and_urls() -> None:
         403, b'{"message":"The bearer token included in the request is invalid."}'
     )
     assert not hosts.moved(429, b"{}")
+    model_gone = b'{"message":"The model claude-3.7 is no longer supported.","reason":null}'
+    assert not hosts.moved(400, model_gone)  # about the request: back to the client
 
 
 async def test_fallback_through_hosts(
@@ -320,7 +327,7 @@ async def test_first_byte_deadline(
     b = write_token(tmp_path / "b.json", *kiro.issue("b"))
     hung = asyncio.Event()
     kiro.script = lambda seen: Answer(hold=hung) if seen.token == "at-a" else Answer()
-    short = "    first-byte-seconds: 0.3\n    disable-cooling: true\n"
+    short = "    first-byte-seconds: 1\n    disable-cooling: true\n"
     blocks = kiro_block("kiro-a", a, url, [persona(url, "runtime")], short) + kiro_block(
         "kiro-b", b, url, [persona(url, "runtime")], short
     )
@@ -504,3 +511,82 @@ async def test_thinking_request_and_reasoning_split(
     assert (reply.choices[0].message.content or "").startswith("<thinking>")
     assert "thinking_mode" not in kiro.chats[-1].current["content"]
     await client.close()
+
+
+def test_bad_base_urls_refused_by_check(tmp_path: Path) -> None:
+    """A wrong `base-urls` item is a config error (`keyrail check`, start-up, reload), with
+    the file and line, not a traceback at start-up."""
+    from proxy import config
+    from proxy.errors import ConfigError
+    from proxy.registry import Registry, options_lookup
+
+    text = (
+        "kiro:\n  - token-file: t.json\n    base-urls: [runtime, {url: 'http://x:1', kind: rt}]\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        config.parse(text, options_lookup(Registry.discover()), source="c.yaml")
+    assert caught.value.problems == [
+        "c.yaml:2:1: kiro block 'kiro': 'kind' must be one of runtime, codewhisperer, q, not 'rt'"
+    ]
+    good = text.replace("kind: rt", "kind: runtime")
+    assert config.parse(good, options_lookup(Registry.discover())).providers[0].driver == "kiro"
+
+
+def test_token_file_default_then_legacy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """kiro.md §1.1: `~/.aws/sso/cache/kiro-auth-token.json`, else `~/.kiro/...` (checked
+    second)."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    block = ProviderBlock(driver="kiro", name="kiro")
+
+    def chosen() -> str:
+        return str(KiroDriver.credentials(block)[0].extra["token_file"])
+
+    assert chosen() == str(tmp_path / ".aws/sso/cache/kiro-auth-token.json")  # neither exists
+    (tmp_path / ".kiro").mkdir()
+    (tmp_path / ".kiro/kiro-auth-token.json").write_text("{}")
+    assert chosen() == str(tmp_path / ".kiro/kiro-auth-token.json")
+    (tmp_path / ".aws/sso/cache").mkdir(parents=True)
+    (tmp_path / ".aws/sso/cache/kiro-auth-token.json").write_text("{}")
+    assert chosen() == str(tmp_path / ".aws/sso/cache/kiro-auth-token.json")
+
+
+def test_refresh_hosts_keep_the_auth_region() -> None:
+    """kiro.md §1.3: social refresh at prod.{region}.auth.desktop.kiro.dev, IdC at
+    oidc.{region}.amazonaws.com, Builder ID always at oidc.us-east-1 (K2: the auth region is
+    not mapped like the API region)."""
+    social = _token(region="ap-northeast-2", authMethod="social")
+    idc = _token(region="eu-west-3", authMethod="IdC", clientId="c", clientSecret="s")
+    builder = _token(region="eu-west-3", authMethod="builder-id", clientId="c", clientSecret="s")
+    assert (
+        auth.refresh_host(social, None, "") == "https://prod.ap-northeast-2.auth.desktop.kiro.dev"
+    )
+    assert auth.refresh_host(idc, None, "") == "https://oidc.eu-west-3.amazonaws.com"
+    assert auth.refresh_host(builder, None, "") == "https://oidc.us-east-1.amazonaws.com"
+    assert not auth.is_social(idc, None) and auth.is_social(social, None)
+
+
+async def test_inline_thinking_through_messages(
+    fake: tuple[FakeKiro, str], start_keyrail: Start, tmp_path: Path
+) -> None:
+    """Claude Code's path: `thinking.budget_tokens` on /v1/messages becomes Kiro's thinking
+    prefix, and the inline `<thinking>` text comes back as a thinking block, streamed as
+    thinking deltas before the text."""
+    import anthropic
+
+    kiro, url = fake
+    kiro.script = lambda seen: Answer(frames=text_frames(*THOUGHT))
+    path = write_token(tmp_path / "t.json", *kiro.issue("one"))
+    kr, _ = await start(start_keyrail, kiro_block("kiro", path, url, [persona(url, "runtime")]))
+    c = anthropic.AsyncAnthropic(base_url=kr.url, api_key="client-key", max_retries=0)
+    async with c.messages.stream(
+        model=MODEL, max_tokens=5000, thinking={"type": "enabled", "budget_tokens": 4000},
+        messages=[{"role": "user", "content": "hi"}],
+    ) as stream:  # fmt: skip
+        kinds = [e.delta.type async for e in stream if e.type == "content_block_delta"]
+        final = await stream.get_final_message()
+    await c.close()
+    assert kinds[:2] == ["thinking_delta", "thinking_delta"] and kinds[-1] == "text_delta"
+    assert final.content[0].type == "thinking"
+    assert final.content[0].thinking == "I should greet. `</thinking>` is a tag."
+    assert final.content[-1].type == "text" and final.content[-1].text == "Hello!"
+    assert "<max_thinking_length>4000<" in kiro.chats[-1].current["content"]

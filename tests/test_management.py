@@ -148,22 +148,16 @@ async def test_guard(start):
     assert (status, body["error"]["code"]) == (403, "remote_disabled")
 
 
-async def test_five_failures_ban_the_address(start):
+async def test_wrong_keys_never_ban_an_address(start, monkeypatch):
+    """Finding 4: five wrong keys from one address banned it for 30 minutes, the operator's
+    correct key included; now a wrong key only costs its sender the failure delay."""
+    monkeypatch.setattr(management, "FAILURE_DELAY", 0.05)
     kr, _ = await start("  allow-remote: true")
-    bad = {"X-Test-Peer": "198.51.100.9"}
-    assert (await call(kr, "GET", "/providers", **bad))[0] == 200  # allowed from afar
-    for _ in range(management.MAX_FAILURES):
-        assert (await call(kr, "GET", "/providers", "wrong", **bad))[0] == 401
-    status, body, _ = await call(kr, "GET", "/providers", **bad)  # even the right key now
-    assert (status, body["error"]["code"]) == (403, "ip_banned")
-    assert "30 minutes" in body["error"]["message"]
-    # another address is not banned, and a success resets the count
-    other = {"X-Test-Peer": "198.51.100.10"}
-    for _ in range(management.MAX_FAILURES - 1):
-        assert (await call(kr, "GET", "/providers", "wrong", **other))[0] == 401
-    assert (await call(kr, "GET", "/providers", **other))[0] == 200
-    assert (await call(kr, "GET", "/providers", "wrong", **other))[0] == 401
-    assert (await call(kr, "GET", "/providers", **other))[0] == 200
+    same = {"X-Test-Peer": "198.51.100.9"}
+    for _ in range(20):
+        status, body, _ = await call(kr, "GET", "/providers", "wrong", **same)
+        assert (status, body["error"]["code"]) == (401, "invalid_management_key")
+    assert (await call(kr, "GET", "/providers", **same))[0] == 200
 
 
 def test_key_compared_in_constant_time(monkeypatch):

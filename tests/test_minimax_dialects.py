@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import anthropic
+import openai
 import pytest
 
 from proxy.testing.grammar import Recorder, check_messages, sse_events
@@ -146,3 +147,58 @@ async def test_roo_sunset_in_the_anthropic_dialect(
             assert info.value.status_code == 503
             assert "was shut down" in str(info.value)
     assert len(roo.seen) == 1
+
+
+# -- OpenAI Responses ---------------------------------------------------------------------
+
+
+@pytest.fixture
+async def codex(kr: Any) -> AsyncIterator[openai.AsyncOpenAI]:
+    async with openai.AsyncOpenAI(base_url=kr.v1, api_key="client-key", max_retries=0) as c:
+        yield c
+
+
+@pytest.mark.parametrize("shape", ["details", "think", "orphan"])
+async def test_responses_have_a_reasoning_item_and_usage(
+    shape: str, fake: tuple[FakeMinimax, str], codex: openai.AsyncOpenAI
+) -> None:
+    fake[0].script = lambda _s: Answer(shape=shape)
+    response = await codex.responses.create(model=MODEL, input="hi", store=False)
+    kinds = [item.type for item in response.output]
+    assert kinds == ["reasoning", "message"]
+    assert response.output_text == "Hello from MiniMax."
+    assert response.usage is not None and response.usage.output_tokens == USAGE["completion_tokens"]
+    async with codex.responses.stream(model=MODEL, input="hi", store=False) as stream:
+        events = [e.type async for e in stream]
+        final = await stream.get_final_response()
+    assert "response.completed" in events and final.output_text == "Hello from MiniMax."
+    assert [item.type for item in final.output] == ["reasoning", "message"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_roo_router_in_the_anthropic_dialect(
+    stream: bool, start_upstream_app: Callable[..., Awaitable[str]], start_keyrail: Start
+) -> None:
+    roo = FakeRoo()
+    url = await start_upstream_app(roo.app)
+    kr = await start_keyrail(
+        f"api-keys: [client-key]\nroo:\n  - base-url: {url}/proxy\n    api-key: roo-token\n"
+        "    models: [{name: xai/grok-code-fast-1}]\n"
+    )
+    async with anthropic.AsyncAnthropic(
+        base_url=kr.url, api_key="client-key", max_retries=0
+    ) as claude:
+        if stream:
+            async with claude.messages.stream(
+                model="xai/grok-code-fast-1", max_tokens=99, messages=HI
+            ) as s:
+                message = await s.get_final_message()
+        else:
+            message = await claude.messages.create(
+                model="xai/grok-code-fast-1", max_tokens=99, messages=HI
+            )
+    assert [b.type for b in message.content] == ["thinking", "text"]
+    assert message.content[0].thinking == "Thinking."  # type: ignore[union-attr]
+    assert message.content[1].text == "Hello from Roo."  # type: ignore[union-attr]
+    assert message.usage.output_tokens == 300
+    assert roo.problems == []

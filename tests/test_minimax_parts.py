@@ -52,6 +52,28 @@ def test_mirrored_think_block_is_dropped_when_reasoning_arrived_apart() -> None:
     assert (reasoning, answer) == ("", "Hi")
 
 
+@pytest.mark.parametrize("cut", [1, 2, 3, 7])
+@pytest.mark.parametrize("opening", ["<think>", ""])
+def test_mirror_cut_anywhere_is_dropped(cut: int, opening: str) -> None:
+    text = f"{opening}I should greet.</think>\n\nHi there."
+    pieces = [text[i : i + cut] for i in range(0, len(text), cut)]
+    assert run(pieces, "I should greet.")[:2] == ("", "Hi there.")
+
+
+def test_text_that_stops_mirroring_is_the_answer_whole() -> None:
+    reasoning, answer, _ = run(["I sh", "ould</th", "ought so"], "I should greet.")
+    assert (reasoning, answer) == ("", "I should</thought so")
+
+
+def test_a_long_mirror_is_checked_once_per_delta() -> None:
+    thought = "word " * 20_000
+    splitter = ThinkSplitter()
+    splitter.reasoning(thought)
+    for i in range(0, len(thought), 5):  # 20,000 deltas of one long mirror, all held back
+        assert splitter.content(thought[i : i + 5]) == ("", "")
+    assert splitter.content("</think>Hi") == ("", "Hi")
+
+
 def test_mirror_without_opening_tag_is_dropped() -> None:
     reasoning, answer, steps = run(["I should ", "greet.", "</think>\n", "Hi"], "I should greet.")
     assert (reasoning, answer) == ("", "Hi")
@@ -269,6 +291,6 @@ async def test_upstream_address(options: dict[str, Any], base: str, expected: st
         driver = MinimaxDriver(block, session)
         assert driver.base_url == expected
         assert driver.origin == expected.removesuffix("/v1")
-    mars = ProviderBlock(driver="minimax", name="mm", options={"api-key": "k", "region": "mars"})
-    with pytest.raises(ValueError):
-        MinimaxDriver.credentials(mars)
+    mars = ProviderBlock(driver="minimax", name="mm", options={"region": "mars"})
+    (region, keys) = MinimaxDriver.check_options(mars)
+    assert "'region' must be global or cn" in region and "'api-key' or 'token-file'" in keys

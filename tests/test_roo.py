@@ -211,7 +211,9 @@ def test_check_rejects_a_minimax_block_without_a_key(
     path = tmp_path / "config.yaml"
     path.write_text("minimax:\n  - region: mars\n")
     assert main(["check", "-c", str(path)]) == 1
-    assert "region" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "config.yaml:2:1:" in out and "'region' must be global or cn" in out
+    assert "needs 'api-key' or 'token-file'" in out
 
 
 async def test_models_discovered_from_the_router(

@@ -48,7 +48,7 @@ def child(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.
 def test_the_suite_names_what_a_broken_driver_gets_wrong(child: pytest.Pytester) -> None:
     child.makepyfile(test_broken=BROKEN_DRIVER)
     result = child.runpytest_subprocess("-q", "-p", "no:cacheprovider")
-    result.assert_outcomes(passed=10, failed=1)
+    result.assert_outcomes(passed=11, failed=1)
     result.stdout.fnmatch_lines(["FAILED*test_rate_limited_alone_answers_429_with_retry_after*"])
 
 

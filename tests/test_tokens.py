@@ -8,10 +8,12 @@ import os
 import random
 import signal
 import stat
+import subprocess
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import orjson
 import pytest
@@ -254,10 +256,38 @@ def test_open_permissions_repaired_and_orphans_removed(tmp_path: Path) -> None:
     os.utime(old, (time.time() - 3600,) * 2)
     fresh = tmp_path / ".t.json.def.tmp"  # may be another writer's, mid-write: left alone
     fresh.write_text("{")
+    live = tmp_path / f".t.json.{os.getppid()}-ghi.tmp"  # a live writer's: left alone
+    live.write_text("{")
+    # An interrupted write of a process that is gone: removed on the next start, however
+    # recent (it used to wait for ORPHAN_AGE, so a quick restart left it there).
+    gone = tmp_path / f".t.json.{_dead_pid()}-jkl.tmp"
+    gone.write_text("{")
     s, _ = store()
     asyncio.run(s.slot(label="c", provider="p", path=path).get(Refresher()))
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".t.json.def.tmp", "t.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [".t.json.def.tmp", live.name, "t.json"]
+    )
+
+
+def test_write_atomic_names_its_temp_file_after_the_writer(tmp_path: Path) -> None:
+    seen: list[str] = []
+    real = os.replace
+
+    def spy(src: Any, dst: Any) -> None:
+        seen.append(os.path.basename(src))
+        real(src, dst)
+
+    with mock.patch.object(os, "replace", spy):
+        write_atomic(tmp_path / "t.json", {"a": 1})
+    assert seen[0].startswith(f".t.json.{os.getpid()}-")
+
+
+def _dead_pid() -> int:
+    """The pid of a child that has exited and been reaped."""
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
 
 
 def _writer(path: Path, report: int, naive: bool) -> None:

@@ -294,8 +294,8 @@ class CursorDriver(Driver):
     async def list_models(self, credential: Credential) -> Sequence[str]:
         if self.sidecar is not None:
             return await self.sidecar.list_models(credential)
-        token, _ = await self.access_token(credential)
         try:
+            token, _ = await self.access_token(credential)
             payload = await self._unary(MODELS_PATH, b"", token, credential)
             models = [model_id for model_id, _thinking in messages.model_list(payload)]
         except (UpstreamError, WireError) as exc:
@@ -400,7 +400,7 @@ class CursorDriver(Driver):
                     turn.on_unauthenticated()
                 raise event
             if isinstance(event, Ended):
-                await turn.finish()
+                turn.finish()
                 return answer.last(), True
             if isinstance(event, messages.Heartbeat):
                 continue  # before the first output the first-byte timeout is the judge
@@ -501,7 +501,7 @@ class _Events:
                 )
             if isinstance(item, Ended):
                 self._over = True
-                await turn.finish()
+                turn.finish()
                 break
             for event in answer.feed(item):
                 yield event

@@ -66,7 +66,8 @@ class Turn:
         self.done = False
         self._blob_bytes = sum(map(len, blobs.values()))
         self._heartbeat_seconds = heartbeat_seconds
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: list[asyncio.Task[None]] = []  # the pump, the heartbeats
+        self._closing: asyncio.Task[None] | None = None
         #: called when Cursor answers `unauthenticated` (drops the token so it is renewed)
         self.on_unauthenticated: Callable[[], None] = lambda: None
 
@@ -104,14 +105,18 @@ class Turn:
         for task in self._tasks:
             task.cancel()
 
-    async def finish(self) -> None:
-        """The turn ended: release the stream once the pump has seen its end (bounded)."""
+    def finish(self) -> None:
+        """The turn ended: stop the heartbeats now; release the stream once the pump has seen
+        the server's end (bounded), in the background, so the client's answer ends at once."""
         if self.done:
             return
         self.done = True
-        pump, heartbeat = self._tasks or (None, None)
-        if heartbeat is not None:
-            heartbeat.cancel()
+        for task in self._tasks[1:]:
+            task.cancel()
+        self._closing = asyncio.get_running_loop().create_task(self._close())
+
+    async def _close(self) -> None:
+        pump = self._tasks[0] if self._tasks else None
         if pump is not None:
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                 async with asyncio.timeout(5):
@@ -186,6 +191,8 @@ class Parked:
 
     def park(self, turn: Turn) -> None:
         self._expire()
+        # a turn nobody comes back for is dropped when its time is up, not on the next call
+        asyncio.get_running_loop().call_later(self._ttl + 0.01, self._expire)
         now = time.monotonic()
         for call_id in turn.pending:
             self._turns[call_id] = (turn, now)

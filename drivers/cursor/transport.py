@@ -27,7 +27,6 @@ import logging
 import ssl
 import uuid
 from collections.abc import Mapping
-from typing import Any
 
 import aiohttp
 import h2.config
@@ -42,7 +41,6 @@ from yarl import URL
 from drivers.cursor.connect import ConnectError, envelope, parse_error
 from drivers.cursor.messages import bidi_request_id
 from proxy.driver import describe_failure
-from proxy.errors import UpstreamUnavailable
 
 log = logging.getLogger("keyrail.cursor")
 
@@ -234,7 +232,10 @@ class _H2Connection:
                 stream.window.clear()
                 await stream.window.wait()  # a WINDOW_UPDATE or new SETTINGS wakes us
                 continue
-            self.h2.send_data(stream.id, bytes(view[:size]))
+            try:
+                self.h2.send_data(stream.id, bytes(view[:size]))
+            except h2.exceptions.ProtocolError:  # the server closed or reset it meanwhile
+                raise TransportFailed("stream closed while sending") from None
             view = view[size:]
             self.flush()
         await self.drain()
@@ -503,11 +504,3 @@ class SSETransport(Transport):
             raise HTTPStatusError(response.status, response.headers, data)
         channel.response = response
         return channel
-
-
-def unavailable(provider: str, exc: BaseException) -> UpstreamUnavailable:
-    return UpstreamUnavailable(f"upstream {provider}: {exc}", status=502, provider=provider)
-
-
-def header_items(headers: Mapping[str, Any]) -> dict[str, str]:
-    return {str(k): str(v) for k, v in headers.items()}

@@ -66,6 +66,8 @@ from proxy.retry_hints import retry_after_seconds
 
 log = logging.getLogger("keyrail.kiro")
 DEFAULT_TOKEN_FILE = "~/.aws/sso/cache/kiro-auth-token.json"
+#: Where older Kiro IDEs kept it: used when the default file does not exist and this one does.
+LEGACY_TOKEN_FILE = "~/.kiro/kiro-auth-token.json"
 #: Seconds to the first event before the attempt moves on (kiro.md K5: a gateway uses 15 s).
 FIRST_BYTE_SECONDS = 15.0
 #: Start-up and reload wait at most this long for the model list (then: the built-in one).
@@ -112,13 +114,25 @@ class KiroDriver(Driver):
         self._sources: dict[str, str] = {}  # exposed name → "discovered" | "built-in"
 
     @classmethod
+    def check_options(cls, block: ProviderBlock) -> Sequence[str]:
+        problems = []
+        try:
+            hosts.read_entries(block.base_url, block.options.get("base-urls"))
+        except ValueError as exc:
+            problems.append(f"kiro block '{block.name}': {exc}")
+        first_byte = block.options.get("first-byte-seconds")
+        if first_byte is not None and first_byte <= 0:
+            problems.append(f"kiro block '{block.name}': 'first-byte-seconds' must be above 0")
+        return problems
+
+    @classmethod
     def credentials(cls, block: ProviderBlock) -> Sequence[Credential]:
         opts = block.options
         inline = opts.get("refresh-token") or opts.get("access-token")
         if inline:
             basis, extra = f"inline:{inline}", {}
         else:
-            path = Path(str(opts.get("token-file") or DEFAULT_TOKEN_FILE)).expanduser()
+            path = Path(str(opts.get("token-file") or _default_token_file())).expanduser()
             basis, extra = str(path.absolute()), {"token_file": str(path.absolute())}
         digest = hashlib.sha256(basis.encode()).hexdigest()[:8]
         return [
@@ -493,6 +507,12 @@ def _upstream_detail(body: bytes) -> str:
     if isinstance(data, dict):
         return str(data.get("message") or "")[:200]
     return ""
+
+
+def _default_token_file() -> str:
+    """The IDE's token file, or the legacy location when only that one exists."""
+    default, legacy = Path(DEFAULT_TOKEN_FILE).expanduser(), Path(LEGACY_TOKEN_FILE).expanduser()
+    return LEGACY_TOKEN_FILE if not default.exists() and legacy.exists() else DEFAULT_TOKEN_FILE
 
 
 def _invalid_token(body: bytes) -> bool:

@@ -32,7 +32,8 @@ MANAGEMENT = "https://management.{region}.kiro.dev"
 #: How long a host that answered after an earlier one failed stays first in line.
 REMEMBER_SECONDS = 600.0
 _RETIRED_WORDS = ("retired", "deactivated", "decommissioned", "no longer available",
-                  "no longer supported", "endpoint has moved")  # fmt: skip
+                  "no longer supported", "has moved")  # fmt: skip
+_PLACES = ("endpoint", "host", "domain", "url", "region")
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,13 +166,16 @@ def management_bases(override: str, region: str) -> list[str]:
 
 
 def moved(status: int, body: bytes) -> bool:
-    """Whether an answer means "not here (any more)": try the next host, not the next key."""
+    """Whether an answer means "not here (any more)": try the next host, not the next key.
+
+    404 and 410, or an error that says the endpoint (host, URL) is retired; a retired *model*
+    ("model X is no longer supported") is about the request, not the host."""
     if status in (404, 410):
         return True
-    if status < 400:
+    if status < 400 or status == 429:
         return False
     text = body[:4000].decode("utf-8", "replace").lower()
-    return any(word in text for word in _RETIRED_WORDS)
+    return any(word in text for word in _RETIRED_WORDS) and any(place in text for place in _PLACES)
 
 
 class Memory:

@@ -21,6 +21,7 @@ import hashlib
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -76,11 +77,20 @@ class MinimaxDriver(OpenAICompatibleDriver):
     # -- configuration ----------------------------------------------------------------------
 
     @classmethod
+    def check_options(cls, block: ProviderBlock) -> Sequence[str]:
+        problems = []
+        region = str(block.options.get("region") or "global").lower()
+        if region not in REGIONS:
+            problems.append(
+                f"minimax block '{block.name}': 'region' must be global or cn, not {region!r}"
+            )
+        if not block.options.get("api-key") and not block.options.get("token-file"):
+            problems.append(f"minimax block '{block.name}' needs 'api-key' or 'token-file'")
+        return problems
+
+    @classmethod
     def credentials(cls, block: ProviderBlock) -> Sequence[Credential]:
         opts = block.options
-        region = str(opts.get("region") or "global").lower()
-        if region not in REGIONS:
-            raise ValueError(f"'region' must be global or cn, not {region!r}")
         proxy = None if block.proxy_url in ("direct", "none") else block.proxy_url
         keys = opts.get("api-key")
         keys = [keys] if isinstance(keys, str) else list(keys or [])
@@ -97,8 +107,6 @@ class MinimaxDriver(OpenAICompatibleDriver):
                     f"{block.name}/{digest}", block.name, "", proxy, {"token_file": str(path)}
                 )
             )
-        if not creds:
-            raise ValueError("a 'minimax' block needs 'api-key' or 'token-file'")
         return creds
 
     @classmethod
@@ -129,6 +137,9 @@ class MinimaxDriver(OpenAICompatibleDriver):
     async def list_models(self, credential: Credential) -> Sequence[str]:
         return request.MODELS
 
+    def model_source(self, name: str) -> str:
+        return "built-in"  # MiniMax documents its ids; it has no model list to ask
+
     # -- the call ---------------------------------------------------------------------------
 
     async def send(self, call: Call, credential: Credential) -> Reply:
@@ -142,46 +153,34 @@ class MinimaxDriver(OpenAICompatibleDriver):
                 provider=self.block.name,
                 retry_after=wait,
             )
-        keyed, slot, token = await self._keyed(credential)
+        attempt = _Attempt(*await self._keyed(credential), model)
         body = request.build(call.body, call.model, self._recalled)
         upstream = dataclasses.replace(call, model=model, body=body)
         try:
-            reply = await super().send(upstream, keyed)
+            reply = await super().send(upstream, attempt.credential)
         except UpstreamError as exc:
             coded = codes.code_in_error_body(exc.upstream_body) if exc.upstream_body else None
-            error = self._failure(*coded, keyed, model) if coded else exc
-            if isinstance(error, CredentialRejected) and slot is not None and token is not None:
-                slot.reject(token)  # a refresh may cure it (the core asks `refresh`)
-            raise error from None
+            raise (self._decide(attempt, *coded) if coded else exc) from None
         if call.stream:
-            return await self._stream(reply, keyed, model, slot, token)
-        return await self._whole(reply, keyed, model, slot, token)
+            return await self._stream(reply, attempt)
+        return await self._whole(reply, attempt)
 
-    async def _stream(
-        self,
-        reply: Reply,
-        credential: Credential,
-        model: str,
-        slot: tokens.TokenSlot | None,
-        token: tokens.Token | None,
-    ) -> Reply:
-        translator = _Remembering(self._remember)
-
+    async def _stream(self, reply: Reply, attempt: _Attempt) -> Reply:
         async def convert(exc: Exception) -> UpstreamError:
-            return self._decided(exc, credential, model, slot, token)
+            if isinstance(exc, chunks.MinimaxFailure):
+                return self._decide(attempt, exc.code, exc.detail)
+            return UpstreamUnavailable(
+                f"upstream {self.block.name} answer unreadable: {type(exc).__name__}",
+                status=502,
+                provider=self.block.name,
+            )
 
+        translator = _Remembering(self._remember)
         stream = RewrittenStream(reply.body, translator, self.block.name, convert)
         await stream.open()
         return Reply(200, dict(SSE_HEADERS), stream)
 
-    async def _whole(
-        self,
-        reply: Reply,
-        credential: Credential,
-        model: str,
-        slot: tokens.TokenSlot | None,
-        token: tokens.Token | None,
-    ) -> Reply:
+    async def _whole(self, reply: Reply, attempt: _Attempt) -> Reply:
         data = await reply.read()
         try:
             answer, thought, ids = chunks.completion(orjson.loads(data))
@@ -192,34 +191,19 @@ class MinimaxDriver(OpenAICompatibleDriver):
                 provider=self.block.name,
             ) from None
         except chunks.MinimaxFailure as exc:
-            raise self._decided(exc, credential, model, slot, token) from None
+            raise self._decide(attempt, exc.code, exc.detail) from None
         self._remember(ids, thought)
         return Reply(200, {"Content-Type": "application/json"}, BytesStream(orjson.dumps(answer)))
 
-    def _decided(
-        self,
-        exc: Exception,
-        credential: Credential,
-        model: str,
-        slot: tokens.TokenSlot | None,
-        token: tokens.Token | None,
-    ) -> UpstreamError:
-        if not isinstance(exc, chunks.MinimaxFailure):
-            return UpstreamUnavailable(
-                f"upstream {self.block.name} answer unreadable: {type(exc).__name__}",
-                status=502,
-                provider=self.block.name,
-            )
-        error = self._failure(exc.code, exc.detail, credential, model)
-        if isinstance(error, CredentialRejected) and slot is not None and token is not None:
-            slot.reject(token)
-        return error
-
-    def _failure(self, code: int, detail: str, credential: Credential, model: str) -> UpstreamError:
+    def _decide(self, attempt: _Attempt, code: int, detail: str) -> UpstreamError:
+        """MiniMax error `code` → the decision; a rejected token is marked for renewal."""
         ends_in = None
         if code == codes.WINDOW_SPENT:  # until the window ends, as the last reading knows it
-            ends_in = self.quotas.window_spent(credential.id, model)
-        return codes.error_for(code, detail, provider=self.block.name, window_ends_in=ends_in)
+            ends_in = self.quotas.window_spent(attempt.credential.id, attempt.model)
+        error = codes.error_for(code, detail, provider=self.block.name, window_ends_in=ends_in)
+        if isinstance(error, CredentialRejected) and attempt.slot and attempt.token:
+            attempt.slot.reject(attempt.token)  # a refresh may cure it (the core asks `refresh`)
+        return error
 
     # -- credentials ------------------------------------------------------------------------
 
@@ -310,6 +294,16 @@ class MinimaxDriver(OpenAICompatibleDriver):
 
     def _recalled(self, tool_call_id: str) -> str | None:
         return self._recall.get(tool_call_id)
+
+
+@dataclass(frozen=True, slots=True)
+class _Attempt:
+    """One call: the credential with the key sent, its token (to mark it rejected), the model."""
+
+    credential: Credential
+    slot: tokens.TokenSlot | None
+    token: tokens.Token | None
+    model: str
 
 
 class _Remembering(chunks.StreamTranslator):

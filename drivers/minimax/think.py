@@ -29,13 +29,17 @@ _START, _THINK, _MIRROR, _AFTER_TAG, _ANSWER = range(5)
 class ThinkSplitter:
     """Feed content deltas (and note reasoning received apart); get (reasoning, answer) text."""
 
-    __slots__ = ("_held", "_reasoning", "_reasoning_len", "_state")
+    __slots__ = ("_checked", "_held", "_reasoning", "_reasoning_len", "_state", "_whole")
 
     def __init__(self) -> None:
         self._state = _START
         self._held = ""  # text not yet known to be reasoning, mirror or answer
         self._reasoning: list[str] = []  # reasoning received apart (bounded), for mirrors
         self._reasoning_len = 0
+        self._whole = ""  # that reasoning joined, leading whitespace stripped (cached)
+        # In _THINK/_MIRROR, how much of the held text is already known: to hold no `</think>`
+        # (or to repeat the reasoning), so each delta is checked once, not the whole again.
+        self._checked = 0
 
     @property
     def saw_reasoning(self) -> bool:
@@ -80,26 +84,28 @@ class ThinkSplitter:
                     self._to_answer(lead[len(CLOSE) :])
                     continue
                 if self.saw_reasoning and self._mirrors(lead):
-                    self._state = _MIRROR
+                    self._state, self._held = _MIRROR, lead
                     continue
                 self._state = _ANSWER
                 self._held = ""
                 return reasoning, answer + held
             if self._state in (_THINK, _MIRROR):
-                end = held.find(CLOSE)
+                end = held.find(CLOSE, max(0, self._checked - len(CLOSE) + 1))
                 if end >= 0:
                     if self._state == _THINK and not self.saw_reasoning:
                         reasoning += held[:end]
                     self._to_answer(held[end + len(CLOSE) :])
                     continue
-                if self._state == _MIRROR and not self._mirrors(held.lstrip()):
+                if self._state == _MIRROR and not self._mirrors(held):
                     self._state = _ANSWER  # it was the answer after all
                     self._held = ""
                     return reasoning, answer + held
                 keep = _partial_tag(held)
-                if self._state == _THINK and not self.saw_reasoning:
-                    reasoning += held[: len(held) - keep]
+                if self._state == _THINK:  # delivered, or dropped as a mirror: not kept
+                    if not self.saw_reasoning:
+                        reasoning += held[: len(held) - keep]
                     self._held = held[len(held) - keep :]
+                self._checked = len(self._held) - keep  # a partial tag is looked at again
                 return reasoning, answer
             # _AFTER_TAG: drop the blank line after `</think>`, then the answer passes through
             lead = held.lstrip()
@@ -109,14 +115,18 @@ class ThinkSplitter:
             return reasoning, answer + lead
 
     def _to_answer(self, rest: str) -> None:
-        self._state, self._held = _AFTER_TAG, rest
+        self._state, self._held, self._checked = _AFTER_TAG, rest, 0
 
     def _mirrors(self, text: str) -> bool:
-        """True while `text` (minus a partial `</think>` at its end) repeats the reasoning."""
-        whole = "".join(self._reasoning)
-        self._reasoning = [whole]
+        """True while `text` (minus a partial `</think>` at its end) repeats the reasoning.
+        Only what was not compared before is compared (`_checked`)."""
+        if len(self._reasoning) > 1 or not self._whole:
+            joined = "".join(self._reasoning)
+            self._reasoning = [joined]
+            self._whole = joined.lstrip()
         probe = text[: len(text) - _partial_tag(text)]
-        return whole.lstrip().startswith(probe) if probe else True
+        done = min(self._checked, len(probe))
+        return self._whole.startswith(probe[done:], done)
 
 
 def _partial_tag(text: str) -> int:

@@ -109,6 +109,37 @@ class EncodedStream:
         await self.events.aclose()
 
 
+class EncodedBatches(EncodedStream):
+    """`EncodedStream` over batches of events (a list per upstream read, as a chat upstream's
+    decoder gives them): one write per read instead of one per event."""
+
+    __slots__ = ("batches",)
+
+    def __init__(self, batches: AsyncIterator[list[Event]], close: Any, encoder: StreamEncoder):
+        super().__init__(IteratorEvents(_flatten(batches), close), encoder)
+        self.batches = batches
+
+    async def _iterate(self) -> AsyncIterator[bytes]:
+        encode = self.encoder.event
+        async for batch in self.batches:
+            data = b"".join([encode(event) for event in batch])
+            if data:
+                yield data
+        yield self.encoder.end()
+
+    async def aclose(self) -> None:
+        aclose = getattr(self.batches, "aclose", None)
+        if aclose is not None:
+            await aclose()
+        await self.events.aclose()  # the upstream body
+
+
+async def _flatten(batches: AsyncIterator[list[Event]]) -> AsyncIterator[Event]:
+    async for batch in batches:
+        for event in batch:
+            yield event
+
+
 class RenderedBody:
     """`ByteStream` of one rendered answer: every event read, then one body."""
 

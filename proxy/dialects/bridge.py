@@ -18,6 +18,7 @@ from typing import Any
 from proxy.dialects import chat
 from proxy.dialects.assembler import (
     Codec,
+    EncodedBatches,
     EncodedStream,
     EventStream,
     IteratorEvents,
@@ -46,14 +47,18 @@ class Bridge:
             self._neutral = self.codec.decode_request(self.body)
         return self._neutral
 
+    def native(self, driver: Driver) -> bool:
+        """Whether the driver's upstream speaks the client's dialect at this endpoint."""
+        return self.dialect in driver.dialects and self.endpoint in driver.endpoints
+
     def serves(self, driver: Driver) -> bool:
         """Whether the driver can answer this request, natively or translated."""
-        if self.dialect in driver.dialects:
-            return self.endpoint in driver.endpoints
+        if self.native(driver):
+            return True
         return CHAT in driver.endpoints and (not driver.dialects or "chat" in driver.dialects)
 
     def call(self, driver: Driver, model: str, headers: Mapping[str, str], request_id: str) -> Call:
-        if self.dialect in driver.dialects:  # passthrough: the client's body, `model` rewritten
+        if self.dialect in driver.dialects and self.endpoint in driver.endpoints:  # passthrough
             return Call(self.endpoint, model, {**self.body, "model": model}, self.stream,
                         headers, request_id, self.dialect)  # fmt: skip
         request = replace(self.neutral(), model=model, stream=self.stream)
@@ -73,9 +78,12 @@ class Bridge:
         if events is None:  # a chat upstream's bytes
             body = reply.body
             if self.stream:
-                events = IteratorEvents(chat.decode_stream(body, provider), body.aclose)
-            else:
-                events = IteratorEvents(_completion_events(reply), body.aclose)
+                batches = chat.decode_stream(body, provider)
+                encoder = self.codec.encoder(call.model, request)
+                out = Reply(200, {}, EncodedBatches(batches, body.aclose, encoder))
+                out.host, out.hosts_failed = reply.host, reply.hosts_failed
+                return out
+            events = IteratorEvents(_completion_events(reply), body.aclose)
         out = translated(self.codec, events, call.model, request, self.stream)
         out.host, out.hosts_failed = reply.host, reply.hosts_failed  # for the access line
         return out

@@ -24,8 +24,8 @@ import orjson
 from proxy.dialects import neutral as n
 from proxy.dialects.assembler import Codec, StreamEncoder
 from proxy.driver import ByteStream
-from proxy.errors import InvalidRequest, ProxyError, classify_upstream
-from proxy.streaming import SSEParser, event_data
+from proxy.errors import InvalidRequest, ProxyError, StreamInterrupted, classify_upstream
+from proxy.sse import SSEParser, event_data
 
 _FINISH_OUT = {"stop_sequence": "stop"}
 _FINISH_IN: dict[str, n.FinishReason] = {
@@ -485,21 +485,28 @@ class ChunkDecoder:
                 out.append(n.ToolCallDelta(position, orjson.dumps(args).decode()))
 
 
-async def decode_stream(body: ByteStream, provider: str) -> AsyncIterator[n.Event]:
-    """A chat upstream's SSE as neutral events (an in-band `{"error"}` raises)."""
+async def decode_stream(body: ByteStream, provider: str) -> AsyncIterator[list[n.Event]]:
+    """A chat upstream's SSE as neutral events, a list per network read (one async step per
+    read, not per event: this is the translated path's hot loop). An in-band `{"error"}`
+    raises."""
     parser = SSEParser()
     decoder = ChunkDecoder()
     async for data in body:
-        for event in parser.feed(data):
+        try:
+            events = parser.feed(data)
+        except StreamInterrupted as exc:  # past the parser's limits: name the provider
+            message = exc.message.replace("upstream sent", f"upstream {provider} sent", 1)
+            raise StreamInterrupted(message, status=502, provider=provider) from None
+        out: list[n.Event] = []
+        for event in events:
             payload = event_data(event)
-            if payload is None or payload == b"[DONE]":
-                continue
-            for ev in _decode_payload(payload, decoder, provider):
-                yield ev
+            if payload is not None and payload != b"[DONE]":
+                out += _decode_payload(payload, decoder, provider)
+        if out:
+            yield out
     tail = parser.flush()
     if tail and (payload := event_data(tail)) is not None and payload != b"[DONE]":
-        for ev in _decode_payload(payload, decoder, provider):
-            yield ev
+        yield _decode_payload(payload, decoder, provider)
 
 
 def _decode_payload(payload: bytes, decoder: ChunkDecoder, provider: str) -> list[n.Event]:

@@ -8,17 +8,18 @@ Does not own: registering the routes (handlers.py), the codecs themselves.
 
 from __future__ import annotations
 
-from proxy.dialects import chat, messages
+from proxy.dialects import chat, messages, responses
 from proxy.dialects.assembler import Codec
 
 #: dialect name → its codec
-CODECS: dict[str, Codec] = {c.name: c for c in (chat.CODEC, messages.CODEC)}
+CODECS: dict[str, Codec] = {c.name: c for c in (chat.CODEC, messages.CODEC, responses.CODEC)}
 
 #: endpoint (the path below /v1) → dialect name
 DIALECT_OF: dict[str, str] = {
     "chat/completions": "chat",
     "messages": "messages",
     "messages/count_tokens": "messages",
+    "responses": "responses",
 }
 
 #: the full paths (with and without /v1) → dialect name, for error bodies and access lines

@@ -12,8 +12,10 @@
 Each test starts the driver's fake upstream and keyrail (one block item per credential, all
 serving `model` as `conformance-model`, `fill-first` so the first credential is tried first),
 puts the fake into a standard scenario, and drives keyrail with the official `openai` package
-(raw aiohttp where the wire matters). A scenario the driver cannot support is skipped by
-naming it in `unsupported`, with the reason. Every test fails if a secret reaches a log line.
+(raw aiohttp where the wire matters). `test_every_dialect` also asks for the same answers as an
+Anthropic Messages and an OpenAI Responses client, and checks each stream's event order. A
+scenario the driver cannot support is skipped by naming it in `unsupported`, with the reason.
+Every test fails if a secret reaches a log line.
 
 Owns: what "a driver works with keyrail" means, test by test. Does not own: the fixtures
 (plugin.py) or the fakes (upstream.py).
@@ -43,6 +45,7 @@ from openai.types.chat import (
 from proxy.driver import Driver
 from proxy.registry import Registry
 from proxy.sse import SSEParser, event_data
+from proxy.testing.grammar import check_messages, check_responses, sse_events
 from proxy.testing.plugin import Keyrail, LogGuard, StartApp, StartKeyrail
 from proxy.testing.upstream import TEXT, TOOL_CALLS, FakeUpstream
 
@@ -100,6 +103,15 @@ class Bench:
             events = [*parser.feed(await r.read()), parser.flush()]
             return r.status, [d for e in events if e and (d := event_data(e)) is not None]
 
+    async def post(self, path: str, body: dict[str, Any]) -> tuple[int, bytes]:
+        """A raw POST to keyrail (`path` below /v1): the status and the whole body."""
+        headers = {"Authorization": f"Bearer {CLIENT_KEY}"}
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(self.keyrail.v1 + path, json=body, headers=headers) as r,
+        ):
+            return r.status, await r.read()
+
     async def metrics(self) -> dict[str, Any]:
         async with (
             aiohttp.ClientSession() as session,
@@ -110,6 +122,64 @@ class Bench:
 
 
 StartBench = Callable[..., Awaitable[Bench]]
+Calls = list[tuple[str, str, Any]]
+_MESSAGES_BODY: dict[str, Any] = {
+    "model": MODEL_ALIAS,
+    "max_tokens": 200,
+    "messages": [{"role": "user", "content": "hi"}],
+    "tools": [{"name": c["name"], "input_schema": {"type": "object"}} for c in TOOL_CALLS],
+}
+_RESPONSES_BODY: dict[str, Any] = {
+    "model": MODEL_ALIAS,
+    "input": "hi",
+    "tools": [
+        {"type": "function", "name": c["name"], "parameters": {"type": "object"}}
+        for c in TOOL_CALLS
+    ],
+}
+
+
+def _messages_answer(raw: bytes, stream: bool) -> tuple[str, Calls]:
+    """The text and tool calls of a Messages answer; a stream is checked against the grammar."""
+    if not stream:
+        content = orjson.loads(raw)["content"]
+    else:
+        events = sse_events(raw)
+        check_messages(events)
+        content = []
+        for name, data in events:
+            if name == "content_block_start":
+                content.append({**data["content_block"], "json": ""})
+            elif name == "content_block_delta":
+                delta = data["delta"]
+                if delta["type"] == "text_delta":
+                    content[-1]["text"] += delta["text"]
+                elif delta["type"] == "input_json_delta":
+                    content[-1]["json"] += delta["partial_json"]
+        for block in content:
+            if block["type"] == "tool_use":
+                block["input"] = json.loads(block["json"] or "{}")
+    text = "".join(b["text"] for b in content if b["type"] == "text")
+    return text, [(b["id"], b["name"], b["input"]) for b in content if b["type"] == "tool_use"]
+
+
+def _responses_answer(raw: bytes, stream: bool) -> tuple[str, Calls]:
+    """The text and function calls of a Responses answer (a stream is checked likewise)."""
+    if not stream:
+        output = orjson.loads(raw)["output"]
+    else:
+        events = sse_events(raw)
+        check_responses(events)
+        output = events[-1][1]["response"]["output"]
+    text = "".join(
+        c["text"] for item in output if item["type"] == "message" for c in item["content"]
+    )
+    calls = [
+        (i["call_id"], i["name"], json.loads(i["arguments"]))
+        for i in output
+        if i["type"] == "function_call"
+    ]
+    return text, calls
 
 
 class DriverConformance:
@@ -231,6 +301,27 @@ class DriverConformance:
         got = [(m["id"], m["name"], json.loads(m["arguments"])) for _, m in sorted(merged.items())]
         assert got == expected
         assert finish == "tool_calls"
+
+    async def test_every_dialect(self, bench: StartBench) -> None:
+        """The driver's answers reach Anthropic Messages and OpenAI Responses clients too,
+        streamed and not, each stream in its dialect's exact event order."""
+        self.need("text")
+        self.need("tool_calls")
+        b = await bench()
+        calls = [(c["id"], c["name"], json.loads(c["arguments"])) for c in TOOL_CALLS]
+        for scenario, text, expected in (("text", TEXT, []), ("tool_calls", None, calls)):
+            b.upstream.set_scenario(scenario)
+            for stream in (False, True):
+                status, raw = await b.post("/messages", {**_MESSAGES_BODY, "stream": stream})
+                assert status == 200, raw[:300]
+                got_text, got_calls = _messages_answer(raw, stream)
+                assert got_calls == expected, f"messages {scenario} stream={stream}"
+                assert text is None or got_text == text
+                status, raw = await b.post("/responses", {**_RESPONSES_BODY, "stream": stream})
+                assert status == 200, raw[:300]
+                got_text, got_calls = _responses_answer(raw, stream)
+                assert got_calls == expected, f"responses {scenario} stream={stream}"
+                assert text is None or got_text == text
 
     async def test_usage(self, bench: StartBench) -> None:
         self.need("usage")

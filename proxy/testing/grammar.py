@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from proxy.streaming import SSEParser
+from proxy.sse import SSEParser
 
 
 def sse_events(raw: bytes) -> list[tuple[str, Any]]:
