@@ -78,10 +78,7 @@ class ClientUsage:
         status_class = 0 if 200 <= status < 300 else _status_class(status)
         m = c.models.get(model)
         if m is None:
-            model = model if len(c.models) < MAX_MODELS else OTHER_MODELS
-            m = c.models.get(model)
-            if m is None:
-                m = c.models[model] = _Counts()
+            m = _new_model(c, model)
         # The client's totals and the model's, inline (`_Counts.add` twice): on every request.
         c.requests += 1
         c.statuses[status_class] += 1
@@ -124,18 +121,22 @@ class ClientUsage:
             if last_seen is not None and (c.last_seen is None or last_seen > c.last_seen):
                 c.last_seen = last_seen
             for model, packed in models.items():
-                m = c.models.get(model)
-                if m is None:
-                    model = model if len(c.models) < MAX_MODELS else OTHER_MODELS
-                    m = c.models.get(model)
-                    if m is None:
-                        m = c.models[model] = _Counts()
-                _unpack_into(m, packed)
+                _unpack_into(c.models.get(model) or _new_model(c, model), packed)
 
     def totals(self, client: str) -> tuple[list[int], int, int]:
         """Status class counts, prompt and completion tokens (for Prometheus)."""
         c = self._clients.get(client) or _Client()
         return c.statuses, c.prompt, c.completion
+
+
+def _new_model(c: _Client, model: str) -> _Counts:
+    """The counts of a model the client has none for yet: its own entry while the client has
+    fewer than MAX_MODELS, else the shared "(other)" entry."""
+    model = model if len(c.models) < MAX_MODELS else OTHER_MODELS
+    m = c.models.get(model)
+    if m is None:
+        m = c.models[model] = _Counts()
+    return m
 
 
 def _pack(c: _Counts) -> list[Any]:
