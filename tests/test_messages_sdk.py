@@ -315,4 +315,4 @@ async def test_an_upstream_that_stops_early_is_not_a_finished_message(bench):
                 pass
     [events] = bench.streams()
     assert events[-1][0] == "error" and "message_stop" not in [e for e, _ in events]
-    assert "before it finished" in events[-1][1]["error"]["message"]
+    assert "without [DONE]" in events[-1][1]["error"]["message"]

@@ -428,12 +428,11 @@ def _usage_in(usage: Mapping[str, Any]) -> n.UsageUpdate:
 class ChunkDecoder:
     """Chat chunks (parsed JSON) → neutral events, tracking tool-call indexes."""
 
-    __slots__ = ("_calls", "_ended", "finished")
+    __slots__ = ("_calls", "_ended")
 
     def __init__(self) -> None:
         self._calls: dict[int, int] = {}  # the upstream's tool-call index → ours (0, 1, ...)
         self._ended = 0  # how many calls have had their ToolCallEnd
-        self.finished = False  # a finish reason came
 
     def feed(self, chunk: Mapping[str, Any]) -> list[n.Event]:
         out: list[n.Event] = []
@@ -447,7 +446,6 @@ class ChunkDecoder:
             if isinstance(reason, str) and reason:
                 out.extend(n.ToolCallEnd(i) for i in range(self._ended, len(self._calls)))
                 self._ended = len(self._calls)
-                self.finished = True
                 out.append(n.Finish(_FINISH_IN.get(reason, "stop")))
         usage = chunk.get("usage")
         if isinstance(usage, Mapping):
@@ -490,11 +488,11 @@ class ChunkDecoder:
 async def decode_stream(body: ByteStream, provider: str) -> AsyncIterator[list[n.Event]]:
     """A chat upstream's SSE as neutral events, a list per network read (one async step per
     read, not per event: this is the translated path's hot loop). An in-band `{"error"}`
-    raises; so does a stream that ends before `[DONE]` or a finish reason (the client's
-    dialect then gets its error event, never a made-up end)."""
+    raises. A stream that ends without `data: [DONE]`, or in the middle of an event, raises
+    `StreamInterrupted`: the client's stream then ends with an error event, never a made-up
+    end."""
     parser = SSEParser()
     decoder = ChunkDecoder()
-    finished = False
     async for data in body:
         try:
             events = parser.feed(data)
@@ -504,27 +502,19 @@ async def decode_stream(body: ByteStream, provider: str) -> AsyncIterator[list[n
         out: list[n.Event] = []
         for event in events:
             payload = event_data(event)
-            if payload is None:
-                continue
             if payload == b"[DONE]":
-                finished = True
-                continue
-            out += _decode_payload(payload, decoder, provider)
+                if out:
+                    yield out
+                return
+            if payload is not None:
+                out += _decode_payload(payload, decoder, provider)
         if out:
-            finished = finished or decoder.finished
             yield out
     tail = parser.flush()
-    if tail and (payload := event_data(tail)) is not None:
-        if payload == b"[DONE]":
-            finished = True
-        else:
-            yield _decode_payload(payload, decoder, provider)
-    if not (finished or decoder.finished):
-        raise StreamInterrupted(
-            f"upstream {provider} ended the stream before it finished",
-            status=502,
-            provider=provider,
-        )
+    if tail and event_data(tail) == b"[DONE]":
+        return
+    why = "cut its stream in the middle of an event" if tail else "ended its stream without [DONE]"
+    raise StreamInterrupted(f"upstream {provider} {why}", status=502, provider=provider)
 
 
 def _decode_payload(payload: bytes, decoder: ChunkDecoder, provider: str) -> list[n.Event]:
