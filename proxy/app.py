@@ -100,6 +100,8 @@ def create_app(
     async def state_ctx(app: web.Application) -> AsyncIterator[None]:
         # after the runtime: the credentials are registered before others' cooldowns merge
         app[STATE].attach(app[SCHEDULER], app[METRICS])
+        app[STATE].share("clients", app[CLIENT_USAGE].export)  # /v1/metrics/clients for all
+        app[STATE].attach_bindings(app[CONVERSATIONS])  # a conversation's credential, for all
         await app[STATE].start()
         yield
         await app[STATE].aclose()

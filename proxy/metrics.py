@@ -554,10 +554,11 @@ def setup(app: web.Application, wrap: Wrap) -> None:
     """`GET /v1/metrics/providers` and `GET /metrics`, each handler inside `wrap` (the
     pipeline). With shared state (proxy/state/) both answer for every process of the
     deployment; `?scope=local` answers for this process alone. And `GET /v1/metrics/clients`
-    (this process's client usage; limits as the limit store counts them)."""
+    (the clients' usage, in the same scope; limits as the limit store counts them, which is
+    deployment-wide with shared state)."""
     # keys.py, the pipeline and the clients' usage import this module
     from proxy.clients.keys import Client
-    from proxy.clients.usage import ClientCollector
+    from proxy.clients.usage import ClientCollector, ClientUsage
     from proxy.keys import CLIENT_USAGE, LIMITS, LIVE, METRICS, QUOTAS, SCHEDULER, STATE
     from proxy.pipeline import ACCESS
 
@@ -572,12 +573,9 @@ def setup(app: web.Application, wrap: Wrap) -> None:
 
     async def counted(request: web.Request) -> tuple[ProviderMetrics, str]:
         """The metrics to answer with, and their scope ("deployment" or "local")."""
-        scope = request.query.get("scope", "")
-        if scope not in ("", "local", "deployment"):
-            raise InvalidRequest("'scope' must be 'local' or 'deployment'.", param="scope")
         local = app[METRICS]
         state = app[STATE]
-        if scope == "local" or not state.shared:
+        if _local_scope(request) or not state.shared:
             return local, "local"
         peers = await state.peers("metrics")
         if peers is None:  # Redis is away: what this process knows
@@ -587,6 +585,21 @@ def setup(app: web.Application, wrap: Wrap) -> None:
         for exported in peers:
             view.absorb(exported)
         return view, "deployment"
+
+    async def client_totals(request: web.Request) -> ClientUsage:
+        """The clients' usage to answer with: every process's, or this one's (as `counted`)."""
+        local = app[CLIENT_USAGE]
+        state = app[STATE]
+        if _local_scope(request) or not state.shared:
+            return local
+        peers = await state.peers("clients")
+        if peers is None:
+            return local
+        view = ClientUsage(local.clock)
+        view.absorb(local.export())
+        for exported in peers:
+            view.absorb(exported)
+        return view
 
     async def providers(request: web.Request) -> web.Response:
         fmt = request.query.get("format", "")
@@ -607,7 +620,8 @@ def setup(app: web.Application, wrap: Wrap) -> None:
         if fmt not in ("", "list"):
             raise InvalidRequest("'format' must be 'list' or absent.", param="format")
         asking = request[ACCESS].client
-        usage, limits = app[CLIENT_USAGE], app[LIMITS]
+        usage, limits = await client_totals(request), app[LIMITS]
+        scope = "local" if usage is app[CLIENT_USAGE] else "deployment"
         snapshot = {}
         for client in clients():
             if asking is None or asking.name == client.name:
@@ -618,7 +632,9 @@ def setup(app: web.Application, wrap: Wrap) -> None:
                 }
         data: Any = {"object": "list", "data": list(snapshot.values())} if fmt else snapshot
         return web.Response(
-            body=orjson.dumps(data, option=orjson.OPT_INDENT_2), content_type="application/json"
+            body=orjson.dumps(data, option=orjson.OPT_INDENT_2),
+            content_type="application/json",
+            headers={SCOPE_HEADER: scope},
         )
 
     async def prometheus(request: web.Request) -> web.Response:
@@ -627,7 +643,8 @@ def setup(app: web.Application, wrap: Wrap) -> None:
         registry.register(
             _PrometheusView(view, configured, app[SCHEDULER].credential_views, quotas)
         )
-        registry.register(ClientCollector(app[CLIENT_USAGE], lambda: [c.name for c in clients()]))
+        usage = await client_totals(request)
+        registry.register(ClientCollector(usage, lambda: [c.name for c in clients()]))
         body = generate_latest(registry)
         return web.Response(
             body=body, headers={"Content-Type": CONTENT_TYPE_LATEST, SCOPE_HEADER: scope}
@@ -636,6 +653,14 @@ def setup(app: web.Application, wrap: Wrap) -> None:
     app.router.add_get("/v1/metrics/providers", wrap(providers))
     app.router.add_get("/v1/metrics/clients", wrap(client_usage))
     app.router.add_get("/metrics", wrap(prometheus))
+
+
+def _local_scope(request: web.Request) -> bool:
+    """`?scope=local`: this process alone; absent or `deployment`: every process sharing state."""
+    scope = request.query.get("scope", "")
+    if scope not in ("", "local", "deployment"):
+        raise InvalidRequest("'scope' must be 'local' or 'deployment'.", param="scope")
+    return scope == "local"
 
 
 #: Which processes a metrics answer counts: "deployment" (all that share the state) or "local".

@@ -15,8 +15,10 @@ import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from proxy.keys import SCHEDULER, STATE
+from proxy.keys import CONVERSATIONS, LIMITS, SCHEDULER, STATE
+from proxy.state.redis_limits import RedisLimitStore
 from proxy.state.shared import RedisState
+from proxy.testing.limit_store import MIDNIGHT
 from tests.conftest import Keyrail
 from tests.fakes import Script, Seen
 from tests.ops_helpers import serve_file, wait_for
@@ -216,3 +218,95 @@ async def test_a_redis_that_never_answers_is_bounded_by_the_timeout(
         for writer in silent:
             writer.close()
         server.close()
+
+
+LIMITED_KEY = "team-key-0123456789abcdef0123"
+LIMITED = """
+state: {state}
+api-keys:
+  - key: {key}
+    name: team
+    rpm: 10
+openai-compatibility:
+  - name: fakeco
+    base-url: {url}
+    api-key-entries: [{{api-key: sk-upstream}}]
+    models: [{{name: up-model, alias: m}}]
+"""
+
+
+async def test_an_rpm_10_client_key_gets_10_successes_across_both_instances(
+    start_upstream, servers: list[TestServer], tmp_path: Path, redis_server: RedisServer
+):
+    _fake, url = await start_upstream()
+    path = tmp_path / "config.yaml"
+    path.write_text(LIMITED.format(state=redis_server.url, key=LIMITED_KEY, url=url))
+
+    def frozen_minute(app: web.Application) -> None:
+        # One calendar minute for the whole test (a real clock could cross into the next).
+        shared = app[STATE]
+        assert isinstance(shared, RedisState)
+        app[LIMITS].store = RedisLimitStore(
+            shared.client, healthy=lambda: shared.healthy, clock=lambda: MIDNIGHT + 10
+        )
+        shared.push_seconds = 0.05
+
+    a, b = [await serve_file(path, servers, before_start=frozen_minute) for _ in range(2)]
+    headers = {"Authorization": f"Bearer {LIMITED_KEY}"}
+    statuses: list[int] = []
+    async with aiohttp.ClientSession(headers=headers) as session:
+        for i in range(20):
+            k = (a, b)[i % 2]
+            async with session.post(f"{k.v1}/chat/completions", json=BODY) as resp:
+                statuses.append(resp.status)
+                if resp.status == 429:
+                    assert (await resp.json())["error"]["code"] == "client_rate_limited"
+                    assert 1 <= int(resp.headers["Retry-After"]) <= 50
+        assert statuses.count(200) == 10 and statuses.count(429) == 10, statuses
+        # either instance's /v1/metrics/clients counts the requests both served
+        for k in (a, b):
+            deadline = time.monotonic() + 5
+            while True:
+                async with session.get(f"{k.url}/v1/metrics/clients") as resp:
+                    team = (await resp.json())["team"]
+                if team["request_count"] == 20:
+                    break
+                assert time.monotonic() < deadline, team
+                await asyncio.sleep(0.02)
+            assert team["success_count"] == 10
+            assert team["limits"]["rpm"]["used"] == 10
+
+
+STICKY = """
+state: {state}
+routing: {{session-affinity: true}}
+openai-compatibility:
+  - name: fakeco
+    base-url: {url}
+    api-key-entries: [{{api-key: sk-a}}, {{api-key: sk-b}}, {{api-key: sk-c}}]
+    models: [{{name: up-model, alias: m}}]
+"""
+
+
+async def test_a_conversation_keeps_its_credential_on_either_instance(
+    start_upstream, servers: list[TestServer], tmp_path: Path, redis_server: RedisServer
+):
+    fake, url = await start_upstream()
+    path = tmp_path / "config.yaml"
+    path.write_text(STICKY.format(state=redis_server.url, url=url))
+    a, b = [await serve_file(path, servers) for _ in range(2)]
+    async with aiohttp.ClientSession() as session:
+
+        async def turn(k: Keyrail, conversation: str) -> str:
+            headers = {"x-session-id": conversation}
+            async with session.post(f"{k.v1}/chat/completions", json=BODY, headers=headers) as r:
+                assert r.status == 200
+            return fake.seen[-1].headers["Authorization"]
+
+        # b first serves two other conversations: its own rotation would now pick the third
+        # key, not the first that a bound conv-1 to
+        first = await turn(a, "conv-1")
+        await wait_for(lambda: len(b.app[CONVERSATIONS]) == 1, 5, "b hears of a's binding")
+        assert [await turn(b, f"other-{i}") for i in range(2)] == ["Bearer sk-a", "Bearer sk-b"]
+        assert first == "Bearer sk-a"
+        assert [await turn(k, "conv-1") for k in (b, a, b)] == [first] * 3

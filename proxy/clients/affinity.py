@@ -122,6 +122,8 @@ class Conversations:
         self.clock = clock
         self._bindings: OrderedDict[tuple[str, str], tuple[str, float]] = OrderedDict()
         self.rebinds = 0  # hard rebinds since start (management shows it)
+        #: told of every binding made here: (pool, conversation, credential id)
+        self.on_bind: Callable[[str, str, str], None] | None = None
 
     def configure(self, ttl: float, max_bindings: int) -> None:
         """New settings (a reload): bindings are kept, the oldest dropped if over the bound."""
@@ -144,6 +146,12 @@ class Conversations:
         return entry[0]
 
     def bind(self, pool: str, conversation: str, credential_id: str) -> None:
+        self.merge(pool, conversation, credential_id)
+        if self.on_bind is not None:  # shared state publishes it (proxy/state/shared.py)
+            self.on_bind(pool, conversation, credential_id)
+
+    def merge(self, pool: str, conversation: str, credential_id: str) -> None:
+        """A binding, made here (`bind`) or by another process sharing the state."""
         key = (pool, conversation)
         self._bindings[key] = (credential_id, self.clock() + self.ttl)
         self._bindings.move_to_end(key)

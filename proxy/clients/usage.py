@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+import orjson
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -77,10 +78,7 @@ class ClientUsage:
         status_class = 0 if 200 <= status < 300 else _status_class(status)
         m = c.models.get(model)
         if m is None:
-            model = model if len(c.models) < MAX_MODELS else OTHER_MODELS
-            m = c.models.get(model)
-            if m is None:
-                m = c.models[model] = _Counts()
+            m = _new_model(c, model)
         # The client's totals and the model's, inline (`_Counts.add` twice): on every request.
         c.requests += 1
         c.statuses[status_class] += 1
@@ -102,10 +100,56 @@ class ClientUsage:
             "last_seen": _iso(c.last_seen),
         }
 
+    # -- sharing (proxy/state/): one deployment's usage from every process's ----------------
+
+    def export(self) -> bytes:
+        """Everything counted here, for other processes to `absorb` (JSON)."""
+        return orjson.dumps(
+            {
+                name: [_pack(c), c.last_seen, {m: _pack(mc) for m, mc in c.models.items()}]
+                for name, c in self._clients.items()
+            }
+        )
+
+    def absorb(self, exported: bytes) -> None:
+        """Add another process's `export` into these counts."""
+        for name, (counts, last_seen, models) in orjson.loads(exported).items():
+            c = self._clients.get(name)
+            if c is None:
+                c = self._clients[name] = _Client()
+            _unpack_into(c, counts)
+            if last_seen is not None and (c.last_seen is None or last_seen > c.last_seen):
+                c.last_seen = last_seen
+            for model, packed in models.items():
+                _unpack_into(c.models.get(model) or _new_model(c, model), packed)
+
     def totals(self, client: str) -> tuple[list[int], int, int]:
         """Status class counts, prompt and completion tokens (for Prometheus)."""
         c = self._clients.get(client) or _Client()
         return c.statuses, c.prompt, c.completion
+
+
+def _new_model(c: _Client, model: str) -> _Counts:
+    """The counts of a model the client has none for yet: its own entry while the client has
+    fewer than MAX_MODELS, else the shared "(other)" entry."""
+    model = model if len(c.models) < MAX_MODELS else OTHER_MODELS
+    m = c.models.get(model)
+    if m is None:
+        m = c.models[model] = _Counts()
+    return m
+
+
+def _pack(c: _Counts) -> list[Any]:
+    return [c.requests, c.statuses, c.prompt, c.completion]
+
+
+def _unpack_into(c: _Counts, packed: list[Any]) -> None:
+    requests, statuses, prompt, completion = packed
+    c.requests += requests
+    for i, n in enumerate(statuses[: len(c.statuses)]):
+        c.statuses[i] += n
+    c.prompt += prompt
+    c.completion += completion
 
 
 class ClientCollector(Collector):

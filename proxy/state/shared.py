@@ -11,6 +11,8 @@ default) shares nothing and costs nothing. `RedisState` (`state: redis://…`):
 - Metrics: every second each process writes its counts (`ProviderMetrics.export`, and any
   other part's export given to `share`, e.g. the clients' usage) under its own key (expiring
   a window after its last write); a metrics request reads the others' and adds them up.
+- Sticky sessions: a binding made here is published, and one made elsewhere merged, so a
+  conversation stays on its credential whichever process serves its next turn.
 - Client-limit counters: `limits` is the backend's `LimitStore` (base.py): in memory, or in
   Redis (redis_limits.py) on the same connection.
 - Losing Redis never fails a request: the scheduler and metrics are local anyway. The backend
@@ -39,6 +41,7 @@ from typing import Any
 
 import orjson
 
+from proxy.clients.affinity import Conversations
 from proxy.metrics import ProviderMetrics
 from proxy.redact import url_label
 from proxy.scheduler import COOL, DISABLE, Change, Scheduler
@@ -70,6 +73,9 @@ class LocalState:
 
     def attach(self, scheduler: Scheduler, metrics: ProviderMetrics) -> None:
         """The parts whose state this backend shares (none, here)."""
+
+    def attach_bindings(self, conversations: Conversations) -> None:
+        """Sticky sessions' bindings, to share (none, here)."""
 
     async def start(self) -> None:
         return None
@@ -124,6 +130,8 @@ class RedisState(LocalState):
         self._metrics: ProviderMetrics | None = None
         self._exports: dict[str, Callable[[], bytes]] = {}
         self._outbox: deque[Change] = deque(maxlen=OUTBOX_LIMIT)
+        self._binds: deque[tuple[str, str, str]] = deque(maxlen=OUTBOX_LIMIT)
+        self._conversations: Conversations | None = None
         self._wake = asyncio.Event()
         self._healthy = False
         self._task: asyncio.Task[None] | None = None
@@ -139,6 +147,18 @@ class RedisState(LocalState):
         self._scheduler, self._metrics = scheduler, metrics
         scheduler.on_change = self._changed
         self.share("metrics", metrics.export)
+
+    def attach_bindings(self, conversations: Conversations) -> None:
+        """A binding made here is published; one published elsewhere is merged. Bindings are
+        soft state: no key in Redis, so a process that (re)connects learns them as the
+        conversations come back."""
+        self._conversations = conversations
+        conversations.on_bind = self._bound
+
+    def _bound(self, pool: str, conversation: str, credential_id: str) -> None:
+        if self._healthy:
+            self._binds.append((pool, conversation, credential_id))
+            self._wake.set()
 
     def _changed(self, change: Change) -> None:
         """The scheduler's hook: queue the change (no I/O here, on the request's path)."""
@@ -177,6 +197,7 @@ class RedisState(LocalState):
                 was_healthy, self._healthy = self._healthy, False
                 self.connected.clear()
                 self._outbox.clear()
+                self._binds.clear()
                 if was_healthy or not warned:
                     log.warning(
                         "state: Redis at %s is unreachable (%s); serving from local state and "
@@ -246,8 +267,13 @@ class RedisState(LocalState):
             if message is None or scheduler is None:
                 continue
             data = orjson.loads(message["data"])
-            if data.get("from") != self.instance:
+            if data.get("from") == self.instance:
+                continue
+            if "change" in data:
                 scheduler.apply(_change_from(data["change"]))
+            elif "bind" in data and self._conversations is not None:
+                pool, conversation, credential_id = data["bind"]
+                self._conversations.merge(str(pool), str(conversation), str(credential_id))
 
     async def _write_changes(self) -> None:
         while True:
@@ -257,6 +283,14 @@ class RedisState(LocalState):
             self._outbox.clear()
             if batch:
                 await self._write(batch)
+            binds = list(self._binds)
+            self._binds.clear()
+            if binds:
+                pipe = self.client.pipeline(transaction=False)
+                for bind in binds:
+                    message = {"from": self.instance, "bind": bind}
+                    pipe.publish(self._channel, orjson.dumps(message))
+                await pipe.execute()
 
     async def _write(self, changes: list[Change]) -> None:
         """Each change as a key that lives as long as the state, and as a message."""
