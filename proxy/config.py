@@ -654,27 +654,29 @@ def _read_session_sources(node: CommentedMap, key: str, problems: _Problems) -> 
     return tuple(out)
 
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+#: a Go duration as CLIProxyAPI writes one: "1h", "30m", "90s", "1h30m", "500ms"
+_DURATION = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|s|m|h))+")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 def _duration(value: Any) -> float | None:
-    """Seconds of a CLIProxyAPI duration ("1h", "30m", "90s", "1h30m") or a number."""
+    """Seconds of a duration ("1h", "30m", "1h30m") or a plain number of seconds; None when
+    it is neither or not positive."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, int | float):
-        return float(value) if value > 0 else None
-    if not isinstance(value, str):
+    if isinstance(value, str):
+        text = value.strip()
+        if _DURATION.fullmatch(text):
+            value = sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(text))
+        else:
+            try:
+                value = float(text)
+            except ValueError:
+                return None
+    if not isinstance(value, int | float) or value <= 0:
         return None
-    total, rest = 0.0, value.strip()
-    scale = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-    for number, unit in re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h)", rest):
-        total += float(number) * scale[unit]
-    if re.fullmatch(r"((\d+(?:\.\d+)?)(ms|s|m|h))+", rest) is None:
-        plain = _DURATION.match(rest)
-        if plain is None or plain.group(2):
-            return None
-        total = float(plain.group(1))
-    return total if total > 0 else None
+    return float(value)
 
 
 def _read_fallbacks(
