@@ -559,7 +559,7 @@ def setup(app: web.Application, wrap: Wrap) -> None:
     # keys.py, the pipeline and the clients' usage import this module
     from proxy.clients.keys import Client
     from proxy.clients.usage import ClientCollector, ClientUsage
-    from proxy.keys import CLIENT_USAGE, LIMITS, LIVE, METRICS, QUOTAS, SCHEDULER, STATE
+    from proxy.keys import CLIENT_USAGE, LIMITS, LIVE, QUOTAS, SCHEDULER, STATE
     from proxy.pipeline import ACCESS
 
     def configured() -> dict[str, str]:
@@ -570,21 +570,6 @@ def setup(app: web.Application, wrap: Wrap) -> None:
         return app[LIVE].current.client_keys.clients
 
     quotas = app[QUOTAS].by_provider
-
-    async def counted(request: web.Request) -> tuple[ProviderMetrics, str]:
-        """The metrics to answer with, and their scope ("deployment" or "local")."""
-        local = app[METRICS]
-        state = app[STATE]
-        if _local_scope(request) or not state.shared:
-            return local, "local"
-        peers = await state.peers("metrics")
-        if peers is None:  # Redis is away: what this process knows
-            return local, "local"
-        view = ProviderMetrics(local.window_seconds, local.clock)
-        view.absorb(local.export())
-        for exported in peers:
-            view.absorb(exported)
-        return view, "deployment"
 
     async def client_totals(request: web.Request) -> ClientUsage:
         """The clients' usage to answer with: every process's, or this one's (as `counted`)."""
@@ -605,7 +590,7 @@ def setup(app: web.Application, wrap: Wrap) -> None:
         fmt = request.query.get("format", "")
         if fmt not in ("", "list"):
             raise InvalidRequest("'format' must be 'list' or absent.", param="format")
-        view, scope = await counted(request)
+        view, scope = await counted(app, request)
         snapshot = view.snapshot(app[SCHEDULER].credential_views(), configured(), quotas())
         data: Any = {"object": "list", "data": list(snapshot.values())} if fmt else snapshot
         return web.Response(
@@ -638,7 +623,7 @@ def setup(app: web.Application, wrap: Wrap) -> None:
         )
 
     async def prometheus(request: web.Request) -> web.Response:
-        view, scope = await counted(request)
+        view, scope = await counted(app, request)
         registry = CollectorRegistry(auto_describe=False)
         registry.register(
             _PrometheusView(view, configured, app[SCHEDULER].credential_views, quotas)
@@ -653,6 +638,26 @@ def setup(app: web.Application, wrap: Wrap) -> None:
     app.router.add_get("/v1/metrics/providers", wrap(providers))
     app.router.add_get("/v1/metrics/clients", wrap(client_usage))
     app.router.add_get("/metrics", wrap(prometheus))
+
+
+async def counted(app: web.Application, request: web.Request) -> tuple[ProviderMetrics, str]:
+    """The provider metrics to answer `request` with, and their scope: every process that
+    shares state ("deployment"), or this one ("local": `?scope=local`, no shared state, or
+    Redis away). For the metrics endpoints and the status page."""
+    from proxy.keys import METRICS, STATE  # keys.py imports this module
+
+    local = app[METRICS]
+    state = app[STATE]
+    if _local_scope(request) or not state.shared:
+        return local, "local"
+    peers = await state.peers("metrics")
+    if peers is None:  # Redis is away: what this process knows
+        return local, "local"
+    view = ProviderMetrics(local.window_seconds, local.clock)
+    view.absorb(local.export())
+    for exported in peers:
+        view.absorb(exported)
+    return view, "deployment"
 
 
 def _local_scope(request: web.Request) -> bool:

@@ -222,6 +222,30 @@ async def test_management_actions_only_with_the_secret(
         assert SECRET not in await page.evaluate("location.href + document.cookie")
 
 
+async def test_clients_with_their_limits_once_a_key_is_given(
+    start_upstream: StartUpstream, start_keyrail: StartKeyrail, tmp_path: Path
+) -> None:
+    extra = f"api-keys:\n  - {{key: {CLIENT_KEY}, name: app-one, rpm: 5}}\n"
+    keyrail = await three_providers(start_upstream, start_keyrail, extra)
+    for _ in range(2):
+        assert (await chat(keyrail, "healthy-model", CLIENT_KEY)).status == 200
+    async with chromium(tmp_path / "profile") as page:
+        await page.goto(keyrail.url + "/status")
+        await page.wait_for(f"{state_of('healthy')} === 'ok'")  # the status itself is open
+        await page.wait_for("!document.getElementById('clients-form').classList.contains('hidden')")
+        assert await page.evaluate("document.querySelectorAll('[data-client]').length") == 0
+        await submit(page, "clients", CLIENT_KEY)
+        row = await page.wait_for("document.querySelector('[data-client=\"app-one\"]')?.innerText")
+        cells = row.split("\t")
+        assert cells[:2] == ["app-one", "2"], cells
+        limits = await page.evaluate(
+            "document.querySelector('[data-client=\"app-one\"] .limits').textContent"
+        )
+        assert limits == "rpm 2/5"
+        await shoot(page, "status-clients.png")
+        assert CLIENT_KEY not in await page.evaluate("document.body.innerHTML")
+
+
 async def submit(page: Page, form: str, value: str) -> None:
     await page.evaluate(
         f"document.getElementById('{form}-key').value = {value!r};"

@@ -19,7 +19,8 @@ from importlib import resources
 import orjson
 from aiohttp import web
 
-from proxy.keys import LIVE, METRICS, RECENT_ERRORS, SCHEDULER
+from proxy import metrics
+from proxy.keys import LIVE, QUOTAS, RECENT_ERRORS, SCHEDULER
 from proxy.pipeline import Wrap
 from proxy.status import snapshot
 
@@ -50,18 +51,21 @@ def setup(app: web.Application, wrap: Wrap) -> None:
     async def status_data(request: web.Request) -> web.Response:
         current = app[LIVE].current
         settings = current.settings
+        figures, scope = await metrics.counted(app, request)  # every process sharing state
         data = snapshot.build(
-            metrics=app[METRICS],
+            metrics=figures,
             views=app[SCHEDULER].credential_views(),
             drivers={name: driver.block.driver for name, driver in current.drivers.items()},
+            quotas=app[QUOTAS].by_provider(),
             recent_errors=app[RECENT_ERRORS].newest_first(),
             management=bool(settings.management_secret)
             and (settings.management_allow_remote or _is_loopback(request.remote)),
         )
+        data["scope"] = scope
         return web.Response(
             body=orjson.dumps(data),
             content_type="application/json",
-            headers={"Cache-Control": "no-store"},
+            headers={"Cache-Control": "no-store", metrics.SCOPE_HEADER: scope},
         )
 
     app.router.add_get(PAGE_PATH, wrap(status_page))

@@ -32,11 +32,14 @@ def build(
     drivers: Mapping[str, str],
     recent_errors: list[dict[str, Any]],
     management: bool,
+    quotas: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """The page's data. `drivers` maps each configured, enabled block to its driver name."""
+    """The page's data. `drivers` maps each configured, enabled block to its driver name;
+    `quotas` is provider → credential id → quota object, where a driver reads quotas."""
     views = list(views)
     states = availability(drivers, views)
     figures = metrics.snapshot(views, drivers)
+    quotas = quotas or {}
     per_provider: dict[str, list[dict[str, Any]]] = {name: [] for name in drivers}
     for view in views:
         if view.provider in per_provider:
@@ -48,6 +51,7 @@ def build(
                     "until": view.until,
                     "last_error": view.last_error or None,
                     "models": list(view.cooling_models),
+                    "quota": quotas.get(view.provider, {}).get(view.id),
                 }
             )
     # Requests in the last minute: the newest slices covering 60 s (at least one slice).
