@@ -6,7 +6,7 @@ client so that failover is still possible), the relay (keepalive comments after 
 `force-mapping` of `model`, an in-band error event when the stream breaks), where a stream
 ends (`StreamEnd`: its terminal event, not the upstream's end of body), and formatting SSE.
 Does not own: splitting bytes into SSE events and its size limits (sse.py), choosing or
-retrying credentials (failover.py), HTTP routing (handlers.py).
+retrying credentials (failover.py), HTTP routing (http/handlers.py).
 
 Passthrough costs one `find` per chunk and one slice per event; JSON is parsed only for the
 one event that carries usage.
@@ -27,7 +27,7 @@ from aiohttp import web
 from proxy import shutdown
 from proxy.driver import BODY_LIMIT, Reply, inflated_within
 from proxy.errors import ProxyError, StreamInterrupted, UpstreamError, UpstreamUnavailable
-from proxy.redact import StreamMask
+from proxy.redact import REDACTOR, StreamMask
 from proxy.sse import SSEParser as SSEParser  # re-exported: its home was this module
 from proxy.sse import data_event as data_event
 from proxy.sse import event_data as event_data
@@ -375,7 +375,7 @@ async def relay(
     except UpstreamError as exc:
         # After the first byte there is no retry: tell the client in-band, then end.
         result.error = exc
-        await _write_quietly(response, options.error_event(exc))
+        await _write_quietly(response, _error_out(options, exc))
     except ConnectionResetError:
         result.completed = False  # the client was gone before the terminal event reached it
         raise
@@ -385,12 +385,18 @@ async def relay(
         # Shutdown ran out of drain time: end the stream with an error event, not a cut.
         result.error = StreamInterrupted(shutdown.MESSAGE, status=503, provider=head.provider)
         result.error.code = "shutting_down"
-        await _write_quietly(response, options.error_event(result.error))
+        await _write_quietly(response, _error_out(options, result.error))
     finally:
         if watchdog is not None:
             watchdog.cancel()
         await head.reply.body.aclose()
     return response, result
+
+
+def _error_out(options: RelayOptions, exc: ProxyError) -> bytes:
+    """The in-band error event, in the client's dialect, with every known secret masked: its
+    message may quote what an upstream said, and upstreams echo keys."""
+    return REDACTOR.redact_bytes(options.error_event(exc))
 
 
 async def _drain(head: StreamHead, seconds: float) -> None:

@@ -409,6 +409,16 @@ class ResponsesCodec(Codec):
     def render(self, completion: n.Completion, model: str, request: n.Request) -> bytes:
         return render(completion, model)
 
+    def stream_error(self, error: ProxyError) -> bytes:
+        """`response.failed` for a passthrough stream that broke after its first byte: a
+        Responses client reads its stream's end there. The upstream's own response id and
+        sequence numbers are not tracked on the passthrough path (that would parse every
+        event), so the event names a response of its own and carries no sequence number."""
+        r = _response("resp_" + secrets.token_hex(16), int(time.time()), "", "failed")
+        r["error"] = {"code": error.code or "server_error", "message": error.message}
+        payload = orjson.dumps({"type": "response.failed", "response": r})
+        return b"event: response.failed\ndata: " + payload + b"\n\n"
+
     def error(self, error: ProxyError) -> tuple[int, bytes]:
         return error.status, error.body()
 
