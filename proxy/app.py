@@ -1,7 +1,7 @@
 """The app factory: keyrail is this list of components.
 
 `create_app(settings)` wires them; each has its own module and `setup`, and what every request
-goes through around its handler, in order, is the pipeline (pipeline.py).
+goes through around its handler, in order, is the pipeline (http/pipeline.py).
 Does not own anything else: no behaviour lives here.
 """
 
@@ -12,12 +12,13 @@ from pathlib import Path
 
 from aiohttp import web
 
-from proxy import handlers, logs, management, metrics, pipeline, quota, reload, runtime, shutdown
+from proxy import logs, metrics, quota, reload, runtime, shutdown
 from proxy.clients.affinity import Conversations
 from proxy.clients.limits import Limits
 from proxy.clients.usage import ClientUsage
 from proxy.config import Settings
 from proxy.deadlines import Deadlines
+from proxy.http import handlers, management, pipeline
 from proxy.keys import (
     CLIENT_USAGE,
     CONVERSATIONS,

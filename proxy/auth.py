@@ -5,7 +5,7 @@ comparing it in constant time against every configured key (once per key: one th
 remembered, with its named client if it has one), and which paths need one (`check`, called
 by the pipeline, which answers the request's `Client`: None for a plain string key). With no
 `api-keys`, everyone on the (loopback-only) address is let in. Does not own: management keys
-(management.py), keys sent upstream (drivers), or what a client may do (proxy/clients/).
+(http/management.py), keys sent upstream (drivers), or what a client may do (proxy/clients/).
 """
 
 from __future__ import annotations

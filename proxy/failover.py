@@ -7,7 +7,7 @@ recovery (in turn, waits.py) only within `max-retry-interval` of the request's s
 fallbacks, and the error the client gets when no attempt succeeds. Every attempt is reported
 to the metrics.
 Does not own: what an outcome does to a credential (scheduler.py), relaying a successful
-answer (streaming.py / handlers.py).
+answer (streaming.py / http/handlers.py).
 """
 
 from __future__ import annotations

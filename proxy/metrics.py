@@ -46,7 +46,7 @@ from proxy.redact import REDACTOR
 from proxy.scheduler import CredentialView
 
 if TYPE_CHECKING:
-    from proxy.pipeline import Wrap  # the pipeline imports this module
+    from proxy.http.pipeline import Wrap  # the pipeline imports this module
 
 
 @dataclass(slots=True)
@@ -559,8 +559,8 @@ def setup(app: web.Application, wrap: Wrap) -> None:
     # keys.py, the pipeline and the clients' usage import this module
     from proxy.clients.keys import Client
     from proxy.clients.usage import ClientCollector, ClientUsage
+    from proxy.http.pipeline import ACCESS
     from proxy.keys import CLIENT_USAGE, LIMITS, LIVE, QUOTAS, SCHEDULER, STATE
-    from proxy.pipeline import ACCESS
 
     def configured() -> dict[str, str]:
         """Every configured block (provider → driver), with traffic or not."""

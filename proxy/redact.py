@@ -4,7 +4,7 @@ Owns: the process-wide `REDACTOR`, which masks every registered secret (client k
 keys and tokens, the management secret, secret-looking header values) and anything shaped like
 a credential (`Authorization: …`, `Bearer …`, `sk-…` keys, `?key=…` in URLs); and
 `secrets_of(settings)`, which finds the configured secrets. Its users: every log record
-(logs.py installs it), error bodies (handlers.py), `/v1/metrics/providers` and `/metrics`
+(logs.py installs it), error bodies (http/pipeline.py), `/v1/metrics/providers` and `/metrics`
 (metrics.py). Does not own: deciding what is logged or measured.
 
 One redactor per process, because logging is per process: secrets only ever get added.

@@ -5,7 +5,7 @@ per provider block, model discovery for blocks that list none, the catalog, the 
 holding the current `Runtime` in a `Live` box that a reload can swap atomically, counting the
 requests that run on a runtime (`enter`/`leave`, called by the pipeline), and closing a
 runtime's sessions once the last request using it has finished. Does not own: what is done
-with those parts per request (handlers.py, failover.py), or watching files and deciding to
+with those parts per request (http/handlers.py, failover.py), or watching files and deciding to
 swap (reload.py).
 """
 

@@ -5,7 +5,7 @@ already stopped accepting connections by then): wait up to `shutdown.drain-secon
 then cut the rest (cancel their tasks, marked as cut by the drain). A cut stream ends with an
 SSE error event (streaming.py asks `absorb_cut`); a cut request that has sent nothing yet gets
 a 503 JSON error (`unavailable`). Requests that arrive while draining get a 503 too: the
-pipeline (pipeline.py) counts every request in and out and answers these 503s.
+pipeline (http/pipeline.py) counts every request in and out and answers these 503s.
 Does not own: signals (aiohttp's `run_app` turns SIGTERM/SIGINT into a server stop), the
 relay itself (streaming.py).
 """

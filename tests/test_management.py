@@ -12,9 +12,10 @@ import pytest
 from aiohttp import web
 
 from drivers.openai import OpenAICompatibleDriver
-from proxy import auth, management
+from proxy import auth
 from proxy.driver import Credential
 from proxy.errors import CredentialRejected
+from proxy.http import management
 from proxy.keys import SCHEDULER
 from proxy.registry import Registry
 from tests.conftest import Keyrail

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import aiohttp
 
-from proxy import management
+from proxy.http import management
 from tests.battery.hostile import send_raw
 from tests.ops_helpers import serve_file
 

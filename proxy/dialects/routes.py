@@ -3,7 +3,7 @@
 Owns: which POST paths carry a chat dialect (and so get a `Bridge` and errors in that dialect),
 and the codec of each dialect. Paths not listed (completions, embeddings, the management
 API) are OpenAI-shaped and pass through without a dialect.
-Does not own: registering the routes (handlers.py), the codecs themselves.
+Does not own: registering the routes (http/handlers.py), the codecs themselves.
 """
 
 from __future__ import annotations

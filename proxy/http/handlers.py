@@ -21,7 +21,6 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
 from proxy import failover
-from proxy.http import request_shape
 from proxy.catalog import excluded_by
 from proxy.clients.affinity import Sticky, conversation_of
 from proxy.clients.keys import Client
@@ -39,9 +38,10 @@ from proxy.errors import (
     RequestError,
     UpstreamError,
 )
+from proxy.http import request_shape
+from proxy.http.pipeline import ACCESS, JSON, Wrap
 from proxy.keys import CONVERSATIONS, DEADLINES, LIMITS, LIVE, METRICS, SCHEDULER, STATE, WAITS
 from proxy.metrics import Attempt
-from proxy.http.pipeline import ACCESS, JSON, Wrap
 from proxy.runtime import RUNTIME
 from proxy.scheduler import availability
 from proxy.streaming import (

@@ -27,8 +27,8 @@ from proxy import redact
 from proxy.auth import ClientKeys
 from proxy.driver import Credential, Driver
 from proxy.errors import ProxyError, error_body
-from proxy.keys import CLIENT_USAGE, CONVERSATIONS, LIMITS, LIVE, SCHEDULER
 from proxy.http.pipeline import Wrap
+from proxy.keys import CLIENT_USAGE, CONVERSATIONS, LIMITS, LIVE, SCHEDULER
 from proxy.redact import REDACTOR, is_secret_name
 from proxy.reload import RELOADER, Outcome
 from proxy.runtime import Runtime

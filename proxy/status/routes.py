@@ -8,7 +8,7 @@ data, so it is open; `/v1/status` is guarded like the metrics endpoints
 in the tab's sessionStorage only. Management actions on the page call the existing
 `/v0/management` API with the management secret the operator types in.
 Does not own: the figures (metrics.py), credential states (scheduler.py), the recent-error
-ring (recent.py, filled by the pipeline), or auth (auth.py, management.py).
+ring (recent.py, filled by the pipeline), or auth (auth.py, http/management.py).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import orjson
 from aiohttp import web
 
 from proxy import metrics
+from proxy.http.pipeline import Wrap
 from proxy.keys import LIVE, QUOTAS, RECENT_ERRORS, SCHEDULER
-from proxy.pipeline import Wrap
 from proxy.status import snapshot
 
 PAGE_PATH = "/status"
