@@ -27,7 +27,7 @@ from typing import Any
 
 import aiohttp
 
-from drivers.cursor import auth, messages, request
+from drivers.cursor import auth, ide, messages, request
 from drivers.cursor.answer import Answer
 from drivers.cursor.connect import CLIENT_VERSION, ConnectError, FrameError
 from drivers.cursor.session import Ended, Parked, ToolCall, Turn
@@ -46,6 +46,7 @@ from proxy.config import ProviderBlock
 from proxy.dialects import neutral as n
 from proxy.driver import NEUTRAL, Call, Credential, Driver, Reply, describe_failure
 from proxy.errors import (
+    CredentialRejected,
     ProxyError,
     StreamInterrupted,
     UpstreamError,
@@ -134,7 +135,10 @@ class CursorDriver(Driver):
                     id=f"{block.name}/{digest}",
                     provider=block.name,
                     proxy_url=proxy,
-                    extra={_KIND: "token-file", "token_file": str(path)},
+                    extra={
+                        _KIND: "ide" if ide.is_ide_database(path) else "token-file",
+                        "token_file": str(path),
+                    },
                 )
             )
         if not out:
@@ -250,6 +254,9 @@ class CursorDriver(Driver):
         path = Path(str(credential.extra["token_file"]))
         return self.tokens.slot(label=credential.id, provider=self.block.name, path=path)
 
+    def _ide(self, credential: Credential) -> ide.IdeTokens:
+        return ide.ide_tokens(Path(str(credential.extra["token_file"])), self.block.name)
+
     def _refresher(self, credential: Credential) -> tokens.Refresher:
         async def run(token: tokens.Token) -> Mapping[str, Any]:
             return await auth.refresh_login(
@@ -275,6 +282,10 @@ class CursorDriver(Driver):
 
             exchanged = await self.key_tokens.get(key, auth_url, run)
             return exchanged, lambda: self.key_tokens.reject(key, auth_url, exchanged)
+        if credential.extra.get(_KIND) == "ide":
+            held = self._ide(credential)
+            token_now = await held.get()
+            return token_now, lambda: held.reject(token_now)
         slot = self._slot(credential)
         token = await slot.get(self._refresher(credential))
         return token.access_token, lambda: slot.reject(token)
@@ -285,6 +296,12 @@ class CursorDriver(Driver):
             return None
         if credential.extra.get(_KIND) == "api-key":
             await self.access_token(credential)  # the rejected token was dropped: exchanges
+            return credential
+        if credential.extra.get(_KIND) == "ide":
+            try:
+                await self._ide(credential).get()  # only if the IDE has written a new token
+            except CredentialRejected:
+                return None
             return credential
         token = await self._slot(credential).renew(self._refresher(credential))
         return credential if token is not None else None
