@@ -6,6 +6,7 @@ may break, or breach Cursor's terms, at any time.
     cursor:
       - api-key: crsr_...            # a user API key (cursor.com/dashboard → API); or a list
         # token-file: ~/.keyrail/cursor.json   # from `keyrail login cursor`; or a list
+        # token-file: ~/.config/Cursor/User/globalStorage/state.vscdb   # the IDE's login
         # transport: auto            # h2 (Run over HTTP/2) | sse (RunSSE + BidiAppend) | auto
         # client-version: cli-2026.08.11-e8db854   # when Cursor says "outdated client"
         # agent-url / base-url / refresh-url: other hosts (tests use fakes on 127.0.0.1)
@@ -23,6 +24,7 @@ it stops working (docs/cursor.md has the full list):
 - the sidecar's API (cursor-api): treated as any OpenAI-compatible upstream.
 
 Modules: driver.py (the `Driver`), auth.py (key exchange, login refresh, PKCE login),
+ide.py (the Cursor IDE's token from its `state.vscdb`, read-only),
 transport.py (HTTP/2 and HTTP/1.1 channels), session.py (a turn and its server requests),
 messages.py (agent.v1 messages), connect.py (envelopes, errors), wire.py (protobuf codec),
 request.py (OpenAI request → turn), answer.py (turn → OpenAI answer).
