@@ -553,6 +553,12 @@ class FakeCursor:
                 await io.send(HEARTBEAT, compress=True)
                 await asyncio.sleep(0.05)
             await io.send(text(" after"))
+        elif "query" in current:
+            # an interaction_query (a web search the model wants) sharing one message with a
+            # text update: the notes' clients ignore the query; the text must still arrive
+            query = message((7, message((1, 1), (2, message((1, "keyrail release date"))))))
+            await io.send(query + text("No search,"))
+            await io.send(text(" answered anyway."), compress=True)
         elif "hang" in current:
             await io.send(text("start"))
             with contextlib.suppress(TimeoutError):

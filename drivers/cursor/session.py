@@ -29,6 +29,10 @@ log = logging.getLogger("keyrail.cursor")
 
 #: Blobs the server may store with `set_blob_args` in one turn (bytes); more are refused.
 BLOB_BUDGET = 8 * 1024 * 1024
+#: A turn whose stream brings no frame at all (not even Cursor's heartbeat) for this long is
+#: aborted, as the community client does: this also covers a turn parked for tool results,
+#: which keyrail's idle watchdog does not see (no client is reading it).
+SILENCE_SECONDS = 90.0
 #: Output events queued ahead of the client (back-pressure beyond: the pump waits).
 QUEUE_SIZE = 256
 
@@ -57,6 +61,7 @@ class Turn:
         blobs: dict[str, bytes],
         tools: Sequence[m.Tool],
         heartbeat_seconds: float,
+        silence_seconds: float = SILENCE_SECONDS,
     ) -> None:
         self.channel = channel
         self.blobs = blobs
@@ -66,6 +71,7 @@ class Turn:
         self.done = False
         self._blob_bytes = sum(map(len, blobs.values()))
         self._heartbeat_seconds = heartbeat_seconds
+        self._silence_seconds = silence_seconds
         self._tasks: list[asyncio.Task[None]] = []  # the pump, the heartbeats
         self._closing: asyncio.Task[None] | None = None
         #: called when Cursor answers `unauthenticated` (drops the token so it is renewed)
@@ -136,7 +142,13 @@ class Turn:
         decoder = Decoder()
         try:
             while True:
-                data = await self.channel.receive()
+                try:
+                    async with asyncio.timeout(self._silence_seconds):
+                        data = await self.channel.receive()
+                except TimeoutError:
+                    raise TransportFailed(
+                        f"Cursor sent no frame for {self._silence_seconds:g} s"
+                    ) from None
                 if not data:
                     if decoder.pending:
                         raise FrameError("the stream ended inside a frame")
