@@ -438,7 +438,7 @@ class CursorDriver(Driver):
             queued = turn.queued()
             if not isinstance(queued, ToolCall):
                 if queued is not None:
-                    turn.output.put_nowait(queued)  # not ours: the resumed turn reads it
+                    turn.put_back(queued)  # not ours: the resumed turn reads it first
                 return out
             out.extend(answer.feed(queued))
 
