@@ -553,6 +553,26 @@ class FakeCursor:
                 await io.send(HEARTBEAT, compress=True)
                 await asyncio.sleep(0.05)
             await io.send(text(" after"))
+        elif "withdraw" in current:
+            # a client tool call Cursor withdraws (exec_server_control_message{abort{id}})
+            # before the client answers it: the turn goes on without it, and the client's
+            # result must not be passed on (checked until the client closes the stream)
+            mcp = message((1, "get_weather"), (3, "call_withdrawn"), (5, "get_weather"))
+            await io.send(text("Let me check.") + message((2, message((1, 12), (11, mcp)))))
+            await io.send(message((5, message((1, message((1, 12)))))))
+            await io.send(text("Never mind the tool."))
+            await io.send(tokens(2) + TURN_ENDED)
+            await io._send(end_of_stream())
+            while (late := await io.recv()) is not None:
+                if 2 in late:
+                    self.problems.append("a result for a withdrawn exec was sent")
+            return
+        elif "query" in current:
+            # an interaction_query (a web search the model wants) sharing one message with a
+            # text update: the notes' clients ignore the query; the text must still arrive
+            query = message((7, message((1, 1), (2, message((1, "keyrail release date"))))))
+            await io.send(query + text("No search,"))
+            await io.send(text(" answered anyway."), compress=True)
         elif "hang" in current:
             await io.send(text("start"))
             with contextlib.suppress(TimeoutError):

@@ -169,6 +169,7 @@ async def test_a_parked_turn_nobody_resumes_is_aborted_when_its_time_is_up() -> 
     turn = Turn(channel, blobs={}, tools=[], heartbeat_seconds=60)
     turn.start()
     turn.pending["call_1"] = (1, "exec-1")
+    turn.asked.append("call_1")
     Parked(ttl=0.05).park(turn)
     async with asyncio.timeout(5):
         await channel.reset_done.wait()

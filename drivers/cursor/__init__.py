@@ -9,6 +9,7 @@ may break, or breach Cursor's terms, at any time.
         # token-file: ~/.config/Cursor/User/globalStorage/state.vscdb   # the IDE's login
         # transport: auto            # h2 (Run over HTTP/2) | sse (RunSSE + BidiAppend) | auto
         # client-version: cli-2026.08.11-e8db854   # when Cursor says "outdated client"
+        # silence-seconds: 90        # abort a turn that brings no frame (not even a heartbeat)
         # agent-url / base-url / refresh-url: other hosts (tests use fakes on 127.0.0.1)
       - cursor-api-url: http://127.0.0.1:3000     # sidecar mode: a local cursor-api
         auth-token: ...
@@ -22,6 +23,13 @@ it stops working (docs/cursor.md has the full list):
 - `GetServerConfig` field 7 forcing HTTP/1.1; with `transport: auto` the driver obeys it.
 - `connect-accept-encoding: gzip`, `x-original-request-id`, `user-agent: connect-es/1.6.1`.
 - the sidecar's API (cursor-api): treated as any OpenAI-compatible upstream.
+
+CERTAIN facts of the notes not implemented (docs/cursor.md says why): checkpoint reuse (every
+new turn is flattened; a parked turn continues on its own stream), and coalescing deltas for
+16 ms (the community client's output habit, not a wire requirement). Implemented beyond the
+basics: `interaction_query` ignored as the community client does, `exec_server_control_message`
+abort withdrawing a pending tool call, the 90 s no-frame abort (`silence-seconds`), the IDE's
+`state.vscdb` as a `token-file` (read-only; ide.py).
 
 Modules: driver.py (the `Driver`), auth.py (key exchange, login refresh, PKCE login),
 ide.py (the Cursor IDE's token from its `state.vscdb`, read-only),

@@ -30,7 +30,7 @@ import aiohttp
 from drivers.cursor import auth, ide, messages, request
 from drivers.cursor.answer import Answer
 from drivers.cursor.connect import CLIENT_VERSION, ConnectError, FrameError
-from drivers.cursor.session import Ended, Parked, ToolCall, Turn
+from drivers.cursor.session import SILENCE_SECONDS, Ended, Parked, ToolCall, Turn
 from drivers.cursor.transport import (
     Channel,
     H2Transport,
@@ -86,6 +86,7 @@ class CursorDriver(Driver):
         "transport": str,
         "client-version": str,
         "heartbeat-seconds": (int, float),
+        "silence-seconds": (int, float),
     }
     default_base_url = DEFAULT_BASE_URL
     dialects = NEUTRAL  # native mode: the neutral request in, neutral events out
@@ -160,6 +161,7 @@ class CursorDriver(Driver):
         self.auth_url = (block.refresh_url or self.base_url).rstrip("/")
         self.client_version = str(opts.get("client-version") or CLIENT_VERSION)
         self.heartbeat_seconds = float(opts.get("heartbeat-seconds") or HEARTBEAT_SECONDS)
+        self.silence_seconds = float(opts.get("silence-seconds") or SILENCE_SECONDS)
         self.transport_name = str(opts.get("transport") or "auto")
         self._agent_url = str(opts.get("agent-url") or "").rstrip("/")
         self._agent_lock = asyncio.Lock()
@@ -389,6 +391,7 @@ class CursorDriver(Driver):
             blobs=dict(self.blobs),
             tools=turn_input.tools,
             heartbeat_seconds=self.heartbeat_seconds,
+            silence_seconds=self.silence_seconds,
         )
         turn.on_unauthenticated = rejected
         turn.start()
@@ -435,7 +438,7 @@ class CursorDriver(Driver):
             queued = turn.queued()
             if not isinstance(queued, ToolCall):
                 if queued is not None:
-                    turn.output.put_nowait(queued)  # not ours: the resumed turn reads it
+                    turn.put_back(queued)  # not ours: the resumed turn reads it first
                 return out
             out.extend(answer.feed(queued))
 

@@ -216,12 +216,19 @@ class Exec:
 
 
 @dataclass(frozen=True, slots=True)
+class ExecAbort:
+    """`exec_server_control_message{abort{id}}`: Cursor withdrew the exec request `exec_id`."""
+
+    exec_id: int
+
+
+@dataclass(frozen=True, slots=True)
 class Checkpoint:
     state: bytes
 
 
 Event = Text | Thinking | ThinkingDone | Tokens | Heartbeat | TurnEnded | GetBlob | SetBlob
-ServerEvent = Event | Exec | Checkpoint
+ServerEvent = Event | Exec | ExecAbort | Checkpoint
 
 
 def parse_server(payload: bytes) -> list[ServerEvent]:
@@ -238,6 +245,10 @@ def parse_server(payload: bytes) -> list[ServerEvent]:
                 out.extend(_kv(Fields(raw)))
             elif number == _CHECKPOINT:
                 out.append(Checkpoint(raw))
+            elif number == _EXEC_CONTROL:
+                control = Fields(raw)
+                if 1 in control:
+                    out.append(ExecAbort(control.sub(1).uint(1)))
     return out
 
 

@@ -2,7 +2,8 @@
 
 Owns: the pump (reads the channel, decodes envelopes, answers blob reads and writes, the
 request-context query with the client's tools, refuses Cursor's built-in file/shell/fetch
-tools, and queues what the client should see: text, reasoning, token counts, heartbeats, MCP
+tools, forgets a tool call Cursor withdraws (`exec_server_control_message` abort), and queues
+what the client should see: text, reasoning, token counts, heartbeats, MCP
 tool calls, the end or the error), the client heartbeat every few seconds, and parking: a turn
 that asked for a client tool stays open (pump and heartbeats running) so the client's next
 request, carrying the tool results, continues it (`Parked`, keyed by tool-call id, bounded in
@@ -29,6 +30,10 @@ log = logging.getLogger("keyrail.cursor")
 
 #: Blobs the server may store with `set_blob_args` in one turn (bytes); more are refused.
 BLOB_BUDGET = 8 * 1024 * 1024
+#: A turn whose stream brings no frame at all (not even Cursor's heartbeat) for this long is
+#: aborted, as the community client does: this also covers a turn parked for tool results,
+#: which keyrail's idle watchdog does not see (no client is reading it).
+SILENCE_SECONDS = 90.0
 #: Output events queued ahead of the client (back-pressure beyond: the pump waits).
 QUEUE_SIZE = 256
 
@@ -57,16 +62,20 @@ class Turn:
         blobs: dict[str, bytes],
         tools: Sequence[m.Tool],
         heartbeat_seconds: float,
+        silence_seconds: float = SILENCE_SECONDS,
     ) -> None:
         self.channel = channel
         self.blobs = blobs
         self.tools = list(tools)
         self.output: asyncio.Queue[Output] = asyncio.Queue(QUEUE_SIZE)
         self.pending: dict[str, tuple[int, str]] = {}  # tool call id → (exec id, exec key)
+        self.asked: list[str] = []  # every tool call id handed out (withdrawn ones included)
         self.done = False
         self._blob_bytes = sum(map(len, blobs.values()))
         self._heartbeat_seconds = heartbeat_seconds
+        self._silence_seconds = silence_seconds
         self._tasks: list[asyncio.Task[None]] = []  # the pump, the heartbeats
+        self._held: list[Output] = []  # read ahead by `queued()` and put back
         self._closing: asyncio.Task[None] | None = None
         #: called when Cursor answers `unauthenticated` (drops the token so it is renewed)
         self.on_unauthenticated: Callable[[], None] = lambda: None
@@ -76,13 +85,21 @@ class Turn:
         self._tasks = [loop.create_task(self._pump()), loop.create_task(self._heartbeats())]
 
     async def next(self) -> Output:
+        if self._held:
+            return self._held.pop()
         return await self.output.get()
 
     def queued(self) -> Output | None:
+        if self._held:
+            return self._held.pop()
         try:
             return self.output.get_nowait()
         except asyncio.QueueEmpty:
             return None
+
+    def put_back(self, item: Output) -> None:
+        """Undo `queued()`: the item is the next one read again (order kept)."""
+        self._held.append(item)
 
     async def answer_tools(self, results: Sequence[ToolResult]) -> int:
         """Send the client's tool results for calls this turn waits on; how many matched."""
@@ -136,7 +153,13 @@ class Turn:
         decoder = Decoder()
         try:
             while True:
-                data = await self.channel.receive()
+                try:
+                    async with asyncio.timeout(self._silence_seconds):
+                        data = await self.channel.receive()
+                except TimeoutError:
+                    raise TransportFailed(
+                        f"Cursor sent no frame for {self._silence_seconds:g} s"
+                    ) from None
                 if not data:
                     if decoder.pending:
                         raise FrameError("the stream ended inside a frame")
@@ -161,6 +184,11 @@ class Turn:
             await send(m.set_blob_result(event.kv_id))
         elif isinstance(event, m.Exec):
             await self._exec(event)
+        elif isinstance(event, m.ExecAbort):
+            # Cursor withdrew a request: a client tool call it made is no longer awaited, so
+            # its result, if the client sends one, is not passed on
+            for call_id in [c for c, (e, _) in self.pending.items() if e == event.exec_id]:
+                del self.pending[call_id]
         elif isinstance(event, m.TurnEnded):
             await self.output.put(Ended())
         elif isinstance(event, m.Text | m.Thinking | m.Tokens | m.Heartbeat):
@@ -174,6 +202,7 @@ class Turn:
         elif event.kind == m.MCP:
             call = m.mcp_call(event.args)
             self.pending[call.call_id] = (event.exec_id, event.exec_key)
+            self.asked.append(call.call_id)
             await self.output.put(ToolCall(call.call_id, call.name, call.arguments))
         elif event.kind in m.BUILTIN_TOOLS:
             log.info("cursor asked to run a built-in tool (field %d): refused", event.kind)
@@ -194,7 +223,7 @@ class Parked:
         # a turn nobody comes back for is dropped when its time is up, not on the next call
         asyncio.get_running_loop().call_later(self._ttl + 0.01, self._expire)
         now = time.monotonic()
-        for call_id in turn.pending:
+        for call_id in turn.asked:  # not only `pending`: Cursor may have withdrawn a call
             self._turns[call_id] = (turn, now)
         while len({id(t) for t, _ in self._turns.values()}) > self._limit:
             oldest = next(iter(self._turns))
