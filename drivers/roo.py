@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import hashlib
 import logging
 import os
 import re
@@ -36,7 +35,7 @@ import orjson
 from drivers.openai import OpenAICompatibleDriver
 from drivers.rewrite import RewrittenStream
 from proxy.config import ProviderBlock
-from proxy.driver import CHAT, BytesStream, Call, Credential, Reply
+from proxy.driver import CHAT, BytesStream, Call, Credential, Reply, keyed_credentials
 from proxy.errors import (
     CredentialRejected,
     ProviderDiscontinued,
@@ -99,26 +98,15 @@ class RooDriver(OpenAICompatibleDriver):
     @classmethod
     def credentials(cls, block: ProviderBlock) -> Sequence[Credential]:
         opts = block.options
-        proxy = None if block.proxy_url in ("direct", "none") else block.proxy_url
         keys = opts.get("api-key")
         keys = [keys] if isinstance(keys, str) else list(keys or [])
         if not keys and not opts.get("token-file") and os.environ.get("ROO_API_KEY"):
             keys = [os.environ["ROO_API_KEY"]]
-        creds: list[Credential] = []
-        for key in (str(k).strip() for k in keys):
-            if key:
-                REDACTOR.add((key,), owner=f"key {block.name}/{len(creds)}")  # ROO_API_KEY too
-                digest = hashlib.sha256(key.encode()).hexdigest()[:8]
-                creds.append(Credential(f"{block.name}/{digest}", block.name, key, proxy))
-        if opts.get("token-file") or not creds:
-            path = Path(str(opts.get("token-file") or DEFAULT_TOKEN_FILE)).expanduser().absolute()
-            digest = hashlib.sha256(str(path).encode()).hexdigest()[:8]
-            creds.append(
-                Credential(
-                    f"{block.name}/{digest}", block.name, "", proxy, {"token_file": str(path)}
-                )
-            )
-        return creds
+        keys = [str(k).strip() for k in keys if str(k).strip()]
+        for i, key in enumerate(keys):
+            REDACTOR.add((key,), owner=f"key {block.name}/{i}")  # ROO_API_KEY too
+        token_file = str(opts.get("token-file") or "") or (None if keys else DEFAULT_TOKEN_FILE)
+        return keyed_credentials(block, keys, token_file)
 
     @classmethod
     def check(cls, block: ProviderBlock) -> Sequence[str]:

@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import hashlib
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import aiohttp
@@ -69,6 +71,27 @@ class Credential:
     secret: str = field(default="", repr=False)
     proxy_url: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+
+def keyed_credentials(
+    block: ProviderBlock, keys: Sequence[str], token_file: str | None
+) -> list[Credential]:
+    """For blocks that take `api-key` (one or a list) and/or `token-file`: one credential per
+    non-blank key, its id a digest of the key, and one for the token file, its id a digest of
+    the file's path (`extra["token_file"]` holds the path; the driver reads the file). Ids are
+    stable across reloads and never the secret."""
+    proxy = None if block.proxy_url in ("direct", "none") else block.proxy_url
+    creds = []
+    for key in (str(k).strip() for k in keys):
+        if key:
+            digest = hashlib.sha256(key.encode()).hexdigest()[:8]
+            creds.append(Credential(f"{block.name}/{digest}", block.name, key, proxy))
+    if token_file:
+        path = str(Path(token_file).expanduser().absolute())
+        digest = hashlib.sha256(path.encode()).hexdigest()[:8]
+        extra = {"token_file": path}
+        creds.append(Credential(f"{block.name}/{digest}", block.name, "", proxy, extra))
+    return creds
 
 
 @dataclass(frozen=True, slots=True)

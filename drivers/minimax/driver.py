@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -34,7 +33,7 @@ from drivers.openai import OpenAICompatibleDriver
 from drivers.rewrite import RewrittenStream
 from proxy import tokens
 from proxy.config import ProviderBlock
-from proxy.driver import CHAT, BytesStream, Call, Credential, Reply
+from proxy.driver import CHAT, BytesStream, Call, Credential, Reply, keyed_credentials
 from proxy.errors import (
     CredentialRejected,
     RateLimited,
@@ -90,24 +89,9 @@ class MinimaxDriver(OpenAICompatibleDriver):
 
     @classmethod
     def credentials(cls, block: ProviderBlock) -> Sequence[Credential]:
-        opts = block.options
-        proxy = None if block.proxy_url in ("direct", "none") else block.proxy_url
-        keys = opts.get("api-key")
+        keys = block.options.get("api-key")
         keys = [keys] if isinstance(keys, str) else list(keys or [])
-        creds = []
-        for key in (str(k).strip() for k in keys):
-            if key:
-                digest = hashlib.sha256(key.encode()).hexdigest()[:8]
-                creds.append(Credential(f"{block.name}/{digest}", block.name, key, proxy))
-        if opts.get("token-file"):
-            path = Path(str(opts["token-file"])).expanduser().absolute()
-            digest = hashlib.sha256(str(path).encode()).hexdigest()[:8]
-            creds.append(
-                Credential(
-                    f"{block.name}/{digest}", block.name, "", proxy, {"token_file": str(path)}
-                )
-            )
-        return creds
+        return keyed_credentials(block, keys, str(block.options.get("token-file") or "") or None)
 
     @classmethod
     def check(cls, block: ProviderBlock) -> Sequence[str]:
