@@ -20,7 +20,16 @@ import abc
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
-from proxy.dialects.neutral import Completion, Event, Failure, Heartbeat, Request
+from proxy.dialects.neutral import (
+    Completion,
+    Event,
+    Failure,
+    Finish,
+    Heartbeat,
+    Request,
+    UsageUpdate,
+    merge_usage,
+)
 from proxy.errors import ProxyError
 
 
@@ -37,6 +46,17 @@ class StreamEncoder(abc.ABC):
 
     #: what the relay sends after `keepalive-seconds` of silence
     keepalive: bytes = b": keepalive\n\n"
+    #: the usage and finish noted so far, for the closing events
+    usage: UsageUpdate
+    finish: Finish | None
+
+    def note(self, event: Event) -> bytes:
+        """Note a usage update or the finish (the closing events say them); sends nothing."""
+        if isinstance(event, UsageUpdate):
+            merge_usage(self.usage, event)
+        elif isinstance(event, Finish):
+            self.finish = event
+        return b""
 
     @abc.abstractmethod
     def event(self, event: Event) -> bytes:

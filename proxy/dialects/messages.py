@@ -348,11 +348,7 @@ class MessagesEncoder(StreamEncoder):
             if self._open == "tool_use" and self._tool_block.get(event.index) == self._index:
                 return self._close()
             return b""
-        if isinstance(event, n.UsageUpdate):
-            n.merge_usage(self.usage, event)
-        elif isinstance(event, n.Finish):
-            self.finish = event
-        return b""
+        return self.note(event)  # usage and finish: said by the closing events
 
     def _reasoning(self, event: n.ReasoningDelta) -> bytes:
         out = b""

@@ -333,11 +333,7 @@ class ResponsesEncoder(StreamEncoder):
             if self._kind == "function_call" and self._call[0] == event.index:
                 return self._close()
             return b""
-        if isinstance(event, n.UsageUpdate):
-            n.merge_usage(self.usage, event)
-        elif isinstance(event, n.Finish):
-            self.finish = event
-        return b""
+        return self.note(event)  # usage and finish: said by the closing events
 
     def _reasoning(self, event: n.ReasoningDelta) -> bytes:
         out = b""

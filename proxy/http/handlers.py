@@ -274,7 +274,6 @@ async def proxy_request(request: web.Request) -> web.StreamResponse:
         rec.retries, rec.upstream_status = success.retries, success.reply.status
         rename = (target.upstream_model, rec.model) if target.force_mapping else None
         extra = _passthrough(success.reply.headers) if runtime.settings.passthrough_headers else {}
-        extra["X-Request-Id"] = rec.request_id
         extra["X-Keyrail-Provider"] = target.provider  # for canaries: which block answered
         if success.reply.host:  # a driver with several upstream addresses: which one answered
             rec.host = extra["X-Keyrail-Upstream-Host"] = success.reply.host
@@ -285,6 +284,8 @@ async def proxy_request(request: web.Request) -> web.StreamResponse:
         attempt = Attempt(target.provider, target.driver, target.credential.id, 200, 0.0)
         attempt.dialect = rec.dialect
         if success.head is not None:
+            # A stream sends its headers itself; the pipeline adds the id to any other answer.
+            extra["X-Request-Id"] = rec.request_id
             result = RelayResult()
             response = await _relay(request, success.head, body, endpoint, rename, extra,
                                     runtime.settings, success.started, bridge,
